@@ -1,0 +1,51 @@
+# fleetsuit — the front door. Every target sets up .venv itself when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/fleetsuit/v1/*.proto)
+PROTO_STAMP := fleetsuit/v1/.generated
+
+.PHONY: install protos run test test-long lint fuzz bench clean
+
+install: $(STAMP) $(PROTO_STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Generated code lives in fleetsuit/v1/ (git-ignored); never edit it by hand.
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	rm -rf fleetsuit/v1
+	mkdir -p fleetsuit/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch fleetsuit/v1/__init__.py $(PROTO_STAMP)
+
+protos:
+	rm -f $(PROTO_STAMP)
+	$(MAKE) $(PROTO_STAMP)
+
+run: install
+	$(PY) -m fleetsuit.demo --nodes 3 --data data/run
+
+test: install
+	$(PY) -m pytest -q
+
+# Thousands of simulation seeds and the long fuzz run.
+test-long: install
+	FLEETSUIT_SIM_SEEDS=5000 $(PY) -m pytest -q tests
+
+fuzz: install
+	FLEETSUIT_FUZZ_EXAMPLES=200000 $(PY) -m pytest -q tests -k fuzz
+
+lint: install
+	$(VENV)/bin/ruff check fleetsuit services tests bench
+	$(VENV)/bin/mypy services/consensus/raft
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) fleetsuit/v1 data .pytest_cache .hypothesis
