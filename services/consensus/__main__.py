@@ -1,0 +1,36 @@
+"""``python -m services.consensus``: one consensus process (config -> serve)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from fleetsuit.envconfig import ConfigError
+from fleetsuit.grpcutil import shutdown_event
+from fleetsuit.logs import setup_logging
+
+from .config import ConsensusConfig
+from .errors import StorageError
+from .server import serve
+
+
+async def _main(config: ConsensusConfig) -> int:
+    return await serve(config, shutdown=shutdown_event())
+
+
+def main() -> int:
+    try:
+        config = ConsensusConfig.from_args()
+    except ConfigError as exc:
+        print(f"consensus: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("consensus", config.node_id, config.log_level)
+    try:
+        return asyncio.run(_main(config))
+    except StorageError as exc:
+        print(f"consensus[{config.node_id}]: {exc.code}: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Sub-commands of the consensus service: ``status``, ``ledger append |
+export | verify`` and ``cluster up``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fleetsuit.cli import CliError
+from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.v1 import consensus_pb2 as pb
+from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+
+from .convert import block_from_pb
+from .ledger.block import ChainError, verify_chain
+from .ledger.export import ExportFormatError, read_blocks, write_blocks
+
+RPC_TIMEOUT_S = 10.0
+
+
+def _rpc_error(endpoint: str, exc: grpc.RpcError) -> CliError:
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return CliError(f"{endpoint}: {exc.code().name}: {details}")  # type: ignore[attr-defined]
+
+
+def status_dict(resp: pb.StatusResponse) -> dict[str, Any]:
+    return {
+        "node_id": resp.node_id,
+        "role": resp.role,
+        "term": resp.term,
+        "leader_id": resp.leader_id,
+        "commit_index": resp.commit_index,
+        "applied_index": resp.applied_index,
+        "last_log_index": resp.last_log_index,
+        "block_height": resp.block_height,
+        "cluster_id": resp.cluster_id,
+        "members": [{"id": m.node_id, "address": m.address, "voter": m.voter} for m in resp.members],
+    }
+
+
+async def _status(endpoint: str) -> pb.StatusResponse:
+    async with insecure_channel(endpoint) as channel:
+        return await pb_grpc.LedgerStub(channel).Status(pb.StatusRequest(), timeout=RPC_TIMEOUT_S)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        resp = asyncio.run(_status(args.endpoint))
+    except grpc.RpcError as exc:
+        raise _rpc_error(args.endpoint, exc) from None
+    doc = status_dict(resp)
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index", "block_height"):
+            print(f"{key:14} {doc[key]}")
+        print(f"{'members':14} {', '.join(m['id'] + '@' + m['address'] for m in doc['members'])}")
+    return 0
+
+
+async def _append(endpoint: str, text: str, client_id: str, request_id: int) -> pb.SubmitResponse:
+    entry = pb.LedgerEntry(client_id=client_id, request_id=request_id, app=pb.AppEntry(payload=text.encode()))
+    async with insecure_channel(endpoint) as channel:
+        return await pb_grpc.LedgerStub(channel).Submit(pb.SubmitRequest(entry=entry), timeout=RPC_TIMEOUT_S)
+
+
+def cmd_append(args: argparse.Namespace) -> int:
+    client_id = args.client_id or f"cli-{uuid.uuid4().hex[:12]}"
+    try:
+        resp = asyncio.run(_append(args.endpoint, args.text, client_id, args.request_id))
+    except grpc.RpcError as exc:
+        raise _rpc_error(args.endpoint, exc) from None
+    if args.json:
+        print(json.dumps({"index": resp.index, "block_height": resp.block_height, "duplicate": resp.duplicate}))
+    else:
+        print(f"committed at index {resp.index}, block {resp.block_height}"
+              + (" (duplicate)" if resp.duplicate else ""))
+    return 0
+
+
+async def _export(endpoint: str, out: Path) -> int:
+    async with insecure_channel(endpoint) as channel:
+        stub = pb_grpc.LedgerStub(channel)
+        blocks = [block_from_pb(b) async for b in stub.ExportBlocks(pb.ExportRequest(from_height=1))]
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "wb") as f:
+        count = write_blocks(f, blocks)
+    tmp.replace(out)
+    return count
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        count = asyncio.run(_export(args.endpoint, Path(args.output)))
+    except grpc.RpcError as exc:
+        raise _rpc_error(args.endpoint, exc) from None
+    print(f"exported {count} blocks to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, "rb") as f:
+            blocks = list(read_blocks(f))
+        head = verify_chain(blocks)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    except ExportFormatError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    except ChainError as exc:
+        raise CliError(f"{args.file}: bad block at height {exc.height}: {exc.reason}") from None
+    if args.json:
+        print(json.dumps({"ok": True, "blocks": len(blocks), "head": head.hex()}))
+    else:
+        print(f"ok: {len(blocks)} blocks, head {head.hex()}")
+    return 0
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from fleetsuit.cluster import run_cluster
+
+    return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("status", help="a node's Raft and ledger status")
+    p.add_argument("--endpoint", required=True, help="HOST:PORT of a consensus service")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    ledger = sub.add_parser("ledger", help="append to, export and verify the ledger")
+    lsub = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND")
+    lsub.required = True
+    p = lsub.add_parser("append", help="submit a plain application entry")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--client-id", default="", help="idempotency: client id (default: a new one)")
+    p.add_argument("--request-id", type=int, default=1, help="idempotency: request id")
+    p.add_argument("text")
+    p.set_defaults(func=cmd_append)
+    p = lsub.add_parser("export", help="write the whole chain to a file")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
+    p = lsub.add_parser("verify", help="check an exported chain offline")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    cluster = sub.add_parser("cluster", help="local clusters")
+    csub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND")
+    csub.required = True
+    p = csub.add_parser("up", help="start N nodes on loopback in the foreground")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--data", required=True)
+    p.add_argument("--base-port", type=int, default=7100)
+    p.add_argument("--cluster-id", default="local")
+    p.set_defaults(func=cmd_cluster_up)

@@ -1,0 +1,139 @@
+"""The ledger state machine (roles.Application): committed Raft entries in,
+blocks out.
+
+Each NORMAL Raft entry carries an ``EntryBatch`` of encoded ``LedgerEntry``
+messages and becomes at most one block, so block boundaries depend only on
+the log and every node builds the same chain. A ledger entry whose
+(client_id, request_id) was applied before is left out of the block and
+answered with the first application's index and height (the
+RequestInspector's at-most-once rule). Everything here is deterministic: the
+same log gives the same blocks on every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from fleetsuit.v1 import consensus_pb2 as pb
+
+from ..convert import block_from_pb, block_to_pb
+from ..raft.roles import RequestKey
+from ..raft.types import Entry, EntryType
+from ..storage import RocksStorage
+from .block import GENESIS_HASH, BlockData, make_block
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The answer for one ledger entry, handed to whoever submitted it."""
+
+    key: RequestKey | None
+    index: int
+    block_height: int
+    duplicate: bool
+
+
+class ProtoRequestInspector:
+    """RequestInspector for encoded LedgerEntry payloads."""
+
+    def key_of(self, payload: bytes) -> RequestKey | None:
+        try:
+            entry = pb.LedgerEntry.FromString(payload)
+        except DecodeError:
+            return None
+        if not entry.client_id:
+            return None
+        return RequestKey(entry.client_id, entry.request_id)
+
+
+def encode_batch(payloads: Sequence[bytes]) -> bytes:
+    return pb.EntryBatch(entries=list(payloads)).SerializeToString()
+
+
+def decode_batch(data: bytes) -> list[bytes]:
+    try:
+        return list(pb.EntryBatch.FromString(data).entries)
+    except DecodeError:
+        return []
+
+
+class LedgerMachine:
+    def __init__(
+        self,
+        storage: RocksStorage,
+        on_block: Callable[[BlockData], None] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._inspector = ProtoRequestInspector()
+        self._applied = storage.applied_index()
+        self._height = storage.last_block_height()
+        head = storage.get_block(self._height) if self._height else None
+        self._head_hash = pb.Block.FromString(head).hash if head else GENESIS_HASH
+        self._on_block = on_block
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
+    def head_hash(self) -> bytes:
+        return self._head_hash
+
+    def apply(self, entries: Sequence[Entry]) -> list[object]:
+        results: list[object] = []
+        blocks: list[tuple[int, bytes]] = []
+        new_blocks: list[BlockData] = []
+        requests: list[tuple[str, int, int, int]] = []
+        seen_now: dict[RequestKey, tuple[int, int]] = {}
+        for entry in entries:
+            if entry.index <= self._applied:
+                continue  # already applied before a restart
+            self._applied = entry.index
+            if entry.type != EntryType.NORMAL:
+                continue
+            included: list[bytes] = []
+            pending: list[RequestKey | None] = []
+            for payload in decode_batch(entry.data):
+                key = self._inspector.key_of(payload)
+                if key is not None:
+                    earlier = seen_now.get(key) or self._storage.get_request(
+                        key.client_id, key.request_id
+                    )
+                    if earlier is not None:
+                        results.append(Applied(key, earlier[0], earlier[1], True))
+                        continue
+                    seen_now[key] = (entry.index, 0)  # height filled below
+                included.append(payload)
+                pending.append(key)
+            if not included:
+                continue
+            block = make_block(
+                self._height + 1, self._head_hash, entry.index, entry.index, entry.term, included
+            )
+            self._height = block.height
+            self._head_hash = block.hash
+            blocks.append((block.height, block_to_pb(block).SerializeToString()))
+            new_blocks.append(block)
+            for key in pending:
+                if key is not None:
+                    seen_now[key] = (entry.index, block.height)
+                    requests.append((key.client_id, key.request_id, entry.index, block.height))
+                results.append(Applied(key, entry.index, block.height, False))
+        self._storage.write_applied(self._applied, blocks, requests)
+        if self._on_block is not None:
+            for block in new_blocks:
+                self._on_block(block)
+        return results
+
+    def get_block(self, height: int) -> BlockData | None:
+        raw = self._storage.get_block(height)
+        if raw is None:
+            return None
+        return block_from_pb(pb.Block.FromString(raw))
+

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the consensus service, named in etcd's style with a
+``fleetsuit_`` prefix (etcd_server_*, etcd_disk_*, etcd_network_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+class ConsensusMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.term = Gauge("fleetsuit_server_term", "Current Raft term.", registry=r)
+        self.commit_index = Gauge("fleetsuit_server_commit_index", "Raft commit index.", registry=r)
+        self.applied_index = Gauge("fleetsuit_server_applied_index", "Last applied log index.", registry=r)
+        self.block_height = Gauge("fleetsuit_ledger_block_height", "Height of the ledger head.", registry=r)
+        self.has_leader = Gauge("fleetsuit_server_has_leader", "1 if a leader is known.", registry=r)
+        self.is_leader = Gauge("fleetsuit_server_is_leader", "1 if this node is the leader.", registry=r)
+        self.leader_changes = Counter(
+            "fleetsuit_server_leader_changes_seen", "Leader changes seen.", registry=r
+        )
+        self.proposals_committed = Counter(
+            "fleetsuit_server_proposals_committed", "Ledger entries committed.", registry=r
+        )
+        self.proposals_applied = Counter(
+            "fleetsuit_server_proposals_applied", "Ledger entries applied.", registry=r
+        )
+        self.proposals_pending = Gauge(
+            "fleetsuit_server_proposals_pending", "Submissions waiting for commit.", registry=r
+        )
+        self.proposals_failed = Counter(
+            "fleetsuit_server_proposals_failed", "Submissions that failed or timed out.", ["reason"],
+            registry=r,
+        )
+        self.append_duration = Histogram(
+            "fleetsuit_disk_wal_append_duration_seconds", "Time to persist one Ready (append + sync).",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.fsync_duration = Histogram(
+            "fleetsuit_disk_wal_fsync_duration_seconds", "Time of the synced write of one batch.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.peer_rtt = Histogram(
+            "fleetsuit_network_peer_round_trip_time_seconds", "Round-trip time to a peer.", ["to"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.peer_sent_failures = Counter(
+            "fleetsuit_network_peer_sent_failures", "Failed stream sends to a peer.", ["to"], registry=r
+        )

@@ -1,0 +1,305 @@
+"""The asyncio runtime that owns one Raft core (STYLE: one task touches the
+core, so no locks).
+
+Inputs — ticks from a timer, messages from the transport, submissions from
+the Ledger API — are queued and drained by ``_loop``, which then handles each
+``Ready`` in contract order: persist (one synced RocksDB batch: the group
+commit), send, apply into the ledger, advance. While one batch is being
+synced, new submissions gather and go into the next Raft entry together
+(the Assembler).
+
+Submissions wait for their own application by request key. A follower
+forwards its batch to the leader and learns the outcome by applying it. When
+the leader changes, every submission still in flight is proposed again:
+idempotency keys make the retry harmless, and a failover costs one election
+instead of a client timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import CommitTimeout, InvalidEntry, NoLeader, ShuttingDown, StorageError
+from .ledger.block import BlockData
+from .ledger.machine import Applied, LedgerMachine, encode_batch
+from .metrics import ConsensusMetrics
+from .raft.node import RaftNode
+from .raft.roles import RequestKey, Transport
+from .raft.types import Message, ProposalDropped, RaftConfig, Role
+from .storage import RocksStorage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiting:
+    payload: bytes
+    futures: list[asyncio.Future[Applied]]
+    proposed_term: int = -1  # term in which it was last proposed (-1: not yet)
+
+
+class ConsensusNode:
+    def __init__(
+        self,
+        raft_config: RaftConfig,
+        storage: RocksStorage,
+        transport: Transport,
+        metrics: ConsensusMetrics,
+        rng: random.Random,
+        *,
+        tick_s: float,
+        max_batch_entries: int = 1_024,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.config = raft_config
+        self._storage = storage
+        self._transport = transport
+        self._metrics = metrics
+        self._tick_s = tick_s
+        self._max_batch_entries = max_batch_entries
+        self._max_batch_bytes = max_batch_bytes
+        self._on_fatal = on_fatal
+        self.machine = LedgerMachine(storage, on_block=self._block_applied)
+        hard_state, entries = storage.load()
+        self._core = RaftNode(
+            raft_config, rng, hard_state=hard_state, log=entries, applied=self.machine.applied_index()
+        )
+        self._inbox: list[Message] = []
+        self._ticks = 0
+        self._wake = asyncio.Event()
+        self._queue: deque[RequestKey] = deque()  # keys waiting to be proposed
+        self._waiting: dict[RequestKey, _Waiting] = {}
+        self._leader = ""
+        self._stopped = False
+        self._new_block = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.fatal: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="raft-loop"),
+            asyncio.create_task(self._ticker(), name="raft-ticker"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for waiting in self._waiting.values():
+            for fut in waiting.futures:
+                if not fut.done():
+                    fut.set_exception(ShuttingDown("node is shutting down"))
+        self._waiting.clear()
+
+    # ------------------------------------------------------------ inputs
+
+    def deliver(self, messages: list[Message]) -> None:
+        self._inbox.extend(messages)
+        self._wake.set()
+
+    async def submit(self, payload: bytes, key: RequestKey, timeout_s: float) -> Applied:
+        if self._stopped:
+            raise ShuttingDown("node is shutting down")
+        if self.fatal is not None:
+            raise StorageError(f"node stopped: {self.fatal}")
+        if len(payload) > self._max_batch_bytes:
+            raise InvalidEntry(f"entry of {len(payload)} bytes exceeds {self._max_batch_bytes}")
+        earlier = self._storage.get_request(key.client_id, key.request_id)
+        if earlier is not None:
+            return Applied(key, earlier[0], earlier[1], True)
+        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            self._waiting[key] = _Waiting(payload, [fut])
+            self._queue.append(key)
+        else:
+            waiting.futures.append(fut)
+        self._metrics.proposals_pending.set(len(self._waiting))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                waiting.futures.remove(fut)
+                if not waiting.futures:
+                    del self._waiting[key]
+            self._metrics.proposals_pending.set(len(self._waiting))
+            reason = "no_leader" if not self._core.leader_id else "timeout"
+            self._metrics.proposals_failed.labels(reason).inc()
+            if reason == "no_leader":
+                raise NoLeader("no leader elected within the deadline; retry") from None
+            raise CommitTimeout(f"not committed within {timeout_s:.3f}s; retry") from None
+
+    # ------------------------------------------------------------ the loop
+
+    async def _ticker(self) -> None:
+        next_at = time.monotonic()
+        while not self._stopped:
+            next_at += self._tick_s
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = time.monotonic()  # fell behind: do not burst ticks
+            self._ticks += 1
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        try:
+            while not self._stopped:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._step_once()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a storage failure or a broken invariant stops the node
+            self.fatal = exc
+            log.error("raft loop stopped: %s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    async def _step_once(self) -> None:
+        core = self._core
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            core.tick()
+        inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            core.step(msg)
+        self._track_leader()
+        self._propose_queued()
+        while core.has_ready():
+            rd = core.ready()
+            started = time.perf_counter()
+            if rd.hard_state is not None or rd.entries:
+                await asyncio.to_thread(self._storage.save, rd.hard_state, rd.entries)
+                self._metrics.fsync_duration.observe(time.perf_counter() - started)
+            self._transport.send(rd.messages)
+            if rd.committed:
+                self._apply(rd.committed)
+            core.advance(rd)
+            self._metrics.append_duration.observe(time.perf_counter() - started)
+            self._track_leader()
+            # Inputs that arrived during the sync go into the next round at once.
+            if self._inbox or self._ticks:
+                inbox, self._inbox = self._inbox, []
+                for msg in inbox:
+                    core.step(msg)
+                ticks, self._ticks = self._ticks, 0
+                for _ in range(ticks):
+                    core.tick()
+            self._propose_queued()
+        status = core.status()
+        self._metrics.term.set(status.term)
+        self._metrics.commit_index.set(status.commit_index)
+
+    def _track_leader(self) -> None:
+        leader = self._core.leader_id
+        if leader != self._leader:
+            if leader:
+                self._metrics.leader_changes.inc()
+            self._leader = leader
+            # Re-propose everything in flight to the new leader (idempotent).
+            for key, waiting in self._waiting.items():
+                if waiting.proposed_term != -1:
+                    waiting.proposed_term = -1
+                    self._queue.append(key)
+        self._metrics.has_leader.set(1 if leader else 0)
+        self._metrics.is_leader.set(1 if self._core.role == Role.LEADER else 0)
+
+    def _propose_queued(self) -> None:
+        while self._queue:
+            payloads: list[bytes] = []
+            size = 0
+            taken: list[tuple[RequestKey, _Waiting]] = []
+            while self._queue and len(payloads) < self._max_batch_entries:
+                key = self._queue[0]
+                waiting = self._waiting.get(key)
+                if waiting is None or waiting.proposed_term != -1:
+                    self._queue.popleft()  # timed out, or already proposed
+                    continue
+                if payloads and size + len(waiting.payload) > self._max_batch_bytes:
+                    break
+                self._queue.popleft()
+                payloads.append(waiting.payload)
+                taken.append((key, waiting))
+                size += len(waiting.payload)
+            if not payloads:
+                return
+            try:
+                self._core.propose([encode_batch(payloads)])
+            except ProposalDropped:
+                # No leader yet: keep them queued, in order, for the next round.
+                self._queue.extendleft(key for key, _ in reversed(taken))
+                return
+            term = self._core.term
+            for _, waiting in taken:
+                waiting.proposed_term = term
+
+    def _apply(self, entries: list) -> None:  # type: ignore[type-arg]
+        results = self.machine.apply(entries)
+        applied_count = 0
+        for result in results:
+            assert isinstance(result, Applied)
+            applied_count += 0 if result.duplicate else 1
+            if result.key is None:
+                continue
+            waiting = self._waiting.pop(result.key, None)
+            if waiting is None:
+                continue
+            for fut in waiting.futures:
+                if not fut.done():
+                    fut.set_result(result)
+        self._metrics.proposals_committed.inc(applied_count)
+        self._metrics.proposals_applied.inc(applied_count)
+        self._metrics.applied_index.set(self.machine.applied_index())
+        self._metrics.block_height.set(self.machine.height)
+        self._metrics.proposals_pending.set(len(self._waiting))
+
+    # ------------------------------------------------------------ blocks
+
+    def _block_applied(self, block: BlockData) -> None:
+        asyncio.get_running_loop().create_task(self._notify_block())
+
+    async def _notify_block(self) -> None:
+        async with self._new_block:
+            self._new_block.notify_all()
+
+    async def wait_for_height(self, height: int, timeout_s: float) -> bool:
+        """Wait until the ledger head reaches ``height`` (False on timeout)."""
+        async with self._new_block:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._new_block.wait_for(lambda: self.machine.height >= height), timeout_s
+                )
+        return self.machine.height >= height
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, object]:
+        s = self._core.status()
+        return {
+            "node_id": s.node_id,
+            "role": s.role.value,
+            "term": s.term,
+            "leader_id": s.leader_id,
+            "commit_index": s.commit_index,
+            "applied_index": self.machine.applied_index(),
+            "last_log_index": s.last_index,
+            "block_height": self.machine.height,
+        }

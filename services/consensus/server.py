@@ -1,0 +1,249 @@
+"""The consensus gRPC server: the RaftPeer service between nodes and the
+public Ledger API, with health, reflection and metrics.
+
+``build_server(config, deps)`` binds and returns ``(server, port)`` so tests
+can listen on port 0; ``serve(config, shutdown=...)`` runs until the event
+is set (SIGINT/SIGTERM in ``__main__``), then drains gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from fleetsuit.grpcutil import add_health_and_reflection, graceful_stop, mark_serving, new_server
+from fleetsuit.metrics import serve_metrics
+from fleetsuit.v1 import consensus_pb2 as pb
+from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+
+from .config import ConsensusConfig
+from .convert import block_to_pb, message_from_pb
+from .errors import BlockNotFound, ConsensusError, InvalidEntry
+from .metrics import ConsensusMetrics
+from .raft.roles import RequestKey
+from .raft.types import RaftConfig
+from .runtime import ConsensusNode
+from .storage import RocksStorage
+from .transport import CLUSTER_HEADER, GrpcTransport
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Ledger"].full_name,
+    pb.DESCRIPTOR.services_by_name["RaftPeer"].full_name,
+)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: ConsensusError) -> None:
+    await context.abort(exc.status, f"{exc.code}: {exc}")
+
+
+class RaftPeerServicer(pb_grpc.RaftPeerServicer):
+    def __init__(self, node: ConsensusNode, cluster_id: str) -> None:
+        self._node = node
+        self._cluster_id = cluster_id
+        self._members = set(node.config.peers)
+
+    async def _check_cluster(self, context: grpc.aio.ServicerContext) -> None:
+        got = dict(context.invocation_metadata() or ()).get(CLUSTER_HEADER)
+        if got != self._cluster_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"WRONG_CLUSTER: peer belongs to cluster {got!r}, this node to {self._cluster_id!r}",
+            )
+
+    async def Send(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.RaftMessageBatch], context: grpc.aio.ServicerContext
+    ) -> pb.PeerAck:
+        await self._check_cluster(context)
+        async for batch in request_iterator:
+            messages = []
+            for raw in batch.messages:
+                if raw.src not in self._members:
+                    continue  # an unknown peer: ignored, never stepped
+                try:
+                    messages.append(message_from_pb(raw))
+                except ValueError:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BAD_MESSAGE: unknown type")
+            if messages:
+                self._node.deliver(messages)
+        return pb.PeerAck()
+
+    async def Ping(self, request: pb.PeerAck, context: grpc.aio.ServicerContext) -> pb.PeerAck:  # noqa: N802
+        await self._check_cluster(context)
+        return pb.PeerAck()
+
+
+class LedgerServicer(pb_grpc.LedgerServicer):
+    def __init__(self, node: ConsensusNode, config: ConsensusConfig) -> None:
+        self._node = node
+        self._config = config
+        # Submissions without a key get one of this process's own.
+        self._client_id = f"{config.node_id}/{uuid.uuid4().hex[:12]}"
+        self._request_ids = itertools.count(1)
+
+    async def Submit(  # noqa: N802
+        self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitResponse:
+        entry = request.entry
+        try:
+            if entry.WhichOneof("kind") is None:
+                raise InvalidEntry("entry has no kind (app, release_published, ...)")
+            if not entry.client_id:
+                entry.client_id = self._client_id
+                entry.request_id = next(self._request_ids)
+            payload = entry.SerializeToString()
+            if len(payload) > self._config.max_entry_bytes:
+                raise InvalidEntry(
+                    f"entry is {len(payload)} bytes; the limit is {self._config.max_entry_bytes}"
+                )
+            timeout_ms = request.timeout_ms or self._config.submit_timeout_ms
+            result = await self._node.submit(
+                payload, RequestKey(entry.client_id, entry.request_id), timeout_ms / 1000
+            )
+        except ConsensusError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.SubmitResponse(
+            index=result.index, block_height=result.block_height, duplicate=result.duplicate
+        )
+
+    async def Status(  # noqa: N802
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        s = self._node.status()
+        return pb.StatusResponse(
+            node_id=str(s["node_id"]),
+            role=str(s["role"]),
+            term=int(s["term"]),  # type: ignore[call-overload]
+            leader_id=str(s["leader_id"]),
+            commit_index=int(s["commit_index"]),  # type: ignore[call-overload]
+            applied_index=int(s["applied_index"]),  # type: ignore[call-overload]
+            last_log_index=int(s["last_log_index"]),  # type: ignore[call-overload]
+            block_height=int(s["block_height"]),  # type: ignore[call-overload]
+            cluster_id=self._config.cluster_id,
+            members=[pb.Member(node_id=nid, address=addr, voter=True) for nid, addr in self._config.peers],
+        )
+
+    async def GetBlock(  # noqa: N802
+        self, request: pb.GetBlockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Block:
+        block = self._node.machine.get_block(request.height)
+        if block is None:
+            await _abort(context, BlockNotFound(f"no block at height {request.height}"))
+            raise AssertionError("unreachable")
+        return block_to_pb(block)
+
+    async def ExportBlocks(  # noqa: N802
+        self, request: pb.ExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Block]:
+        head = self._node.machine.height
+        for height in range(max(1, request.from_height), head + 1):
+            block = self._node.machine.get_block(height)
+            if block is None:
+                break
+            yield block_to_pb(block)
+
+    async def WatchBlocks(  # noqa: N802
+        self, request: pb.WatchBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Block]:
+        height = max(1, request.from_height)
+        while not context.done():
+            if self._node.machine.height >= height:
+                block = self._node.machine.get_block(height)
+                if block is not None:
+                    yield block_to_pb(block)
+                    height += 1
+                    continue
+            await self._node.wait_for_height(height, 1.0)
+
+
+@dataclass
+class Deps:
+    storage: RocksStorage
+    metrics: ConsensusMetrics
+    rng: random.Random
+
+
+def build_node(
+    config: ConsensusConfig,
+    deps: Deps,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> tuple[ConsensusNode, GrpcTransport]:
+    raft_config = RaftConfig(
+        node_id=config.node_id,
+        peers=tuple(p[0] for p in config.peers),
+        election_ticks=config.election_ticks,
+        heartbeat_ticks=config.heartbeat_ticks,
+    )
+    raft_config.validate()
+    transport = GrpcTransport(config.node_id, config.cluster_id, config.peer_addresses, deps.metrics)
+    node = ConsensusNode(
+        raft_config,
+        deps.storage,
+        transport,
+        deps.metrics,
+        deps.rng,
+        tick_s=config.tick_ms / 1000,
+        max_batch_entries=config.max_batch_entries,
+        max_batch_bytes=config.max_batch_bytes,
+        on_fatal=on_fatal,
+    )
+    return node, transport
+
+
+def build_server(
+    config: ConsensusConfig, node: ConsensusNode
+) -> tuple[grpc.aio.Server, int, object]:
+    server = new_server()
+    pb_grpc.add_RaftPeerServicer_to_server(RaftPeerServicer(node, config.cluster_id), server)
+    pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config), server)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    return server, port, health
+
+
+async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = None) -> int:
+    """Run the node until ``shutdown`` is set; returns a process exit code."""
+    storage = RocksStorage(
+        os.path.join(config.data_dir, "consensus"), node_id=config.node_id, cluster_id=config.cluster_id
+    )
+    metrics = ConsensusMetrics()
+    deps = Deps(storage=storage, metrics=metrics, rng=random.Random())
+    stop = shutdown or asyncio.Event()
+    fatal: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        stop.set()
+
+    node, transport = build_node(config, deps, on_fatal)
+    server, port, health = build_server(config, node)
+    if config.metrics_port:
+        serve_metrics(metrics.registry, config.listen.rsplit(":", 1)[0], config.metrics_port)
+    await server.start()
+    transport.start()
+    node.start()
+    await mark_serving(health, SERVICE_NAMES)  # type: ignore[arg-type]
+    log.info("consensus %s serving on port %d, peers %s", config.node_id, port, config.peers)
+    try:
+        await stop.wait()
+    finally:
+        await graceful_stop(server, health, grace_s=1.0)  # type: ignore[arg-type]
+        await node.stop()
+        await transport.stop()
+        storage.close()
+    if fatal:
+        log.error("node %s stopped: %s", config.node_id, fatal[0])
+        return 3
+    return 0

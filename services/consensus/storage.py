@@ -1,0 +1,247 @@
+"""Durable Raft state on RocksDB (rocksdict): the hard state, the log, and the
+applied ledger (blocks, the request table) in one database per node.
+
+On-disk format, version 1 (all integers big-endian):
+
+    m/format       -> b"1"
+    m/identity     -> b"<cluster_id>\\n<node_id>"
+    m/hard_state   -> record(u64 term | u64 commit | vote utf-8)
+    l/<u64 index>  -> record(u64 term | u8 type | data)
+    a/applied      -> u64 applied index
+    b/<u64 height> -> record(encoded Block protobuf)
+    r/<client_id>\\x00<u64 request_id> -> u64 index | u64 height
+
+where record(x) = u32 crc32(x) | x. A record whose checksum does not match
+stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
+
+Raft writes (``save``) are synced before returning: one sync per Ready, which
+is the group commit. Ledger writes (``write_applied``) are not synced: they
+can be rebuilt from the synced log, and the applied index is written in the
+same atomic batch as the blocks it covers.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from .errors import StorageCorrupt, StorageError, StorageFull, WrongDataDirectory
+from .raft.types import Entry, EntryType, HardState
+
+FORMAT_VERSION = b"1"
+_U64 = struct.Struct(">Q")
+_ENTRY_HEAD = struct.Struct(">QB")
+_HS_HEAD = struct.Struct(">QQ")
+
+K_FORMAT = b"m/format"
+K_IDENTITY = b"m/identity"
+K_HARD_STATE = b"m/hard_state"
+K_APPLIED = b"a/applied"
+P_LOG = b"l/"
+P_BLOCK = b"b/"
+P_REQUEST = b"r/"
+
+
+def _record(payload: bytes) -> bytes:
+    return struct.pack(">I", zlib.crc32(payload)) + payload
+
+
+def _unrecord(key: bytes, raw: bytes) -> bytes:
+    if len(raw) < 4:
+        raise StorageCorrupt(f"record {key!r} is truncated ({len(raw)} bytes)")
+    (crc,) = struct.unpack_from(">I", raw)
+    payload = raw[4:]
+    if zlib.crc32(payload) != crc:
+        raise StorageCorrupt(f"record {key!r} fails its checksum")
+    return payload
+
+
+def log_key(index: int) -> bytes:
+    return P_LOG + _U64.pack(index)
+
+
+def block_key(height: int) -> bytes:
+    return P_BLOCK + _U64.pack(height)
+
+
+def request_key(client_id: str, request_id: int) -> bytes:
+    return P_REQUEST + client_id.encode() + b"\x00" + _U64.pack(request_id)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return _record(_ENTRY_HEAD.pack(entry.term, int(entry.type)) + entry.data)
+
+
+def decode_entry(index: int, raw: bytes) -> Entry:
+    payload = _unrecord(log_key(index), raw)
+    term, etype = _ENTRY_HEAD.unpack_from(payload)
+    try:
+        kind = EntryType(etype)
+    except ValueError:
+        raise StorageCorrupt(f"log entry {index} has unknown type {etype}") from None
+    return Entry(term=term, index=index, type=kind, data=payload[_ENTRY_HEAD.size :])
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no space" in text or "enospc" in text or "disk full" in text
+
+
+class RocksStorage:
+    """Storage (roles.Storage) plus the ledger's applied state, on one RocksDB."""
+
+    def __init__(self, path: str, *, node_id: str, cluster_id: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        try:
+            self._db = Rdict(path, options)
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise StorageError(f"cannot open data directory {path}: {exc}") from exc
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._nosync = WriteOptions()
+        self.path = path
+        try:
+            self._check_identity(node_id, cluster_id)
+        except Exception:
+            self._db.close()
+            raise
+        self._last_index = self._scan_last_index()
+
+    # ------------------------------------------------------------ identity
+
+    def _check_identity(self, node_id: str, cluster_id: str) -> None:
+        identity = f"{cluster_id}\n{node_id}".encode()
+        fmt = self._db.get(K_FORMAT)
+        stored = self._db.get(K_IDENTITY)
+        if fmt is None and stored is None:
+            batch = WriteBatch(raw_mode=True)
+            batch.put(K_FORMAT, FORMAT_VERSION)
+            batch.put(K_IDENTITY, identity)
+            self._write(batch, sync=True)
+            return
+        if fmt != FORMAT_VERSION:
+            raise StorageCorrupt(
+                f"data directory {self.path} has format {fmt!r}, this build reads {FORMAT_VERSION!r}"
+            )
+        if stored != identity:
+            other_cluster, _, other_node = (stored or b"").decode(errors="replace").partition("\n")
+            raise WrongDataDirectory(
+                f"data directory {self.path} belongs to node {other_node!r} of cluster "
+                f"{other_cluster!r}, not node {node_id!r} of cluster {cluster_id!r}"
+            )
+
+    # ------------------------------------------------------------ raft
+
+    def _scan_last_index(self) -> int:
+        it = self._db.iter()
+        it.seek_for_prev(P_LOG + b"\xff" * 8)
+        if it.valid() and bytes(it.key()).startswith(P_LOG):
+            return int(_U64.unpack(bytes(it.key())[len(P_LOG) :])[0])
+        return 0
+
+    def load(self) -> tuple[HardState, list[Entry]]:
+        raw = self._db.get(K_HARD_STATE)
+        hard_state = HardState()
+        if raw is not None:
+            payload = _unrecord(K_HARD_STATE, raw)
+            term, commit = _HS_HEAD.unpack_from(payload)
+            hard_state = HardState(
+                term=term, commit=commit, vote=payload[_HS_HEAD.size :].decode()
+            )
+        entries = list(self.iter_log(1))
+        for expected, entry in enumerate(entries, start=entries[0].index if entries else 1):
+            if entry.index != expected:
+                raise StorageCorrupt(f"log has a gap before index {entry.index}")
+        return hard_state, entries
+
+    def iter_log(self, start: int) -> Iterator[Entry]:
+        it = self._db.iter()
+        it.seek(log_key(start))
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(P_LOG):
+                break
+            index = int(_U64.unpack(key[len(P_LOG) :])[0])
+            yield decode_entry(index, bytes(it.value()))
+            it.next()
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        if hard_state is None and not entries:
+            return
+        batch = WriteBatch(raw_mode=True)
+        if entries:
+            first = entries[0].index
+            if first <= self._last_index:
+                batch.delete_range(log_key(first), log_key(self._last_index + 1))
+            for entry in entries:
+                batch.put(log_key(entry.index), encode_entry(entry))
+        if hard_state is not None:
+            batch.put(
+                K_HARD_STATE,
+                _record(_HS_HEAD.pack(hard_state.term, hard_state.commit) + hard_state.vote.encode()),
+            )
+        self._write(batch, sync=True)
+        if entries:
+            self._last_index = entries[-1].index
+
+    @property
+    def last_index(self) -> int:
+        return self._last_index
+
+    # ------------------------------------------------------------ ledger
+
+    def applied_index(self) -> int:
+        raw = self._db.get(K_APPLIED)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+    def get_block(self, height: int) -> bytes | None:
+        raw = self._db.get(block_key(height))
+        return None if raw is None else _unrecord(block_key(height), raw)
+
+    def last_block_height(self) -> int:
+        it = self._db.iter()
+        it.seek_for_prev(P_BLOCK + b"\xff" * 8)
+        if it.valid() and bytes(it.key()).startswith(P_BLOCK):
+            return int(_U64.unpack(bytes(it.key())[len(P_BLOCK) :])[0])
+        return 0
+
+    def get_request(self, client_id: str, request_id: int) -> tuple[int, int] | None:
+        raw = self._db.get(request_key(client_id, request_id))
+        if raw is None:
+            return None
+        index, height = struct.unpack(">QQ", raw)
+        return int(index), int(height)
+
+    def write_applied(
+        self,
+        applied: int,
+        blocks: Sequence[tuple[int, bytes]],
+        requests: Sequence[tuple[str, int, int, int]],
+    ) -> None:
+        """Atomically record new blocks, request answers and the applied index."""
+        batch = WriteBatch(raw_mode=True)
+        for height, encoded in blocks:
+            batch.put(block_key(height), _record(encoded))
+        for client_id, request_id, index, height in requests:
+            batch.put(request_key(client_id, request_id), struct.pack(">QQ", index, height))
+        batch.put(K_APPLIED, _U64.pack(applied))
+        self._write(batch, sync=False)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _write(self, batch: WriteBatch, *, sync: bool) -> None:
+        try:
+            self._db.write(batch, self._sync if sync else self._nosync)
+        except Exception as exc:  # rocksdict raises plain Exception
+            if _is_disk_full(exc):
+                raise StorageFull(f"disk full writing to {self.path}: {exc}") from exc
+            raise StorageError(f"write to {self.path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()

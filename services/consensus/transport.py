@@ -1,0 +1,114 @@
+"""The gRPC Transport (roles.Transport): one long-lived client stream per
+peer carries batches of Raft messages; answers come back on the peer's own
+stream to us. Sending never blocks the Raft loop: messages queue per peer
+(bounded: when a peer is unreachable the oldest are dropped, which Raft
+tolerates) and a task per peer drains the queue, reconnecting quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.v1 import consensus_pb2 as pb
+from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+
+from .convert import message_to_pb
+from .metrics import ConsensusMetrics
+from .raft.types import Message
+
+log = logging.getLogger(__name__)
+
+CLUSTER_HEADER = "x-fleetsuit-cluster"
+MAX_QUEUED_PER_PEER = 4_096
+RECONNECT_DELAY_S = 0.05
+RTT_INTERVAL_S = 5.0
+
+
+class _Peer:
+    def __init__(self, node_id: str, address: str) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.queue: deque[Message] = deque()
+        self.ready = asyncio.Event()
+
+
+class GrpcTransport:
+    def __init__(
+        self, node_id: str, cluster_id: str, peers: dict[str, str], metrics: ConsensusMetrics
+    ) -> None:
+        self._node_id = node_id
+        self._metadata = ((CLUSTER_HEADER, cluster_id),)
+        self._metrics = metrics
+        self._peers = {pid: _Peer(pid, addr) for pid, addr in peers.items() if pid != node_id}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    def start(self) -> None:
+        for peer in self._peers.values():
+            self._tasks.append(asyncio.create_task(self._run_peer(peer), name=f"peer-{peer.node_id}"))
+            self._tasks.append(asyncio.create_task(self._measure_rtt(peer), name=f"rtt-{peer.node_id}"))
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def send(self, messages: Sequence[Message]) -> None:
+        for msg in messages:
+            peer = self._peers.get(msg.dst)
+            if peer is None:
+                continue
+            if len(peer.queue) >= MAX_QUEUED_PER_PEER:
+                peer.queue.clear()  # unreachable peer: Raft resends what matters
+            peer.queue.append(msg)
+            peer.ready.set()
+
+    async def _batches(self, peer: _Peer) -> AsyncIterator[pb.RaftMessageBatch]:
+        while True:
+            await peer.ready.wait()
+            peer.ready.clear()
+            if not peer.queue:
+                continue
+            batch = pb.RaftMessageBatch()
+            while peer.queue:
+                batch.messages.append(message_to_pb(peer.queue.popleft()))
+            yield batch
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        while not self._closing:
+            channel = insecure_channel(peer.address)
+            try:
+                stub = pb_grpc.RaftPeerStub(channel)
+                await stub.Send(self._batches(peer), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                self._metrics.peer_sent_failures.labels(peer.node_id).inc()
+                log.debug("stream to %s ended: %s", peer.node_id, exc.code())
+            finally:
+                await channel.close(grace=None)
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    async def _measure_rtt(self, peer: _Peer) -> None:
+        channel = insecure_channel(peer.address)
+        stub = pb_grpc.RaftPeerStub(channel)
+        try:
+            while not self._closing:
+                start = time.perf_counter()
+                try:
+                    await stub.Ping(pb.PeerAck(), timeout=1.0, metadata=self._metadata)
+                    self._metrics.peer_rtt.labels(peer.node_id).observe(time.perf_counter() - start)
+                except grpc.RpcError:
+                    pass
+                await asyncio.sleep(RTT_INTERVAL_S)
+        finally:
+            await channel.close(grace=None)
