@@ -59,4 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the canonical module so that ``CliError`` raised by service
+    # modules (imported as fleetsuit.cli) is the class caught here.
+    from fleetsuit.cli import main as _main
+
+    sys.exit(_main())

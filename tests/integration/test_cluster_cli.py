@@ -1,0 +1,116 @@
+"""``fleetsuit cluster up`` in the foreground, ``status --json``, ``ledger
+append | export | verify`` — as a person would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .procs import free_base_port
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "fleetsuit.cli"]
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=check)
+
+
+def _wait(cond, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    base = free_base_port(40)
+    up = subprocess.Popen(
+        [*CLI, "cluster", "up", "--nodes", "3", "--data", str(data), "--base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    child_pids: list[int] = []
+    try:
+        doc = _wait(
+            lambda: json.loads((data / "cluster.json").read_text()) if (data / "cluster.json").exists() else None,
+            30, "cluster.json",
+        )
+        assert [n["id"] for n in doc["nodes"]] == ["n1", "n2", "n3"]
+        for node in doc["nodes"]:
+            assert set(node["pids"]) == set(node["endpoints"])
+            assert "consensus" in node["endpoints"]
+            child_pids.extend(node["pids"].values())
+        endpoints = [n["endpoints"]["consensus"] for n in doc["nodes"]]
+
+        def leader_known() -> dict | None:
+            out = _run("status", "--endpoint", endpoints[0], "--json", check=False)
+            if out.returncode != 0:
+                return None
+            status = json.loads(out.stdout)
+            return status if status["leader_id"] else None
+
+        status = _wait(leader_known, 30, "a leader")
+        for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index"):
+            assert key in status
+        assert status["node_id"] == "n1"
+
+        first = json.loads(_run("ledger", "append", "--endpoint", endpoints[1], "hello", "--json").stdout)
+        second = json.loads(_run("ledger", "append", "--endpoint", endpoints[2], "world", "--json").stdout)
+        assert second["index"] > first["index"]
+        assert second["block_height"] == first["block_height"] + 1
+
+        # Idempotency: the same client and request id is applied once.
+        again = [
+            json.loads(_run("ledger", "append", "--endpoint", ep, "once", "--json",
+                            "--client-id", "ci-42", "--request-id", "9").stdout)
+            for ep in endpoints[:2]
+        ]
+        assert again[0]["duplicate"] is False and again[1]["duplicate"] is True
+        assert again[0]["index"] == again[1]["index"]
+
+        ledger = tmp_path / "ledger.bin"
+        _run("ledger", "export", "--endpoint", endpoints[0], "-o", str(ledger))
+        ok = json.loads(_run("ledger", "verify", str(ledger), "--json").stdout)
+        assert ok["ok"] is True and ok["blocks"] >= 3
+
+        raw = bytearray(ledger.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        bad = tmp_path / "bad.bin"
+        bad.write_bytes(bytes(raw))
+        out = _run("ledger", "verify", str(bad), check=False)
+        assert out.returncode != 0
+        assert "Traceback" not in out.stderr
+        assert "block" in out.stderr or "record" in out.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+            for pid in child_pids:
+                if _pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert up.returncode == 0
+    for pid in child_pids:
+        _wait(lambda pid=pid: not _pid_alive(pid), 10, f"child {pid} to stop")
