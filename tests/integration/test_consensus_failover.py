@@ -6,6 +6,7 @@ same blocks, hash for hash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 async def _statuses(stubs: dict[str, pb_grpc.LedgerStub]) -> dict[str, pb.StatusResponse]:
     out = {}
     for node_id, stub in stubs.items():
-        try:
+        with contextlib.suppress(grpc.RpcError):
             out[node_id] = await stub.Status(pb.StatusRequest(), timeout=1.0)
-        except grpc.RpcError:
-            pass
     return out
 
 
@@ -143,7 +142,7 @@ async def test_kill_leader_while_clients_write(cluster: LocalCluster) -> None:
                 seen[key] = block.height
         lost = [k for k in clients.acked if k not in seen]
         assert not lost, f"{len(lost)} acknowledged entries lost, e.g. {lost[:3]}"
-        for key, (index, height) in clients.acked.items():
+        for key, (_index, height) in clients.acked.items():
             assert seen[key] == height, f"{key} acknowledged at height {height}, found at {seen[key]}"
     finally:
         for ch in channels.values():
