@@ -1,0 +1,85 @@
+"""The dht's exception tree and its stable error codes.
+
+``DhtError`` is the base. Errors about data a peer or client sent
+(``BadRemoteData``) are kept apart from transport failures (``PeerUnavailable``)
+so callers can tell "this peer lied" from "this peer is gone". The mapping to
+gRPC status codes lives in ``services/dht/convert.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_CONTENT_ID = "DHT_INVALID_CONTENT_ID"
+    INVALID_ROOT = "DHT_INVALID_ROOT"
+    NOT_FOUND = "DHT_NOT_FOUND"
+    STORE_FULL = "DHT_STORE_FULL"
+    BLOB_TOO_LARGE = "DHT_BLOB_TOO_LARGE"
+    CHUNK_CORRUPT = "DHT_CHUNK_CORRUPT"
+    DIGEST_MISMATCH = "DHT_DIGEST_MISMATCH"
+    PEER_UNAVAILABLE = "DHT_PEER_UNAVAILABLE"
+    INVALID_ARGUMENT = "DHT_INVALID_ARGUMENT"
+
+
+class DhtError(Exception):
+    code: ErrorCode = ErrorCode.INVALID_ARGUMENT
+
+
+class InvalidArgument(DhtError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class InvalidContentId(DhtError):
+    code = ErrorCode.INVALID_CONTENT_ID
+
+
+class NotFound(DhtError):
+    code = ErrorCode.NOT_FOUND
+
+
+class StoreFull(DhtError):
+    """Writing would exceed the disk-use limit even after evicting unpinned blobs."""
+
+    code = ErrorCode.STORE_FULL
+
+    def __init__(self, needed: int, used: int, limit: int) -> None:
+        super().__init__(
+            f"store full: need {needed} more bytes, {used} of {limit} used "
+            "(pinned or in-use blobs cannot be evicted)"
+        )
+        self.needed = needed
+        self.used = used
+        self.limit = limit
+
+
+class BlobTooLarge(DhtError):
+    code = ErrorCode.BLOB_TOO_LARGE
+
+
+class BadRemoteData(DhtError):
+    """Data that does not match the id it was sent under."""
+
+
+class InvalidRoot(BadRemoteData):
+    code = ErrorCode.INVALID_ROOT
+
+
+class ChunkCorrupt(BadRemoteData):
+    """A chunk's bytes do not hash to its id (on disk or on the wire)."""
+
+    code = ErrorCode.CHUNK_CORRUPT
+
+    def __init__(self, blob: bytes, index: int, where: str) -> None:
+        super().__init__(f"chunk {index} of sha256:{blob.hex()} is corrupt ({where})")
+        self.blob = blob
+        self.index = index
+
+
+class DigestMismatch(BadRemoteData):
+    code = ErrorCode.DIGEST_MISMATCH
+
+
+class PeerUnavailable(DhtError):
+    code = ErrorCode.PEER_UNAVAILABLE

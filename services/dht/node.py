@@ -1,0 +1,526 @@
+"""The dht node runtime: owns the routing core, the blob store and the peers.
+
+It turns client and peer requests into store operations and network calls:
+
+- iterative lookups (``routing.Lookup``) run with alpha requests in flight;
+- a blob lives on the k closest live nodes to its digest; after a Put the
+  receiving node asks them to pull it (``Replicate``) and every holder
+  announces itself to them with provider records (``Store``);
+- fetches take the root from one holder and the chunks from several holders
+  in parallel, each chunk verified on receipt, the whole digest checked
+  before the root is committed;
+- a corrupt chunk met on read is dropped by the store and fetched again from
+  a peer before any byte of it is served;
+- ``maintenance`` (the repair loop) re-bootstraps from seeds when needed,
+  repairs missing chunks and asks the k closest live nodes of every local
+  blob to hold a replica, which both restores k after a loss and hands data
+  to a node that joined closer to a blob.
+
+Everything runs on one asyncio loop; only this module's tasks touch the
+routing table and the store, so no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from services.dht.config import DhtConfig
+from services.dht.content import Chunker, ContentId, Digest, Root, decode_root, format_id
+from services.dht.errors import (
+    BadRemoteData,
+    BlobTooLarge,
+    ChunkCorrupt,
+    DhtError,
+    NotFound,
+    PeerUnavailable,
+)
+from services.dht.metrics import DhtMetrics
+from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
+from services.dht.store import BlobStore, PendingBlob
+from services.dht.transport import PeerTransport
+
+log = logging.getLogger("fleetsuit.dht.node")
+
+MAX_PROVIDERS_PER_KEY = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    content_id: ContentId
+    size: int
+    chunk_count: int
+    replicas_requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatResult:
+    content_id: ContentId
+    size: int
+    local: bool
+    pinned: bool
+    chunk_count: int
+    chunk_bytes: int
+    holders: tuple[Contact, ...]
+
+
+class DhtNode:
+    def __init__(
+        self,
+        config: DhtConfig,
+        self_contact: Contact,
+        store: BlobStore,
+        transport: PeerTransport,
+        metrics: DhtMetrics,
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.contact = self_contact
+        self.store = store
+        self.transport = transport
+        self.metrics = metrics
+        self.rng = rng
+        self.table = RoutingTable(self_contact, config.bucket_size)
+        self.providers: dict[bytes, dict[NodeId, Contact]] = {}
+        self._fetches: dict[Digest, asyncio.Task[Root]] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.repair_passes = 0
+        self._refresh()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks) + list(self._fetches.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._fetches.values(), return_exceptions=True)
+        await self.transport.close()
+
+    def _refresh(self) -> None:
+        self.metrics.blobs_stored.set(len(self.store.blobs()))
+        self.metrics.bytes_stored.set(self.store.used_bytes)
+
+    def observe(self, contact: Contact) -> None:
+        stale = self.table.observe(contact)
+        if stale is not None:
+            self._spawn(self._probe(stale))
+
+    async def _probe(self, contact: Contact) -> None:
+        """Kademlia §2.2: keep the old contact if it answers, else replace it."""
+        try:
+            await self.transport.ping(contact.address)
+            self.table.observe(contact)
+        except DhtError:
+            self._forget(contact.node_id)
+
+    def _peer_failed(self, contact: Contact) -> None:
+        if self.table.record_failure(contact.node_id):
+            self._forget(contact.node_id)
+
+    def _forget(self, node_id: NodeId) -> None:
+        self.table.remove(node_id)
+        for records in self.providers.values():
+            records.pop(node_id, None)
+
+    # ------------------------------------------------------------ lookups
+
+    async def _iterate(
+        self, target: bytes, query: Callable[[Contact], Awaitable[list[Contact]]]
+    ) -> Lookup:
+        started = time.perf_counter()
+        lookup = Lookup(
+            target,
+            self.table.closest(target, self.config.bucket_size),
+            self.contact.node_id,
+            self.config.bucket_size,
+            self.config.alpha,
+        )
+        pending: dict[asyncio.Task[list[Contact]], Contact] = {}
+        while True:
+            for contact in lookup.next_queries():
+                pending[asyncio.ensure_future(query(contact))] = contact
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                contact = pending.pop(task)
+                try:
+                    closer = task.result()
+                except DhtError:
+                    lookup.on_failure(contact)
+                    self._peer_failed(contact)
+                    continue
+                self.observe(contact)
+                lookup.on_response(contact, closer)
+        self.metrics.lookup_seconds.observe(time.perf_counter() - started)
+        if lookup.result():
+            self.metrics.lookup_hops.observe(lookup.hops)
+        return lookup
+
+    async def lookup(self, target: bytes) -> list[Contact]:
+        """The k closest live nodes to ``target``, this node included."""
+
+        async def query(contact: Contact) -> list[Contact]:
+            return await self.transport.find_node(contact, target)
+
+        found = (await self._iterate(target, query)).result()
+        ranked = sorted([*found, self.contact], key=lambda c: distance(c.node_id, target))
+        return ranked[: self.config.k]
+
+    async def find_providers(self, key: bytes) -> tuple[list[Contact], list[Contact]]:
+        """(holders of ``key`` found in the network, k closest live nodes)."""
+        holders: dict[NodeId, Contact] = dict(self.providers.get(key, {}))
+
+        async def query(contact: Contact) -> list[Contact]:
+            providers, closer = await self.transport.find_providers(contact, key)
+            for p in providers:
+                holders[p.node_id] = p
+            return closer
+
+        found = (await self._iterate(key, query)).result()
+        holders.pop(self.contact.node_id, None)
+        ranked = sorted([*found, self.contact], key=lambda c: distance(c.node_id, key))
+        return list(holders.values()), ranked[: self.config.k]
+
+    async def bootstrap(self) -> None:
+        for address in self.config.seeds:
+            if address == self.contact.address:
+                continue
+            try:
+                self.observe(await self.transport.ping(address))
+            except DhtError as exc:
+                log.debug("seed %s not reachable: %s", address, exc)
+        if len(self.table):
+            await self.lookup(self.contact.node_id)  # Kademlia §2.3: join by looking up self
+
+    # ------------------------------------------------------------ client API
+
+    async def put(self, data: AsyncIterator[bytes], pin: bool) -> PutResult:
+        chunker = Chunker(self.config.chunk_bytes)
+        pending = self.store.begin()
+        try:
+            async for piece in data:
+                self.metrics.bytes_in.inc(len(piece))
+                if chunker.total_size + len(piece) > self.config.max_blob_bytes:
+                    raise BlobTooLarge(f"blob exceeds max_blob_bytes={self.config.max_blob_bytes}")
+                for chunk in chunker.feed(piece):
+                    pending.add_chunk(chunk)
+            tail, blob = chunker.finish()
+            if tail is not None:
+                pending.add_chunk(tail)
+            root = Root(
+                self.config.chunk_bytes,
+                chunker.total_size,
+                tuple(pending.held[i] for i in range(len(pending.held))),
+            )
+            pending.commit(blob, root)
+        except BaseException:
+            pending.abort()
+            raise
+        if pin:
+            self.store.set_pinned(blob, True)
+        self._refresh()
+        requested = await self._replicate_out(blob)
+        return PutResult(format_id(blob), root.total_size, len(root.chunks), requested)
+
+    async def read(
+        self, blob: Digest, offset: int, length: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Verified bytes of ``blob`` from ``offset`` (``length`` 0 = to the end)."""
+        root = await self.ensure_local(blob)
+        end = root.total_size if length == 0 else min(root.total_size, offset + length)
+        self.store.acquire(blob)
+        try:
+            self.store.touch(blob)
+            for index, start in root.chunk_range(offset):
+                base = index * root.chunk_bytes
+                if base >= end:
+                    break
+                data = await self._local_chunk(blob, index)
+                stop = min(len(data), end - base)
+                self.metrics.bytes_out.inc(stop - start)
+                yield base + start, data[start:stop]
+        finally:
+            self.store.release(blob)
+
+    async def _local_chunk(self, blob: Digest, index: int) -> bytes:
+        try:
+            return self.store.read_chunk(blob, index)
+        except ChunkCorrupt:
+            self.metrics.corrupt_chunks.labels("disk").inc()
+            log.warning("chunk %d of %s corrupt on disk; fetching it again", index, format_id(blob))
+        except NotFound:
+            pass
+        return await self._refetch_chunk(blob, index)
+
+    async def _refetch_chunk(self, blob: Digest, index: int) -> bytes:
+        holders, _closest = await self.find_providers(blob)
+        self.rng.shuffle(holders)
+        for holder in holders:
+            try:
+                data = await self.transport.fetch_chunk(holder, blob, index)
+                self.metrics.bytes_in.inc(len(data))
+                self.store.put_chunk(blob, index, data)
+            except ChunkCorrupt:
+                self.metrics.corrupt_chunks.labels("wire").inc()
+                continue
+            except PeerUnavailable:
+                self._peer_failed(holder)
+                continue
+            except DhtError:
+                continue
+            self.metrics.repair_actions.labels("chunk").inc()
+            self._refresh()
+            return data
+        raise NotFound(f"no holder could supply chunk {index} of {format_id(blob)}")
+
+    async def stat(self, blob: Digest, lookup: bool) -> StatResult:
+        root = self.store.root(blob)
+        local = self.store.is_complete(blob)
+        holders: dict[NodeId, Contact] = {}
+        if local:
+            holders[self.contact.node_id] = self.contact
+        for node_id, contact in self.providers.get(blob, {}).items():
+            holders[node_id] = contact
+        if lookup:
+            found, _closest = await self.find_providers(blob)
+            holders.update((c.node_id, c) for c in found)
+        if root is None and lookup and holders:
+            for holder in holders.values():
+                if holder.node_id == self.contact.node_id:
+                    continue
+                try:
+                    root = decode_root(await self.transport.fetch_root(holder, blob))
+                    break
+                except DhtError:
+                    continue
+        if root is None and not holders:
+            raise NotFound(f"{format_id(blob)} is not known")
+        return StatResult(
+            content_id=format_id(blob),
+            size=root.total_size if root else 0,
+            local=local,
+            pinned=self.store.is_pinned(blob),
+            chunk_count=len(root.chunks) if root else 0,
+            chunk_bytes=root.chunk_bytes if root else 0,
+            holders=tuple(holders.values()),
+        )
+
+    async def pin(self, blob: Digest) -> None:
+        await self.ensure_local(blob)
+        self.store.set_pinned(blob, True)
+
+    async def unpin(self, blob: Digest) -> None:
+        self.store.set_pinned(blob, False)
+
+    # ------------------------------------------------------------ fetching
+
+    async def ensure_local(self, blob: Digest, sources: list[Contact] | None = None) -> Root:
+        """Make ``blob`` complete here (fetching from peers) and return its root."""
+        root = self.store.root(blob)
+        if root is not None and self.store.is_complete(blob):
+            return root
+        task = self._fetches.get(blob)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(blob, sources or []))
+            self._fetches[blob] = task
+            task.add_done_callback(lambda _t: self._fetches.pop(blob, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, blob: Digest, hints: list[Contact]) -> Root:
+        if self.store.has_root(blob):  # known but a chunk was dropped
+            for index in self.store.missing_chunks(blob):
+                await self._refetch_chunk(blob, index)
+            root = self.store.root(blob)
+            assert root is not None
+            return root
+        sources = {c.node_id: c for c in hints if c.node_id != self.contact.node_id}
+        if not sources:
+            found, _closest = await self.find_providers(blob)
+            sources = {c.node_id: c for c in found}
+        if not sources:
+            raise NotFound(f"no node holds {format_id(blob)}")
+        holders = list(sources.values())
+        self.rng.shuffle(holders)
+        root = await self._fetch_root(blob, holders)
+        pending = self.store.begin()
+        try:
+            await self._fetch_chunks(blob, root, holders, pending)
+            pending.verify_whole(blob)
+            pending.commit(blob, root)
+        except BaseException:
+            pending.abort()
+            raise
+        self._refresh()
+        await self._announce(blob)
+        return root
+
+    async def _fetch_root(self, blob: Digest, holders: list[Contact]) -> Root:
+        for holder in holders:
+            try:
+                root = decode_root(await self.transport.fetch_root(holder, blob))
+            except PeerUnavailable:
+                self._peer_failed(holder)
+                continue
+            except DhtError:
+                continue
+            if root.total_size > self.config.max_blob_bytes:
+                raise BlobTooLarge(f"{format_id(blob)} is larger than max_blob_bytes")
+            return root
+        raise NotFound(f"no holder could supply the root of {format_id(blob)}")
+
+    async def _fetch_chunks(
+        self, blob: Digest, root: Root, holders: list[Contact], pending: PendingBlob
+    ) -> None:
+        queue = list(range(len(root.chunks)))
+        queue.reverse()
+
+        async def worker() -> None:
+            while queue:
+                index = queue.pop()
+                # Spread chunks over holders; fall back to the others in turn.
+                order = holders[index % len(holders) :] + holders[: index % len(holders)]
+                for holder in order:
+                    try:
+                        data = await self.transport.fetch_chunk(holder, blob, index)
+                        self.metrics.bytes_in.inc(len(data))
+                        pending.add_chunk(data, index=index, expected=root.chunks[index])
+                        break
+                    except BadRemoteData:
+                        self.metrics.corrupt_chunks.labels("wire").inc()
+                    except PeerUnavailable:
+                        self._peer_failed(holder)
+                    except NotFound:
+                        pass
+                else:
+                    raise NotFound(f"no holder could supply chunk {index} of {format_id(blob)}")
+
+        workers = min(self.config.fetch_parallelism, max(1, len(queue)))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    # ------------------------------------------------------------ replication
+
+    async def _replicate_out(self, blob: Digest) -> int:
+        """Ask the k closest live nodes to hold ``blob``; returns how many started."""
+        closest = await self.lookup(blob)
+        started = 0
+        for contact in closest:
+            if contact.node_id == self.contact.node_id:
+                continue
+            try:
+                if await self.transport.replicate(contact, blob, [self.contact]):
+                    started += 1
+            except PeerUnavailable:
+                self._peer_failed(contact)
+            except DhtError as exc:
+                log.info("replicate to %s refused: %s", contact.address, exc)
+        await self._announce(blob, closest)
+        return started
+
+    async def _announce(self, blob: Digest, closest: list[Contact] | None = None) -> None:
+        """Provider records for this node at the k closest nodes to ``blob``."""
+        targets = closest if closest is not None else await self.lookup(blob)
+        for contact in targets:
+            if contact.node_id == self.contact.node_id:
+                continue
+            try:
+                await self.transport.store(contact, blob, self.contact)
+            except PeerUnavailable:
+                self._peer_failed(contact)
+            except DhtError:
+                continue
+
+    async def repair_once(self) -> int:
+        """One pass of the repair loop; returns the replicas it requested."""
+        requested = 0
+        for blob in self.store.blobs():
+            if not self.store.is_complete(blob):
+                try:
+                    await self.ensure_local(blob)
+                except DhtError as exc:
+                    log.warning("cannot repair %s: %s", format_id(blob), exc)
+                    continue
+            started = await self._replicate_out(blob)
+            if started:
+                self.metrics.repair_actions.labels("replica").inc(started)
+            requested += started
+        self.metrics.replicas_missing.set(requested)
+        self.repair_passes += 1
+        self._refresh()
+        return requested
+
+    async def maintenance(self, stop: asyncio.Event) -> None:
+        interval = self.config.repair_interval_ms / 1000
+        while not stop.is_set():
+            try:
+                if len(self.table) < len(self.config.seeds):
+                    await self.bootstrap()
+                await self.repair_once()
+            except DhtError as exc:
+                log.warning("repair pass failed: %s", exc)
+            except Exception:
+                log.exception("repair pass crashed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval * (0.5 + self.rng.random()))
+
+    # ------------------------------------------------------------ peer API
+
+    def handle_find_node(self, sender: Contact, target: bytes) -> list[Contact]:
+        self.observe(sender)
+        return self.table.closest(target, self.config.bucket_size)
+
+    def handle_find_providers(
+        self, sender: Contact, key: bytes
+    ) -> tuple[list[Contact], list[Contact]]:
+        self.observe(sender)
+        providers = list(self.providers.get(key, {}).values())
+        if self.store.is_complete(Digest(key)):
+            providers.insert(0, self.contact)
+        return providers[:MAX_PROVIDERS_PER_KEY], self.table.closest(key, self.config.bucket_size)
+
+    def handle_store(self, sender: Contact, key: bytes, provider: Contact) -> None:
+        self.observe(sender)
+        records = self.providers.setdefault(key, {})
+        records[provider.node_id] = provider
+        while len(records) > MAX_PROVIDERS_PER_KEY:
+            records.pop(next(iter(records)))
+
+    def handle_replicate(self, sender: Contact, key: bytes, sources: list[Contact]) -> bool:
+        self.observe(sender)
+        blob = Digest(key)
+        if self.store.is_complete(blob):
+            return False
+        if blob not in self._fetches:
+            self._spawn(self._replicate_in(blob, sources))
+        return True
+
+    async def _replicate_in(self, blob: Digest, sources: list[Contact]) -> None:
+        try:
+            await self.ensure_local(blob, sources)
+        except DhtError as exc:
+            log.warning("replica of %s not fetched: %s", format_id(blob), exc)
+
+    def handle_fetch_root(self, sender: Contact, key: bytes) -> bytes:
+        self.observe(sender)
+        return self.store.encoded_root(Digest(key))
+
+    def handle_fetch_chunk(self, sender: Contact, key: bytes, index: int) -> bytes:
+        self.observe(sender)
+        blob = Digest(key)
+        try:
+            data = self.store.read_chunk(blob, index)
+        except ChunkCorrupt:
+            self.metrics.corrupt_chunks.labels("disk").inc()
+            self._spawn(self._replicate_in(blob, []))  # get it back from another holder
+            raise
+        self.metrics.bytes_out.inc(len(data))
+        return data
