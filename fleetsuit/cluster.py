@@ -47,8 +47,15 @@ def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> l
     return ["--peers", peers, "--cluster-id", cluster_id]
 
 
+def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
+    seeds = ",".join(f"127.0.0.1:{n.base + 2}" for n in nodes if n is not node)
+    # The later --data wins: the dht keeps its RocksDB in its own sub-folder.
+    return ["--seeds", seeds, "--data", str(node.data_dir / "dht")]
+
+
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args),
+    ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
 ]
 
 
