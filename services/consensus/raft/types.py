@@ -69,12 +69,17 @@ class MessageType(enum.IntEnum):
 class Message:
     """One Raft message; field meaning depends on ``type``:
 
-    VOTE:            log_term/index = candidate's last log term/index; pre_vote.
+    VOTE:            log_term/index = candidate's last log term/index; pre_vote;
+                     force (a leadership transfer: voters ignore their leader
+                     lease, §3.10 of the dissertation).
     VOTE_RESPONSE:   reject; pre_vote.
     APPEND:          log_term/index = prev log term/index; entries; commit.
-    APPEND_RESPONSE: reject; match_index (on success); conflict_term /
-                     conflict_index (on reject, the fast-backtracking hint, §5.3).
+                     A heartbeat is an APPEND without entries.
+    APPEND_RESPONSE: reject; match_index (on success); index = the prev index
+                     that was rejected, conflict_term / conflict_index (on
+                     reject, the fast-backtracking hint, §5.3).
     PROPOSE:         proposals (payloads to append as NORMAL entries).
+    TIMEOUT_NOW:     no fields: the receiver campaigns at once.
     """
 
     type: MessageType
@@ -91,6 +96,7 @@ class Message:
     conflict_index: int = 0
     match_index: int = 0
     proposals: tuple[bytes, ...] = ()
+    force: bool = False
 
 
 @dataclass(slots=True)

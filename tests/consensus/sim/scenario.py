@@ -1,0 +1,119 @@
+"""One seeded simulation run: a chaos phase, then healing and a liveness check.
+
+Chaos: clients keep proposing on random nodes while the network drops,
+delays, duplicates and reorders messages, partitions come and go (random
+splits, an isolated leader, three-way splits), nodes crash (also in the middle
+of handling a Ready) and restart, and the leader is sometimes asked to hand
+over. Then every fault stops: the network heals and quiets, every node
+restarts, and a new proposal must commit on every node within a bound.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .cluster import BEFORE_APPLY, BEFORE_SAVE, Cluster
+
+
+@dataclass(frozen=True)
+class Plan:
+    size: int
+    chaos_ticks: int = 250
+    heal_ticks: int = 400  # liveness bound once faults stop
+    crash_rate: float = 0.006  # per tick
+    restart_rate: float = 0.04  # per crashed node and tick
+    partition_rate: float = 0.012
+    heal_rate: float = 0.03
+    transfer_rate: float = 0.004
+    submit_rate: float = 0.35
+    max_pending: int = 4
+
+
+class LivenessFailure(AssertionError):
+    pass
+
+
+def run(seed: int, plan: Plan) -> Cluster:
+    rng = random.Random(seed)
+    cluster = Cluster(
+        plan.size,
+        rng.getrandbits(64),
+        heartbeat_ticks=rng.choice((1, 2, 3)),
+        max_entries_per_append=rng.choice((1, 3, 16)),
+        max_inflight_appends=rng.choice((1, 2, 8)),
+    )
+    net = cluster.network
+    net.drop_rate = rng.choice((0.0, 0.02, 0.1, 0.25))
+    net.duplicate_rate = rng.choice((0.0, 0.05, 0.2))
+    net.max_delay = rng.choice((1, 2, 4))
+    ids = list(cluster.nodes)
+
+    for _ in range(plan.chaos_ticks):
+        _inject_faults(cluster, rng, plan, ids)
+        if len(cluster.pending) < plan.max_pending and rng.random() < plan.submit_rate:
+            cluster.submit()
+        cluster.tick()
+
+    _heal(cluster, plan)
+    return cluster
+
+
+def _inject_faults(cluster: Cluster, rng: random.Random, plan: Plan, ids: list[str]) -> None:
+    net = cluster.network
+    if rng.random() < plan.crash_rate:
+        live = cluster.live()
+        if live:
+            victim = rng.choice(live)
+            if rng.random() < 0.5:
+                cluster.crash(victim.node_id)
+            else:
+                victim.crash_at = rng.randint(BEFORE_SAVE, BEFORE_APPLY)
+    for node in cluster.nodes.values():
+        if node.raft is None and rng.random() < plan.restart_rate:
+            cluster.start(node.node_id)
+    if rng.random() < plan.partition_rate:
+        kind = rng.randrange(3)
+        leader = cluster.leader()
+        if kind == 0 and leader is not None:
+            net.partition([[leader.node_id]])
+        elif kind == 1:
+            shuffled = rng.sample(ids, len(ids))
+            net.partition([shuffled[: rng.randint(1, len(ids) - 1)]])
+        else:
+            groups: list[list[str]] = [[], [], []]
+            for n in ids:
+                groups[rng.randrange(3)].append(n)
+            net.partition(groups)
+    elif rng.random() < plan.heal_rate:
+        net.heal()
+    if rng.random() < plan.transfer_rate:
+        leader = cluster.leader()
+        if leader is not None and leader.raft is not None:
+            leader.raft.transfer_leadership(rng.choice(ids))
+
+
+def _heal(cluster: Cluster, plan: Plan) -> None:
+    cluster.network.heal()
+    cluster.network.quiet()
+    for node in cluster.nodes.values():
+        node.crash_at = None
+        if node.raft is None:
+            cluster.start(node.node_id)
+    probe = cluster.submit()
+    for _ in range(plan.heal_ticks):
+        cluster.tick()
+        if probe not in cluster.acked:
+            continue
+        # Every node must also catch up with entries acknowledged after the probe.
+        index = max(cluster.acked.values())
+        if all(cluster.checker.applied_index(n) >= index for n in cluster.nodes):
+            for n in cluster.nodes:
+                cluster.checker.check_all_acknowledged_applied(n)
+            return
+    leader = cluster.leader()
+    raise LivenessFailure(
+        f"no progress {plan.heal_ticks} ticks after faults stopped: leader="
+        f"{leader.node_id if leader else None}, pending={len(cluster.pending)}, "
+        f"applied={ {n: cluster.checker.applied_index(n) for n in cluster.nodes} }"
+    )
