@@ -1,0 +1,111 @@
+"""COSE_Sign1 with a detached payload (RFC 9052 §4.2–4.4), as SUIT uses it.
+
+ES256 (−7, and the fully-specified ESP256 −9) and EdDSA with Ed25519 (−8,
+and −19). Signatures are raw r‖s for ECDSA (RFC 9053 §2.1: DER is invalid
+here). This module verifies and signs bytes; which key may sign what is the
+caller's policy (``auth.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from .errors import AuthenticationError, ErrorCode
+from .model import CoseAlgorithm, CoseSign1
+
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+ECDSA_ALGORITHMS = frozenset({CoseAlgorithm.ES256, CoseAlgorithm.ESP256})
+EDDSA_ALGORITHMS = frozenset({CoseAlgorithm.EDDSA, CoseAlgorithm.ED25519})
+SUPPORTED_ALGORITHMS = ECDSA_ALGORITHMS | EDDSA_ALGORITHMS
+# Header labels this implementation understands, for the 'crit' check (RFC 9052 §3.1).
+UNDERSTOOD_HEADERS = frozenset({1, 2, 3, 4})
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def sig_structure(protected_raw: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """Sig_structure for COSE_Sign1 (RFC 9052 §4.4)."""
+    return cbor2.dumps(["Signature1", protected_raw, external_aad, payload])
+
+
+def check_algorithm(sign1: CoseSign1) -> int:
+    """The block's algorithm, or an UNSUPPORTED_ALGORITHM error."""
+    alg = sign1.algorithm
+    if type(alg) is not int or alg not in SUPPORTED_ALGORITHMS:
+        raise AuthenticationError(
+            f"COSE algorithm {alg!r} is not supported", ErrorCode.UNSUPPORTED_ALGORITHM
+        )
+    crit = sign1.protected.get(2)
+    if crit is not None:
+        if not isinstance(crit, list | tuple) or not crit:
+            raise AuthenticationError("malformed COSE crit header", ErrorCode.INVALID_STRUCTURE)
+        unknown = [c for c in crit if c not in UNDERSTOOD_HEADERS]
+        if unknown:
+            raise AuthenticationError(
+                f"critical COSE header {unknown[0]!r} is not understood",
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+            )
+    return alg
+
+
+def key_fits(alg: int, key: PublicKey) -> bool:
+    if alg in ECDSA_ALGORITHMS:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
+            key.curve, ec.SECP256R1
+        )
+    return isinstance(key, ed25519.Ed25519PublicKey)
+
+
+def verify(sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
+    """True when ``sign1`` signs the detached ``payload`` with ``key``."""
+    alg = check_algorithm(sign1)
+    if not key_fits(alg, key):
+        return False
+    message = sig_structure(sign1.protected_raw, payload)
+    signature = sign1.signature
+    try:
+        if alg in ECDSA_ALGORITHMS:
+            if len(signature) != 64:
+                return False
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            key.verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)  # type: ignore[call-arg, union-attr]
+        else:
+            if len(signature) != 64:
+                return False
+            key.verify(signature, message)  # type: ignore[call-arg]
+    except InvalidSignature:
+        return False
+    return True
+
+
+def algorithm_for(key: PrivateKey | PublicKey) -> int:
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return CoseAlgorithm.EDDSA
+    if isinstance(key.curve, ec.SECP256R1):
+        return CoseAlgorithm.ES256
+    raise ValueError(f"unsupported key curve {key.curve.name}")
+
+
+def sign(payload: bytes, key: PrivateKey, key_id: bytes | None = None) -> bytes:
+    """A tagged COSE_Sign1 (#6.18) over the detached ``payload``."""
+    alg = algorithm_for(key)
+    protected_raw = cbor2.dumps({1: alg})
+    message = sig_structure(protected_raw, payload)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        signature = key.sign(message)
+    else:
+        r, s = decode_dss_signature(key.sign(message, _ECDSA_SHA256))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    unprotected: dict[int, Any] = {} if key_id is None else {4: key_id}
+    return cbor2.dumps(cbor2.CBORTag(18, [protected_raw, unprotected, None, signature]))

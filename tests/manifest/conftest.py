@@ -1,0 +1,82 @@
+"""Shared fixtures for the SUIT manifest tests: the specification's vectors
+(beside the repository, in ../shared/suit-vectors) and freshly made keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from services.manifest.auth import TrustAnchor
+from services.manifest.build import build_envelope, sign_envelope
+from services.manifest.processor import DeviceContext
+
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "suit-vectors"
+VENDOR = bytes.fromhex("fa6b4a53d5ad5fdfbe9de663e4d41ffe")
+CLASS = bytes.fromhex("1492af1425695e48bf429b2d51f2ab45")
+PAYLOAD = bytes(range(256)) * 16
+URI = "https://updates.example/fw.bin"
+
+
+def vector_index() -> list[dict[str, Any]]:
+    # No skip: a missing vectors directory must fail the run.
+    return list(json.loads((VECTORS / "index.json").read_text())["vectors"])
+
+
+@pytest.fixture(scope="session")
+def spec_anchor() -> TrustAnchor:
+    key = load_pem_public_key((VECTORS / "spec_example_key_public.pem").read_bytes())
+    return TrustAnchor(key)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def es256_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="session")
+def ed25519_key() -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def description(**overrides: Any) -> dict[str, Any]:
+    comp: dict[str, Any] = {
+        "install-id": ["00"],
+        "vendor-id": VENDOR.hex(),
+        "class-id": CLASS.hex(),
+        "install-digest": {
+            "algorithm-id": "sha256",
+            "digest-bytes": hashlib.sha256(PAYLOAD).hexdigest(),
+        },
+        "install-size": len(PAYLOAD),
+        "uri": URI,
+        "bootable": True,
+    }
+    comp.update(overrides.pop("component", {}))
+    desc: dict[str, Any] = {
+        "manifest-version": 1,
+        "manifest-sequence-number": 7,
+        "components": [comp],
+        "text": {"manifest-description": "test release"},
+    }
+    desc.update(overrides)
+    return desc
+
+
+def signed(key: Any, **overrides: Any) -> bytes:
+    return sign_envelope(build_envelope(description(**overrides), {}), key)
+
+
+def device(**overrides: Any) -> DeviceContext:
+    fields: dict[str, Any] = {
+        "vendor_id": VENDOR,
+        "class_id": CLASS,
+        "fetchable": {URI: PAYLOAD},
+    }
+    fields.update(overrides)
+    return DeviceContext(**fields)
