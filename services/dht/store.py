@@ -215,6 +215,20 @@ class BlobStore:
             raise ChunkCorrupt(blob, index, "on disk")
         return data
 
+    def peek_chunk(self, blob: Digest, index: int) -> bytes | None:
+        """Chunk ``index`` if present and verified, else None; changes nothing.
+
+        Safe to call from a worker thread: it only reads.
+        """
+        root = self._roots.get(blob)
+        if root is None or not 0 <= index < len(root.chunks):
+            return None
+        digest = root.chunks[index]
+        data = self._kv.get(_CHUNK + digest) if digest in self._present else None
+        if data is None or hashlib.sha256(data).digest() != digest:
+            return None
+        return data
+
     def touch(self, blob: Digest) -> None:
         if blob in self._roots:
             self._seq += 1

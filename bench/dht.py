@@ -1,0 +1,281 @@
+"""Benchmark of the dht service on loopback.
+
+Measures, in one run and on this machine:
+
+- the limits: raw loopback TCP throughput (one socket, 1 MiB sends) and local
+  disk read speed (a file written, dropped from the page cache where the OS
+  allows, read back);
+- Put and Get MB/s of a 256 MiB blob over gRPC to one ``python -m services.dht``
+  process (Get verifies every chunk on the server side);
+- the time to spread one 64 MiB payload to every node of 3-, 6- and 12-node
+  clusters of real processes: Put on one node, then every node is asked to
+  Pin it at once; the clock stops when the last node holds it.
+
+Figures are medians of ``RUNS`` runs. ``main(results_dir)`` returns them and
+writes ``results_dir/dht.json``; run standalone with
+``python -m bench.dht [RESULTS_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+
+MIB = 1024 * 1024
+BLOB_BYTES = 256 * MIB
+SPREAD_BYTES = 64 * MIB
+SPREAD_SIZES = (3, 6, 12)
+RUNS = 3
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mb_s(nbytes: int, seconds: float) -> float:
+    return nbytes / MIB / seconds
+
+
+# ------------------------------------------------------------------ limits
+
+
+def raw_tcp_mb_s(nbytes: int = BLOB_BYTES) -> float:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    received = [0]
+
+    def sink() -> None:
+        conn, _ = listener.accept()
+        buf = bytearray(MIB)
+        with conn:
+            while True:
+                n = conn.recv_into(buf)
+                if n == 0:
+                    break
+                received[0] += n
+
+    thread = threading.Thread(target=sink)
+    thread.start()
+    payload = os.urandom(MIB)
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        for _ in range(nbytes // MIB):
+            client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        thread.join()
+    elapsed = time.perf_counter() - start
+    listener.close()
+    assert received[0] == nbytes
+    return _mb_s(nbytes, elapsed)
+
+
+def disk_read_mb_s(directory: pathlib.Path, nbytes: int = BLOB_BYTES) -> float:
+    path = directory / "disk-read.bin"
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for _ in range(nbytes // MIB):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        start = time.perf_counter()
+        total = 0
+        while chunk := os.read(fd, 4 * MIB):
+            total += len(chunk)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        path.unlink()
+    return _mb_s(total, elapsed)
+
+
+# ------------------------------------------------------------------ processes
+
+
+class Node:
+    def __init__(self, name: str, root: pathlib.Path) -> None:
+        self.name = name
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.data = root / name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+
+    def start(self, seeds: list[str]) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "services.dht",
+            "--node-id", self.name, "--listen", self.address, "--metrics-port", "-1",
+            "--data", str(self.data), "--seeds", ",".join(seeds),
+            "--log-level", "WARNING", "--repair-interval-ms", "2000",
+        ]  # fmt: skip
+        with open(self.data.parent / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+
+    def wait_healthy(self, timeout_s: float = 30) -> None:
+        assert self.channel is not None
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s}s")
+
+    def stub(self) -> dht_pb2_grpc.DhtStub:
+        assert self.channel is not None
+        return dht_pb2_grpc.DhtStub(self.channel)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _cluster(root: pathlib.Path, count: int) -> list[Node]:
+    nodes = [Node(f"n{i}", root) for i in range(count)]
+    try:
+        for node in nodes:
+            node.start([n.address for n in nodes if n is not node])
+        for node in nodes:
+            node.wait_healthy()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def _put(stub: dht_pb2_grpc.DhtStub, data: bytes) -> str:
+    def requests() -> Iterator[dht_pb2.BlobPutRequest]:
+        view = memoryview(data)
+        for i in range(0, len(data), MIB):
+            yield dht_pb2.BlobPutRequest(data=bytes(view[i : i + MIB]))
+
+    return str(stub.Put(requests(), timeout=600).content_id)
+
+
+def _get(stub: dht_pb2_grpc.DhtStub, cid: str) -> int:
+    total = 0
+    for msg in stub.Get(dht_pb2.BlobGetRequest(content_id=cid), timeout=600):
+        total += len(msg.data)
+    return total
+
+
+def grpc_put_get(root: pathlib.Path) -> tuple[list[float], list[float]]:
+    (node,) = _cluster(root / "single", 1)
+    puts: list[float] = []
+    gets: list[float] = []
+    try:
+        stub = node.stub()
+        for _run in range(RUNS):
+            data = os.urandom(BLOB_BYTES)
+            start = time.perf_counter()
+            cid = _put(stub, data)
+            puts.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
+            del data
+            start = time.perf_counter()
+            assert _get(stub, cid) == BLOB_BYTES
+            gets.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
+    finally:
+        node.stop()
+    return puts, gets
+
+
+def spread_seconds(root: pathlib.Path, count: int, seed: int) -> float:
+    nodes = _cluster(root / f"spread{count}-{seed}", count)
+    try:
+        data = os.urandom(SPREAD_BYTES)
+        start = time.perf_counter()
+        cid = _put(nodes[0].stub(), data)
+        pin: Callable[[Node], object] = lambda n: n.stub().Pin(  # noqa: E731
+            dht_pb2.BlobPinRequest(content_id=cid), timeout=600
+        )
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(pin, nodes))
+        return time.perf_counter() - start
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(results_dir: pathlib.Path) -> dict[str, object]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fleetsuit-bench-dht-") as tmp:
+        root = pathlib.Path(tmp)
+        tcp = statistics.median(raw_tcp_mb_s() for _ in range(RUNS))
+        disk = statistics.median(disk_read_mb_s(root) for _ in range(RUNS))
+        puts, gets = grpc_put_get(root)
+        spread_runs = {n: [spread_seconds(root, n, run) for run in range(2)] for n in SPREAD_SIZES}
+    spread = {n: statistics.median(v) for n, v in spread_runs.items()}
+    get = statistics.median(gets)
+    # log-n check: time per log2(n) should not grow from the smallest cluster to the largest
+    per_log = {n: s / math.log2(n) for n, s in spread.items()}
+    result: dict[str, object] = {
+        "raw_tcp_mb_s": round(tcp, 1),
+        "disk_read_mb_s": round(disk, 1),
+        "grpc_put_mb_s": round(statistics.median(puts), 1),
+        "grpc_get_mb_s": round(get, 1),
+        "get_vs_tcp": round(get / tcp, 3),
+        "goal_get_half_of_tcp": get >= 0.5 * tcp,
+        "spread_64mib_s": {str(n): round(s, 2) for n, s in spread.items()},
+        "spread_s_per_log2n": {str(n): round(v, 2) for n, v in per_log.items()},
+        "goal_spread_log_n": per_log[SPREAD_SIZES[-1]] <= 1.25 * per_log[SPREAD_SIZES[0]],
+        "runs": RUNS,
+        "blob_bytes": BLOB_BYTES,
+        "spread_bytes": SPREAD_BYTES,
+        "cpus": os.cpu_count(),
+    }
+    print(f"{'dht on loopback':32s} {'figure':>12s}")
+    print(f"{'raw loopback TCP':32s} {tcp:9.1f} MB/s")
+    print(f"{'local disk read':32s} {disk:9.1f} MB/s")
+    print(f"{'gRPC Put 256 MiB':32s} {statistics.median(puts):9.1f} MB/s")
+    print(f"{'gRPC Get 256 MiB':32s} {get:9.1f} MB/s  ({100 * get / tcp:.0f}% of TCP)")
+    for n, s in spread.items():
+        print(f"{f'spread 64 MiB to {n} nodes':32s} {s:9.2f} s    ({per_log[n]:.2f} s per log2 n)")
+    (results_dir / "dht.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "bench" / "results"
+    main(out)
