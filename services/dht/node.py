@@ -90,6 +90,7 @@ class DhtNode:
         self._fetches: dict[Digest, asyncio.Task[Root]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self.repair_passes = 0
+        self._evictions_seen = 0
         self._refresh()
 
     # ------------------------------------------------------------ plumbing
@@ -108,6 +109,9 @@ class DhtNode:
     def _refresh(self) -> None:
         self.metrics.blobs_stored.set(len(self.store.blobs()))
         self.metrics.bytes_stored.set(self.store.used_bytes)
+        if self.store.evictions > self._evictions_seen:
+            self.metrics.evictions.inc(self.store.evictions - self._evictions_seen)
+            self._evictions_seen = self.store.evictions
 
     def observe(self, contact: Contact) -> None:
         stale = self.table.observe(contact)

@@ -119,6 +119,7 @@ class BlobStore:
         self._busy: dict[Digest, int] = {}
         self._seq = 0
         self.used_bytes = 0
+        self.evictions = 0  # blobs dropped by _make_room since open
         self._open()
 
     # ------------------------------------------------------------ opening
@@ -364,6 +365,7 @@ class BlobStore:
             if blob in self._pinned or blob in self._busy:
                 continue
             self.delete(blob)
+            self.evictions += 1
         if self.used_bytes + needed > self.max_disk_bytes:
             raise StoreFull(needed, self.used_bytes, self.max_disk_bytes)
 

@@ -158,6 +158,7 @@ def test_lru_unpinned_blob_is_evicted_under_pressure() -> None:
     newest = _put(store, _data(300, 4))  # needs room: `recent` is least recently used
     assert set(store.blobs()) == {old, pinned, newest}
     assert recent not in store.blobs()
+    assert store.evictions == 1
 
 
 def test_pending_chunks_from_peer_are_verified() -> None:
