@@ -32,7 +32,7 @@ from .ledger.machine import Applied, LedgerMachine, encode_batch
 from .metrics import ConsensusMetrics
 from .raft.node import RaftNode
 from .raft.roles import RequestKey, Transport
-from .raft.types import Message, ProposalDropped, RaftConfig, Role
+from .raft.types import Message, MessageType, ProposalDropped, RaftConfig, Role
 from .storage import RocksStorage
 
 log = logging.getLogger(__name__)
@@ -186,10 +186,19 @@ class ConsensusNode:
         while core.has_ready():
             rd = core.ready()
             started = time.perf_counter()
-            if rd.hard_state is not None or rd.entries:
+            messages = rd.messages
+            if rd.entries and core.role == Role.LEADER:
+                # Raft §10.2.1: a leader may send AppendEntries before its own
+                # write is durable; the core counts its own vote only after it.
+                early = [m for m in messages if m.type == MessageType.APPEND]
+                messages = [m for m in messages if m.type != MessageType.APPEND]
+                self._transport.send(early)
+            if self._storage.needs_sync(rd.hard_state, rd.entries):
                 await asyncio.to_thread(self._storage.save, rd.hard_state, rd.entries)
                 self._metrics.fsync_duration.observe(time.perf_counter() - started)
-            self._transport.send(rd.messages)
+            else:
+                self._storage.save(rd.hard_state, rd.entries)
+            self._transport.send(messages)
             if rd.committed:
                 self._apply(rd.committed)
             core.advance(rd)

@@ -14,8 +14,10 @@ On-disk format, version 1 (all integers big-endian):
 where record(x) = u32 crc32(x) | x. A record whose checksum does not match
 stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
 
-Raft writes (``save``) are synced before returning: one sync per Ready, which
-is the group commit. Ledger writes (``write_applied``) are not synced: they
+Raft writes (``save``) are synced before returning when they hold entries or a
+new term or vote: one sync per Ready, which is the group commit. A Ready that
+only moves the commit index is written without a sync (commitIndex is
+volatile state in Raft; a restarted node learns it again from the leader). Ledger writes (``write_applied``) are not synced: they
 can be rebuilt from the synced log, and the applied index is written in the
 same atomic batch as the blocks it covers.
 """
@@ -102,8 +104,6 @@ class RocksStorage:
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception
             raise StorageError(f"cannot open data directory {path}: {exc}") from exc
-        self._sync = WriteOptions()
-        self._sync.sync = True
         self._nosync = WriteOptions()
         self.path = path
         try:
@@ -112,6 +112,8 @@ class RocksStorage:
             self._db.close()
             raise
         self._last_index = self._scan_last_index()
+        stored = self.load_hard_state()
+        self._durable_term_vote = (stored.term, stored.vote)
 
     # ------------------------------------------------------------ identity
 
@@ -145,15 +147,16 @@ class RocksStorage:
             return int(_U64.unpack(bytes(it.key())[len(P_LOG) :])[0])
         return 0
 
-    def load(self) -> tuple[HardState, list[Entry]]:
+    def load_hard_state(self) -> HardState:
         raw = self._db.get(K_HARD_STATE)
-        hard_state = HardState()
-        if raw is not None:
-            payload = _unrecord(K_HARD_STATE, raw)
-            term, commit = _HS_HEAD.unpack_from(payload)
-            hard_state = HardState(
-                term=term, commit=commit, vote=payload[_HS_HEAD.size :].decode()
-            )
+        if raw is None:
+            return HardState()
+        payload = _unrecord(K_HARD_STATE, raw)
+        term, commit = _HS_HEAD.unpack_from(payload)
+        return HardState(term=term, commit=commit, vote=payload[_HS_HEAD.size :].decode())
+
+    def load(self) -> tuple[HardState, list[Entry]]:
+        hard_state = self.load_hard_state()
         entries = list(self.iter_log(1))
         for expected, entry in enumerate(entries, start=entries[0].index if entries else 1):
             if entry.index != expected:
@@ -171,9 +174,20 @@ class RocksStorage:
             yield decode_entry(index, bytes(it.value()))
             it.next()
 
+    def needs_sync(self, hard_state: HardState | None, entries: Sequence[Entry]) -> bool:
+        """Entries, a term or a vote must be durable before messages go out; a
+        commit index alone need not be (Raft Figure 2: commitIndex is volatile
+        state; etcd's MustSync makes the same call)."""
+        if entries:
+            return True
+        if hard_state is None:
+            return False
+        return (hard_state.term, hard_state.vote) != self._durable_term_vote
+
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         if hard_state is None and not entries:
             return
+        sync = self.needs_sync(hard_state, entries)
         batch = WriteBatch(raw_mode=True)
         if entries:
             first = entries[0].index
@@ -186,9 +200,11 @@ class RocksStorage:
                 K_HARD_STATE,
                 _record(_HS_HEAD.pack(hard_state.term, hard_state.commit) + hard_state.vote.encode()),
             )
-        self._write(batch, sync=True)
+        self._write(batch, sync=sync)
         if entries:
             self._last_index = entries[-1].index
+        if hard_state is not None:
+            self._durable_term_vote = (hard_state.term, hard_state.vote)
 
     @property
     def last_index(self) -> int:
@@ -237,7 +253,12 @@ class RocksStorage:
 
     def _write(self, batch: WriteBatch, *, sync: bool) -> None:
         try:
-            self._db.write(batch, self._sync if sync else self._nosync)
+            # A synced write in rocksdict holds the GIL through the fsync and
+            # stalls every thread of the process; an unsynced write followed
+            # by FlushWAL(sync=true), which releases it, is just as durable.
+            self._db.write(batch, self._nosync)
+            if sync:
+                self._db.flush_wal(True)
         except Exception as exc:  # rocksdict raises plain Exception
             if _is_disk_full(exc):
                 raise StorageFull(f"disk full writing to {self.path}: {exc}") from exc

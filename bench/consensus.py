@@ -1,0 +1,310 @@
+"""Consensus benchmark, fleetsuit side by side with a 3-member etcd cluster
+in the same run on the same machine.
+
+Rows: Submit (fleetsuit) / Put (etcd) throughput and p50/p99 latency with 1,
+16 and 64 concurrent clients for 256-byte and 4-KiB values (median of
+ROUNDS rounds), and the unavailability window after kill -9 of the leader
+(median of KILLS kills): from the kill to the first write, started after the
+kill, that the surviving majority acknowledges. Both systems are driven by
+the same Python asyncio gRPC client, connected to the leader for the load
+rows and to the survivors for the failover rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fleetsuit.cluster import start_cluster, stop_processes
+from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.v1 import consensus_pb2 as pb
+from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+
+from .etcd_client import load_stubs
+from .ports import free_base_port
+
+CLIENTS = (1, 16, 64)
+SIZES = (256, 4096)
+ROUND_S = float(os.environ.get("FLEETSUIT_BENCH_ROUND_S", "3"))
+ROUNDS = int(os.environ.get("FLEETSUIT_BENCH_ROUNDS", "3"))
+KILLS = int(os.environ.get("FLEETSUIT_BENCH_KILLS", "3"))
+
+Put = Callable[[int, bytes, bytes, float], Awaitable[None]]
+
+
+class Fleetsuit:
+    name = "fleetsuit"
+
+    def __init__(self, root: Path) -> None:
+        self.base = free_base_port(40)
+        self.doc, self.procs = start_cluster(3, root / "fleetsuit", self.base, "bench")
+        self.nodes = self.doc["nodes"]
+        self.channels = [insecure_channel(n["endpoints"]["consensus"]) for n in self.nodes]
+        self.stubs = [pb_grpc.LedgerStub(ch) for ch in self.channels]
+        self.client = f"bench-{os.getpid()}"
+        self.seq = 0
+
+    async def put(self, i: int, key: bytes, value: bytes, timeout: float) -> None:
+        self.seq += 1
+        entry = pb.LedgerEntry(client_id=self.client, request_id=self.seq, app=pb.AppEntry(payload=value))
+        await self.stubs[i].Submit(
+            pb.SubmitRequest(entry=entry, timeout_ms=int(timeout * 1000)), timeout=timeout
+        )
+
+    async def leader(self) -> int | None:
+        for i, stub in enumerate(self.stubs):
+            try:
+                s = await stub.Status(pb.StatusRequest(), timeout=0.5)
+            except grpc.RpcError:
+                continue
+            if s.role == "leader":
+                return i
+        return None
+
+    async def caught_up(self, i: int) -> bool:
+        try:
+            statuses = [await s.Status(pb.StatusRequest(), timeout=0.5) for s in self.stubs]
+        except grpc.RpcError:
+            return False
+        return statuses[i].applied_index >= max(s.commit_index for s in statuses) - 1
+
+    def kill(self, i: int) -> None:
+        os.kill(self.nodes[i]["pids"]["consensus"], signal.SIGKILL)
+
+    def restart(self, i: int) -> None:
+        node = self.nodes[i]
+        with open(Path(node["data_dir"]) / "consensus.log", "ab") as log:
+            proc = subprocess.Popen(node["commands"]["consensus"], stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        node["pids"]["consensus"] = proc.pid
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+        stop_processes(self.procs)
+
+
+class Etcd:
+    name = "etcd"
+
+    def __init__(self, root: Path, rpc_pb2: Any, rpc_grpc: Any) -> None:
+        self.pb, self.grpc = rpc_pb2, rpc_grpc
+        base = free_base_port(10)
+        self.client_ports = [base + i for i in range(3)]
+        peer_ports = [base + 5 + i for i in range(3)]
+        cluster = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, p in enumerate(peer_ports))
+        self.commands = []
+        for i in range(3):
+            self.commands.append([
+                "etcd", "--name", f"e{i}", "--data-dir", str(root / "etcd" / f"e{i}"),
+                "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--initial-cluster-token", "bench", "--log-level", "error",
+            ])
+        self.logs = [open(root / f"etcd-{i}.log", "ab") for i in range(3)]  # noqa: SIM115
+        self.procs = [subprocess.Popen(c, stdout=self.logs[i], stderr=subprocess.STDOUT)
+                      for i, c in enumerate(self.commands)]
+        self.channels = [insecure_channel(f"127.0.0.1:{p}") for p in self.client_ports]
+        self.kv = [rpc_grpc.KVStub(ch) for ch in self.channels]
+        self.maint = [rpc_grpc.MaintenanceStub(ch) for ch in self.channels]
+
+    async def put(self, i: int, key: bytes, value: bytes, timeout: float) -> None:
+        await self.kv[i].Put(self.pb.PutRequest(key=key, value=value), timeout=timeout)
+
+    async def leader(self) -> int | None:
+        for i, stub in enumerate(self.maint):
+            try:
+                s = await stub.Status(self.pb.StatusRequest(), timeout=0.5)
+            except grpc.RpcError:
+                continue
+            if s.leader and s.leader == s.header.member_id:
+                return i
+        return None
+
+    async def caught_up(self, i: int) -> bool:
+        try:
+            await self.maint[i].Status(self.pb.StatusRequest(), timeout=0.5)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def kill(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def restart(self, i: int) -> None:
+        cmd = [a if a != "new" else "existing" for a in self.commands[i]]
+        self.procs[i] = subprocess.Popen(cmd, stdout=self.logs[i], stderr=subprocess.STDOUT)
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+        stop_processes(self.procs)
+        for log in self.logs:
+            log.close()
+
+
+async def _until(probe: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value is not None and value is not False:
+            return value
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def load_round(system: Any, clients: int, size: int, seconds: float) -> dict[str, float]:
+    leader = await _until(system.leader, 30, f"{system.name} leader")
+    value = os.urandom(size)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(c: int) -> None:
+        nonlocal errors
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                await system.put(leader, f"k{c}-{n % 1000}".encode(), value, 5.0)
+            except grpc.RpcError:
+                errors += 1
+                await asyncio.sleep(0.01)
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return {
+        "ops_per_s": len(latencies) / elapsed,
+        "p50_ms": _pct(latencies, 0.50) * 1000,
+        "p99_ms": _pct(latencies, 0.99) * 1000,
+        "errors": errors,
+    }
+
+
+async def measure_load(system: Any) -> list[dict[str, Any]]:
+    rows = []
+    for size in SIZES:
+        for clients in CLIENTS:
+            await load_round(system, clients, size, 0.5)  # warm-up
+            rounds = [await load_round(system, clients, size, ROUND_S) for _ in range(ROUNDS)]
+            row = {
+                "clients": clients,
+                "size": size,
+                "ops_per_s": statistics.median(r["ops_per_s"] for r in rounds),
+                "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+                "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
+                "errors": sum(r["errors"] for r in rounds),
+            }
+            print(f"  {system.name:9} clients={clients:3} size={size:5}: {row['ops_per_s']:8.0f} ops/s  "
+                  f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms", flush=True)
+            rows.append(row)
+    return rows
+
+
+async def failover_once(system: Any) -> float:
+    leader = await _until(system.leader, 30, f"{system.name} leader")
+    survivors = [i for i in range(3) if i != leader]
+    # A steady writer before the kill, so the cluster is busy as in production.
+    for _ in range(20):
+        await system.put(leader, b"warm", b"x" * 64, 2.0)
+    killed_at = time.monotonic()
+    system.kill(leader)
+    turn = 0
+    recovered = None
+    while time.monotonic() - killed_at < 30:
+        target = survivors[turn % 2]
+        turn += 1
+        try:
+            await system.put(target, b"probe", b"x" * 64, 0.5)
+            recovered = time.monotonic()
+            break
+        except grpc.RpcError:
+            continue
+    if recovered is None:
+        raise RuntimeError(f"{system.name} did not recover within 30 s")
+    window = recovered - killed_at
+    system.restart(leader)
+    await _until(lambda: system.caught_up(leader), 60, f"{system.name} node {leader} to catch up")
+    await asyncio.sleep(1.0)  # let the restarted member settle before the next kill
+    return window
+
+
+async def measure_failover(system: Any) -> dict[str, Any]:
+    windows = []
+    for k in range(KILLS):
+        w = await failover_once(system)
+        print(f"  {system.name:9} kill {k + 1}: unavailable for {w * 1000:7.0f} ms", flush=True)
+        windows.append(w)
+    return {"windows_ms": [w * 1000 for w in windows], "median_ms": statistics.median(windows) * 1000}
+
+
+async def run(results_dir: Path) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="fleetsuit-bench-consensus-"))
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "systems": {}}
+    try:
+        rpc_pb2, rpc_grpc = load_stubs(root / "etcd-stubs")
+        for factory in (lambda: Fleetsuit(root), lambda: Etcd(root, rpc_pb2, rpc_grpc)):
+            system = factory()
+            try:
+                await _until(system.leader, 30, f"{system.name} leader")
+                load = await measure_load(system)
+                failover = await measure_failover(system)
+                out["systems"][system.name] = {"load": load, "failover": failover}
+            finally:
+                await system.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    fs, et = out["systems"]["fleetsuit"], out["systems"]["etcd"]
+    print("\nconsensus: fleetsuit vs etcd 3.4 (3 members, same machine, same client; medians)")
+    print(f"{'clients':>7} {'size':>5} | {'fleetsuit/s':>11} {'etcd/s':>8} {'ratio':>6} | "
+          f"{'fs p50':>7} {'fs p99':>7} | {'etcd p50':>8} {'etcd p99':>8}")
+    ratios = []
+    for a, b in zip(fs["load"], et["load"], strict=True):
+        ratio = a["ops_per_s"] / b["ops_per_s"] if b["ops_per_s"] else float("nan")
+        ratios.append({"clients": a["clients"], "size": a["size"], "throughput_ratio": ratio})
+        print(f"{a['clients']:>7} {a['size']:>5} | {a['ops_per_s']:>11.0f} {b['ops_per_s']:>8.0f} "
+              f"{ratio:>6.2f} | {a['p50_ms']:>7.2f} {a['p99_ms']:>7.2f} | {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f}")
+    fo_ratio = fs["failover"]["median_ms"] / et["failover"]["median_ms"]
+    print(f"failover window (median of {KILLS} kills): fleetsuit {fs['failover']['median_ms']:.0f} ms, "
+          f"etcd {et['failover']['median_ms']:.0f} ms, ratio {fo_ratio:.2f}")
+    out["ratios"] = ratios
+    out["failover_ratio"] = fo_ratio
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "consensus.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main(results_dir: Path) -> dict[str, Any]:
+    return asyncio.run(run(results_dir))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/results"))
