@@ -6,7 +6,9 @@ listens on ``base_port + 10*i + port_offset`` and serves metrics on
 ``base_port + 10*i + metrics_offset``. The launcher runs in the foreground,
 writes ``DIR/cluster.json`` (ids, pids, endpoints and the exact command of
 every child, so a test can restart one), and on SIGINT/SIGTERM stops every
-child it started: SIGTERM, then SIGKILL after a grace period.
+child it started: SIGTERM, then SIGKILL after a grace period. Every service of
+a node gets the node's data directory and keeps its RocksDB in a sub-folder
+of its own (``consensus/``, ``blobs/``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> l
 
 def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
     seeds = ",".join(f"127.0.0.1:{n.base + 2}" for n in nodes if n is not node)
-    # The later --data wins: the dht keeps its RocksDB in its own sub-folder.
-    return ["--seeds", seeds, "--data", str(node.data_dir / "dht")]
+    return ["--seeds", seeds]
 
 
 SERVICES: list[ServiceSpec] = [
