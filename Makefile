@@ -44,7 +44,11 @@ lint: install
 	$(VENV)/bin/ruff check fleetsuit services tests bench
 	$(VENV)/bin/mypy services/consensus/raft
 
+# The consensus bench runs a 3-member etcd beside fleetsuit: Debian's etcd-server,
+# and the etcd API .proto files from golang-etcd-server-dev for an honest client.
 bench: install
+	command -v etcd >/dev/null && test -d /usr/share/gocode/src/go.etcd.io/etcd || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server golang-etcd-server-dev; }
 	$(PY) -m bench
 
 clean:
