@@ -150,7 +150,9 @@ class RaftNode:
         if self._progress[target].match_index == self._log.last_index:
             self._send(MessageType.TIMEOUT_NOW, target)
         else:
-            self._send_append(target)
+            # Even with nothing new to send, an empty append finds out whether
+            # the appends in flight arrived.
+            self._send_append(target, send_if_empty=True)
 
     def step(self, msg: Message) -> None:
         if msg.dst != self._id or msg.src == self._id or msg.src not in self._config.peers:
@@ -468,7 +470,9 @@ class RaftNode:
             entries=tuple(entries),
             commit=self._log.commit,
         )
-        pr.sent(entries[-1].index if entries else prev)
+        last = entries[-1].index if entries else prev
+        pr.commit_sent = max(pr.commit_sent, min(self._log.commit, last))
+        pr.sent(last)
         return bool(entries)
 
     def _send_heartbeat(self, to: str) -> None:
@@ -481,6 +485,7 @@ class RaftNode:
         # Anchored at the known match, so it always succeeds and carries a commit
         # index the follower is sure to hold.
         match = pr.match_index
+        pr.commit_sent = max(pr.commit_sent, min(self._log.commit, match))
         self._send(
             MessageType.APPEND,
             to,
@@ -503,6 +508,7 @@ class RaftNode:
             if self._maybe_commit():
                 self._on_commit_advanced()
             self._fill_pipeline(msg.src)
+            self._maybe_send_commit(msg.src, pr)
             if msg.src == self._transferee and pr.match_index == self._log.last_index:
                 self._send(MessageType.TIMEOUT_NOW, msg.src)
             return
@@ -519,11 +525,18 @@ class RaftNode:
             self._send_append(msg.src, send_if_empty=True)
 
     def _on_commit_advanced(self) -> None:
-        """Tell idle followers the new commit index at once; busy ones learn it
-        from their next append."""
         for p, pr in self._progress.items():
-            if pr.state is ProgressState.REPLICATE and not pr.inflight:
-                self._send_heartbeat(p)
+            self._maybe_send_commit(p, pr)
+
+    def _maybe_send_commit(self, to: str, pr: Progress) -> None:
+        """Tell an idle, caught-up follower a commit index it has not heard yet;
+        busy ones learn it from their next append."""
+        if (
+            pr.state is ProgressState.REPLICATE
+            and not pr.inflight
+            and pr.commit_sent < min(self._log.commit, pr.match_index)
+        ):
+            self._send_heartbeat(to)
 
     def _handle_reject(self, msg: Message, pr: Progress) -> None:
         if msg.conflict_index == 0 or msg.index <= pr.match_index:

@@ -28,6 +28,7 @@ class Progress:
         "inflight",
         "max_inflight",
         "recent_active",
+        "commit_sent",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -40,6 +41,8 @@ class Progress:
         self.max_inflight = max_inflight
         # Check-quorum: heard from this follower during the current election timeout.
         self.recent_active = True
+        # The highest commit index this follower was told it may apply.
+        self.commit_sent = 0
 
     @property
     def paused(self) -> bool:

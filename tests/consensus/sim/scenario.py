@@ -21,9 +21,9 @@ class Plan:
     size: int
     chaos_ticks: int = 250
     heal_ticks: int = 400  # liveness bound once faults stop
-    crash_rate: float = 0.006  # per tick
+    crash_rate: float = 0.01  # per tick
     restart_rate: float = 0.04  # per crashed node and tick
-    partition_rate: float = 0.012
+    partition_rate: float = 0.02
     heal_rate: float = 0.03
     transfer_rate: float = 0.004
     submit_rate: float = 0.35
@@ -55,7 +55,7 @@ def run(seed: int, plan: Plan) -> Cluster:
             cluster.submit()
         cluster.tick()
 
-    _heal(cluster, plan)
+    _heal(cluster, plan, restart_all=rng.random() < 0.5)
     return cluster
 
 
@@ -93,11 +93,13 @@ def _inject_faults(cluster: Cluster, rng: random.Random, plan: Plan, ids: list[s
             leader.raft.transfer_leadership(rng.choice(ids))
 
 
-def _heal(cluster: Cluster, plan: Plan) -> None:
+def _heal(cluster: Cluster, plan: Plan, *, restart_all: bool) -> None:
     cluster.network.heal()
     cluster.network.quiet()
     for node in cluster.nodes.values():
         node.crash_at = None
+        if restart_all and node.raft is not None:
+            cluster.crash(node.node_id)
         if node.raft is None:
             cluster.start(node.node_id)
     probe = cluster.submit()
