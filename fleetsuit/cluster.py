@@ -42,6 +42,7 @@ class ServiceSpec:
     metrics_offset: int
     # (this node, every node, cluster id) -> extra arguments
     extra_args: Callable[[NodePlan, list[NodePlan], str], list[str]]
+    stores_data: bool = True  # takes --data (the manifest service is stateless)
 
 
 def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
@@ -57,6 +58,8 @@ def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[st
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args),
     ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
+    ServiceSpec("manifest", "services.manifest", 3, 8, lambda node, nodes, cluster_id: [],
+                stores_data=False),
 ]
 
 
@@ -73,7 +76,7 @@ def command_for(spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluste
         "--node-id", node.node_id,
         "--listen", f"127.0.0.1:{node.base + spec.port_offset}",
         "--metrics-port", str(node.base + spec.metrics_offset),
-        "--data", str(node.data_dir),
+        *(["--data", str(node.data_dir)] if spec.stores_data else []),
         *spec.extra_args(node, nodes, cluster_id),
     ]
 

@@ -9,9 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .procs import free_base_port
 
@@ -42,6 +45,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _serving(endpoint: str) -> bool:
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
 def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
     data = tmp_path / "cluster"
     base = free_base_port(40)
@@ -58,7 +77,7 @@ def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
         assert [n["id"] for n in doc["nodes"]] == ["n1", "n2", "n3"]
         for node in doc["nodes"]:
             assert set(node["pids"]) == set(node["endpoints"])
-            assert "consensus" in node["endpoints"]
+            assert {"consensus", "dht", "manifest"} <= set(node["endpoints"])
             child_pids.extend(node["pids"].values())
         endpoints = [n["endpoints"]["consensus"] for n in doc["nodes"]]
 
@@ -73,6 +92,20 @@ def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
         for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index"):
             assert key in status
         assert status["node_id"] == "n1"
+
+        for service, endpoint in doc["nodes"][0]["endpoints"].items():
+            assert _wait(lambda ep=endpoint: _serving(ep), 30, f"{service} health SERVING")
+
+        metrics = _scrape(doc["nodes"][0]["metrics"]["consensus"])
+        for name in (
+            "fleetsuit_server_term", "fleetsuit_server_commit_index", "fleetsuit_server_applied_index",
+            "fleetsuit_server_has_leader 1.0", "fleetsuit_server_is_leader",
+            "fleetsuit_server_leader_changes_seen_total", "fleetsuit_server_proposals_committed_total",
+            "fleetsuit_server_proposals_pending", "fleetsuit_server_proposals_failed",
+            "fleetsuit_disk_wal_fsync_duration_seconds_bucket",
+            "fleetsuit_disk_wal_append_duration_seconds_bucket",
+        ):
+            assert name in metrics, f"{name} missing from /metrics"
 
         first = json.loads(_run("ledger", "append", "--endpoint", endpoints[1], "hello", "--json").stdout)
         second = json.loads(_run("ledger", "append", "--endpoint", endpoints[2], "world", "--json").stdout)
