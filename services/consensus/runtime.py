@@ -43,6 +43,7 @@ class _Waiting:
     payload: bytes
     futures: list[asyncio.Future[Applied]]
     proposed_term: int = -1  # term in which it was last proposed (-1: not yet)
+    proposed_at: float = 0.0  # monotonic time of the last proposal
 
 
 class ConsensusNode:
@@ -64,6 +65,7 @@ class ConsensusNode:
         self._transport = transport
         self._metrics = metrics
         self._tick_s = tick_s
+        self._stale_after_s = tick_s * raft_config.election_ticks * 2
         self._max_batch_entries = max_batch_entries
         self._max_batch_bytes = max_batch_bytes
         self._on_fatal = on_fatal
@@ -90,6 +92,23 @@ class ConsensusNode:
             asyncio.create_task(self._loop(), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="raft-ticker"),
         ]
+
+    async def hand_over_leadership(self, timeout_s: float) -> bool:
+        """Before a graceful stop: if leader, transfer leadership to another
+        voter (the core first catches it up, then sends TimeoutNow) and wait
+        until another node leads, so a rolling restart costs no election
+        timeout. True if handed over."""
+        others = sorted(p for p in self.config.peers if p != self.config.node_id)
+        if self._core.role != Role.LEADER or not others:
+            return False
+        self._core.transfer_leadership(others[0])
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._core.role != Role.LEADER:
+                return True
+            await asyncio.sleep(self._tick_s)
+        return self._core.role != Role.LEADER
 
     async def stop(self) -> None:
         self._stopped = True
@@ -182,6 +201,8 @@ class ConsensusNode:
         for msg in inbox:
             core.step(msg)
         self._track_leader()
+        if ticks and self._waiting:
+            self._repropose_stale()
         self._propose_queued()
         while core.has_ready():
             rd = core.ready()
@@ -256,9 +277,20 @@ class ConsensusNode:
                 # No leader yet: keep them queued, in order, for the next round.
                 self._queue.extendleft(key for key, _ in reversed(taken))
                 return
-            term = self._core.term
+            term, now = self._core.term, time.monotonic()
             for _, waiting in taken:
                 waiting.proposed_term = term
+                waiting.proposed_at = now
+
+    def _repropose_stale(self) -> None:
+        """A forwarded proposal can be lost on the way to a live leader; after
+        an election timeout without its application, propose it again (the
+        request key makes a second copy harmless)."""
+        stale_before = time.monotonic() - self._stale_after_s
+        for key, waiting in self._waiting.items():
+            if waiting.proposed_term != -1 and waiting.proposed_at < stale_before:
+                waiting.proposed_term = -1
+                self._queue.append(key)
 
     def _apply(self, entries: list) -> None:  # type: ignore[type-arg]
         results = self.machine.apply(entries)

@@ -238,6 +238,8 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
     log.info("consensus %s serving on port %d, peers %s", config.node_id, port, config.peers)
     try:
         await stop.wait()
+        if not fatal and await node.hand_over_leadership(timeout_s=config.election_ticks * config.tick_ms / 1000):
+            log.info("leadership handed over before shutdown")
     finally:
         await graceful_stop(server, health, grace_s=1.0)  # type: ignore[arg-type]
         await node.stop()

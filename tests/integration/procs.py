@@ -65,20 +65,26 @@ class LocalCluster:
         self.nodes: list[dict[str, Any]] = self.doc["nodes"]  # type: ignore[assignment]
 
     def endpoint(self, node_id: str, service: str = "consensus") -> str:
-        return str(self._node(node_id)["endpoints"][service])
+        return str(self.node(node_id)["endpoints"][service])
 
-    def _node(self, node_id: str) -> dict[str, Any]:
+    def node(self, node_id: str) -> dict[str, Any]:
         return next(n for n in self.nodes if n["id"] == node_id)
 
+
     def kill(self, node_id: str, service: str = "consensus", sig: int = signal.SIGKILL) -> None:
-        pid = self._node(node_id)["pids"][service]
+        """Signal the process and wait (bounded) for it to exit."""
+        pid = self.node(node_id)["pids"][service]
         os.kill(pid, sig)
         for proc in self._procs:
             if proc.pid == pid:
-                proc.wait(timeout=10)
+                proc.wait(timeout=20)
+
+    def exit_code(self, node_id: str, service: str = "consensus") -> int | None:
+        pid = self.node(node_id)["pids"][service]
+        return next((p.returncode for p in self._procs if p.pid == pid), None)
 
     def restart(self, node_id: str, service: str = "consensus") -> None:
-        node = self._node(node_id)
+        node = self.node(node_id)
         cmd = node["commands"][service]
         log_path = Path(node["data_dir"]) / f"{service}.log"
         with open(log_path, "ab") as log_file:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,28 @@ async def _all_applied(stubs: dict[str, pb_grpc.LedgerStub], index: int) -> bool
     if len(statuses) == len(stubs) and all(s.applied_index >= index for s in statuses.values()):
         return True
     return None
+
+
+@pytest.mark.asyncio
+async def test_graceful_stop_of_the_leader_hands_leadership_over(cluster: LocalCluster) -> None:
+    ids = [n["id"] for n in cluster.nodes]
+    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
+    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    try:
+        leader = await wait_for(lambda: _leader(stubs), 30, "a leader")
+        before = (await stubs[leader].Status(pb.StatusRequest(), timeout=2)).term
+        await stubs[leader].Submit(
+            pb.SubmitRequest(entry=pb.LedgerEntry(app=pb.AppEntry(payload=b"before"))), timeout=5
+        )
+        cluster.kill(leader, sig=signal.SIGTERM)
+        assert cluster.exit_code(leader) == 0
+        survivors = {nid: s for nid, s in stubs.items() if nid != leader}
+        new_leader = await wait_for(lambda: _leader(survivors), 30, "the transferee leading")
+        after = (await survivors[new_leader].Status(pb.StatusRequest(), timeout=2)).term
+        # TimeoutNow: the transferee campaigns at once, in the very next term.
+        assert after == before + 1
+        log = (Path(cluster.node(leader)["data_dir"]) / "consensus.log").read_text()
+        assert "leadership handed over" in log
+    finally:
+        for ch in channels.values():
+            await ch.close()
