@@ -19,7 +19,7 @@ from .cluster import BEFORE_APPLY, BEFORE_SAVE, Cluster
 @dataclass(frozen=True)
 class Plan:
     size: int
-    chaos_ticks: int = 250
+    chaos_ticks: int = 300
     heal_ticks: int = 400  # liveness bound once faults stop
     crash_rate: float = 0.01  # per tick
     restart_rate: float = 0.04  # per crashed node and tick
