@@ -38,6 +38,10 @@ class _Peer:
         self.address = address
         self.queue: deque[Message] = deque()
         self.ready = asyncio.Event()
+        # Bumped for every new stream: a failed stream's request iterator can
+        # outlive its call inside grpc, and must not take messages meant for
+        # the next stream (they would be lost on a dead connection).
+        self.generation = 0
 
 
 class GrpcTransport:
@@ -74,9 +78,11 @@ class GrpcTransport:
             peer.queue.append(msg)
             peer.ready.set()
 
-    async def _batches(self, peer: _Peer) -> AsyncIterator[pb.RaftMessageBatch]:
+    async def _batches(self, peer: _Peer, generation: int) -> AsyncIterator[pb.RaftMessageBatch]:
         while True:
             await peer.ready.wait()
+            if peer.generation != generation:
+                return  # a newer stream owns the queue now
             peer.ready.clear()
             if not peer.queue:
                 continue
@@ -88,9 +94,11 @@ class GrpcTransport:
     async def _run_peer(self, peer: _Peer) -> None:
         while not self._closing:
             channel = insecure_channel(peer.address)
+            peer.generation += 1
+            peer.ready.set()  # wakes a stale iterator so that it ends
             try:
                 stub = pb_grpc.RaftPeerStub(channel)
-                await stub.Send(self._batches(peer), metadata=self._metadata)
+                await stub.Send(self._batches(peer, peer.generation), metadata=self._metadata)
             except grpc.RpcError as exc:
                 self._metrics.peer_sent_failures.labels(peer.node_id).inc()
                 log.debug("stream to %s ended: %s", peer.node_id, exc.code())

@@ -184,3 +184,29 @@ async def test_graceful_stop_of_the_leader_hands_leadership_over(cluster: LocalC
     finally:
         for ch in channels.values():
             await ch.close()
+
+
+@pytest.mark.asyncio
+async def test_successive_leader_kills_with_restarts(cluster: LocalCluster) -> None:
+    """Each round kills the current leader and restarts it: the two nodes left
+    must elect a leader every time, including a restarted node and a node that
+    has not talked to it since its restart (a regression: a stale peer stream
+    used to swallow the vote requests between those two)."""
+    ids = [n["id"] for n in cluster.nodes]
+    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
+    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    try:
+        for round_no in range(3):
+            leader = await wait_for(lambda: _leader(stubs), 30, f"a leader in round {round_no}")
+            await stubs[leader].Submit(
+                pb.SubmitRequest(entry=pb.LedgerEntry(app=pb.AppEntry(payload=b"r"))), timeout=5
+            )
+            cluster.kill(leader)
+            survivors = {nid: s for nid, s in stubs.items() if nid != leader}
+            await wait_for(lambda s=survivors: _leader(s), 15, f"a new leader after kill {round_no}")
+            cluster.restart(leader)
+            top = (await next(iter(survivors.values())).Status(pb.StatusRequest(), timeout=2)).commit_index
+            await wait_for(lambda t=top: _all_applied(stubs, t), 30, "the restarted node catching up")
+    finally:
+        for ch in channels.values():
+            await ch.close()
