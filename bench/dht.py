@@ -38,6 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit.grpcutil import CHANNEL_OPTIONS
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+from services.dht import wire
+from services.dht.cli import get_call, put_call
 
 MIB = 1024 * 1024
 BLOB_BYTES = 256 * MIB
@@ -182,19 +184,24 @@ def _cluster(root: pathlib.Path, count: int) -> list[Node]:
     return nodes
 
 
-def _put(stub: dht_pb2_grpc.DhtStub, data: bytes) -> str:
-    def requests() -> Iterator[dht_pb2.BlobPutRequest]:
+def _put(channel: grpc.Channel, data: bytes) -> str:
+    """Put as ``fleetsuit blob put`` does (requests encoded by services/dht/wire.py)."""
+
+    def requests() -> Iterator[bytes]:
         view = memoryview(data)
         for i in range(0, len(data), MIB):
-            yield dht_pb2.BlobPutRequest(data=bytes(view[i : i + MIB]))
+            yield wire.encode_put_request(view[i : i + MIB])
 
-    return str(stub.Put(requests(), timeout=600).content_id)
+    return str(put_call(channel)(requests(), timeout=600).content_id)
 
 
-def _get(stub: dht_pb2_grpc.DhtStub, cid: str) -> int:
+def _get(channel: grpc.Channel, cid: str) -> int:
+    """Get as ``fleetsuit blob get`` does (replies decoded by services/dht/wire.py)."""
     total = 0
-    for msg in stub.Get(dht_pb2.BlobGetRequest(content_id=cid), timeout=600):
-        total += len(msg.data)
+    for _offset, data, _size in get_call(channel)(
+        dht_pb2.BlobGetRequest(content_id=cid), timeout=600
+    ):
+        total += len(data)
     return total
 
 
@@ -203,15 +210,16 @@ def grpc_put_get(root: pathlib.Path) -> tuple[list[float], list[float]]:
     puts: list[float] = []
     gets: list[float] = []
     try:
-        stub = node.stub()
+        assert node.channel is not None
+        channel = node.channel
         for _run in range(RUNS):
             data = os.urandom(BLOB_BYTES)
             start = time.perf_counter()
-            cid = _put(stub, data)
+            cid = _put(channel, data)
             puts.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
             del data
             start = time.perf_counter()
-            assert _get(stub, cid) == BLOB_BYTES
+            assert _get(channel, cid) == BLOB_BYTES
             gets.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
     finally:
         node.stop()
@@ -223,7 +231,8 @@ def spread_seconds(root: pathlib.Path, count: int, seed: int) -> float:
     try:
         data = os.urandom(SPREAD_BYTES)
         start = time.perf_counter()
-        cid = _put(nodes[0].stub(), data)
+        assert nodes[0].channel is not None
+        cid = _put(nodes[0].channel, data)
         pin: Callable[[Node], object] = lambda n: n.stub().Pin(  # noqa: E731
             dht_pb2.BlobPinRequest(content_id=cid), timeout=600
         )

@@ -20,6 +20,7 @@ import grpc
 from fleetsuit.cli import CliError
 from fleetsuit.grpcutil import CHANNEL_OPTIONS
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+from services.dht import wire
 from services.dht.content import format_id, parse_id
 from services.dht.errors import InvalidContentId
 
@@ -56,6 +57,29 @@ def _stub(endpoint: str) -> tuple[grpc.Channel, dht_pb2_grpc.DhtStub]:
     return channel, dht_pb2_grpc.DhtStub(channel)
 
 
+def get_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:
+    """``Dht.Get`` whose replies are (offset, data, total_size), decoded by
+    ``wire.py`` without copying the payload through upb."""
+    return channel.unary_stream(
+        "/fleetsuit.v1.Dht/Get",
+        request_serializer=dht_pb2.BlobGetRequest.SerializeToString,
+        response_deserializer=wire.decode_get_response,
+    )
+
+
+def put_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """``Dht.Put`` taking requests already encoded by ``wire.encode_put_request``."""
+    return channel.stream_unary(
+        "/fleetsuit.v1.Dht/Put",
+        request_serializer=_encoded,
+        response_deserializer=dht_pb2.BlobPutResponse.FromString,
+    )
+
+
+def _encoded(request: bytes) -> bytes:
+    return request
+
+
 def _rpc_error(exc: grpc.RpcError, endpoint: str) -> CliError:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
@@ -82,17 +106,17 @@ def cmd_put(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
     sent = 0
 
-    def pieces() -> Iterator[dht_pb2.BlobPutRequest]:
+    def pieces() -> Iterator[bytes]:
         nonlocal sent
-        yield dht_pb2.BlobPutRequest(pin=args.pin)
+        yield wire.encode_put_request(b"", pin=args.pin)
         while piece := handle.read(PIECE_BYTES):
             sent += len(piece)
             _progress(sent, total)
-            yield dht_pb2.BlobPutRequest(data=piece)
+            yield wire.encode_put_request(piece)
 
-    channel, stub = _stub(args.endpoint)
+    channel, _stub_unused = _stub(args.endpoint)
     try:
-        reply = stub.Put(pieces())
+        reply = put_call(channel)(pieces())
     except grpc.RpcError as exc:
         raise _rpc_error(exc, args.endpoint) from None
     finally:
@@ -112,15 +136,16 @@ def cmd_get(args: argparse.Namespace) -> int:
     offset = os.path.getsize(args.output) if os.path.exists(args.output) else 0
     if offset:
         print(f"resuming at byte {offset}", file=sys.stderr)
-    channel, stub = _stub(args.endpoint)
+    channel, _stub_unused = _stub(args.endpoint)
+    request = dht_pb2.BlobGetRequest(content_id=args.content_id, offset=offset)
     try:
         with open(args.output, "ab") as out:
-            for msg in stub.Get(dht_pb2.BlobGetRequest(content_id=args.content_id, offset=offset)):
-                if msg.offset != offset:
-                    raise CliError(f"server sent offset {msg.offset}, expected {offset}")
-                out.write(msg.data)
-                offset += len(msg.data)
-                _progress(offset, msg.total_size)
+            for at, data, total_size in get_call(channel)(request):
+                if at != offset:
+                    raise CliError(f"server sent offset {at}, expected {offset}")
+                out.write(data)
+                offset += len(data)
+                _progress(offset, total_size)
     except grpc.RpcError as exc:
         raise _rpc_error(exc, args.endpoint) from None
     except OSError as exc:

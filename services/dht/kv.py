@@ -53,7 +53,11 @@ class MemoryKeyValue:
 
 class RocksKeyValue:
     def __init__(self, path: str) -> None:
-        self._db = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True))
+        options = rocksdict.Options(raw_mode=True)
+        # Payloads are usually compressed already (firmware images); block
+        # compression only cost CPU on every flush and compaction (bench/dht.py).
+        options.set_compression_type(rocksdict.DBCompressionType.none())
+        self._db = rocksdict.Rdict(path, options=options)
 
     def get(self, key: bytes) -> bytes | None:
         value = self._db.get(key)

@@ -53,3 +53,9 @@ class DhtMetrics:
             "Unpinned blobs evicted under disk pressure",
             registry=registry,
         )
+        self.scrub_chunks = Counter(
+            "fleetsuit_dht_scrub_chunks",
+            "Stored chunks re-verified by the background scrub, by result",
+            ["result"],
+            registry=registry,
+        )

@@ -27,27 +27,40 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from services.dht.config import DhtConfig
-from services.dht.content import Chunker, ContentId, Digest, Root, decode_root, format_id
+from services.dht.content import (
+    Chunker,
+    ContentId,
+    Digest,
+    Root,
+    decode_root,
+    digest_of,
+    encode_root,
+    format_id,
+)
 from services.dht.errors import (
-    BadRemoteData,
     BlobTooLarge,
     ChunkCorrupt,
     DhtError,
+    InvalidArgument,
     NotFound,
     PeerUnavailable,
 )
+from services.dht.fetch import BlobFetch, SourcePicker
 from services.dht.metrics import DhtMetrics
 from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
-from services.dht.store import BlobStore, PendingBlob
+from services.dht.store import BlobStore
 from services.dht.transport import PeerTransport
 
 log = logging.getLogger("fleetsuit.dht.node")
 
 MAX_PROVIDERS_PER_KEY = 32
+READ_AHEAD_CHUNKS = 2  # chunks read and verified ahead of the one being sent
+PROVIDER_REFRESH_CHUNKS = 8  # a fetch looks for new holders after this many chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +91,7 @@ class DhtNode:
         transport: PeerTransport,
         metrics: DhtMetrics,
         rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.contact = self_contact
@@ -86,8 +100,12 @@ class DhtNode:
         self.metrics = metrics
         self.rng = rng
         self.table = RoutingTable(self_contact, config.bucket_size)
-        self.providers: dict[bytes, dict[NodeId, Contact]] = {}
+        self.clock = clock  # seconds; only provider-record expiry reads it
+        # key -> provider -> (contact, expiry on ``clock``); oldest announcement first
+        self.providers: dict[bytes, dict[NodeId, tuple[Contact, float]]] = {}
         self._fetches: dict[Digest, asyncio.Task[Root]] = {}
+        self._active: dict[Digest, BlobFetch] = {}  # fetches whose root is known
+        self._fetch_started = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self.repair_passes = 0
         self._evictions_seen = 0
@@ -182,7 +200,7 @@ class DhtNode:
 
     async def find_providers(self, key: bytes) -> tuple[list[Contact], list[Contact]]:
         """(holders of ``key`` found in the network, k closest live nodes)."""
-        holders: dict[NodeId, Contact] = dict(self.providers.get(key, {}))
+        holders: dict[NodeId, Contact] = {c.node_id: c for c in self.live_providers(key)}
 
         async def query(contact: Contact) -> list[Contact]:
             providers, closer = await self.transport.find_providers(contact, key)
@@ -208,7 +226,7 @@ class DhtNode:
 
     # ------------------------------------------------------------ client API
 
-    async def put(self, data: AsyncIterator[bytes], pin: bool) -> PutResult:
+    async def put(self, data: AsyncIterator[bytes | memoryview], pin: bool) -> PutResult:
         chunker = Chunker(self.config.chunk_bytes)
         pending = self.store.begin()
         try:
@@ -216,8 +234,10 @@ class DhtNode:
                 self.metrics.bytes_in.inc(len(piece))
                 if chunker.total_size + len(piece) > self.config.max_blob_bytes:
                     raise BlobTooLarge(f"blob exceeds max_blob_bytes={self.config.max_blob_bytes}")
-                for chunk in chunker.feed(piece):
-                    pending.add_chunk(chunk)
+                # Hashing (the whole blob and each chunk) runs in a worker thread:
+                # hashlib releases the GIL, so gRPC keeps receiving meanwhile.
+                for chunk, digest in await asyncio.to_thread(_feed, chunker, piece):
+                    pending.add_chunk(chunk, digest=digest)
             tail, blob = chunker.finish()
             if tail is not None:
                 pending.add_chunk(tail)
@@ -238,38 +258,97 @@ class DhtNode:
 
     async def read(
         self, blob: Digest, offset: int, length: int
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """Verified bytes of ``blob`` from ``offset`` (``length`` 0 = to the end)."""
-        root = await self.ensure_local(blob)
+    ) -> AsyncIterator[tuple[int, bytes | memoryview, int]]:
+        """(offset, verified bytes, blob size) of ``blob`` from ``offset``
+        (``length`` 0 = to the end).
+
+        A blob that is not complete here is fetched, and streamed chunk by
+        chunk as the chunks land (``_read_fetching``)."""
+        root = self.store.root(blob)
+        if root is None or not self.store.is_complete(blob):
+            async for item in self._read_fetching(blob, offset, length):
+                yield item
+            return
+        if offset > root.total_size:
+            raise InvalidArgument(f"offset {offset} beyond size {root.total_size}")
         end = root.total_size if length == 0 else min(root.total_size, offset + length)
         wanted = [(i, s) for i, s in root.chunk_range(offset) if i * root.chunk_bytes < end]
         self.store.acquire(blob)
-        ahead: asyncio.Future[bytes | None] | None = None
+        ahead: deque[asyncio.Future[bytes | None]] = deque()
         try:
             self.store.touch(blob)
-            # Read-ahead: the next chunk is read and verified in a thread (RocksDB
-            # and hashlib release the GIL) while this one is being sent.
+            # Read-ahead: the next chunks are read and verified in worker threads
+            # (RocksDB and hashlib release the GIL) while this one is being sent.
             for n, (index, start) in enumerate(wanted):
-                if ahead is None:
-                    ahead = asyncio.ensure_future(
-                        asyncio.to_thread(self.store.peek_chunk, blob, index)
+                while len(ahead) < READ_AHEAD_CHUNKS and n + len(ahead) < len(wanted):
+                    nxt = wanted[n + len(ahead)][0]
+                    ahead.append(
+                        asyncio.ensure_future(asyncio.to_thread(self.store.peek_chunk, blob, nxt))
                     )
-                data = await ahead
-                ahead = None
-                if n + 1 < len(wanted):
-                    ahead = asyncio.ensure_future(
-                        asyncio.to_thread(self.store.peek_chunk, blob, wanted[n + 1][0])
-                    )
+                data = await ahead.popleft()
                 if data is None:  # missing or corrupt: the slow path drops and refetches
                     data = await self._local_chunk(blob, index)
                 base = index * root.chunk_bytes
                 stop = min(len(data), end - base)
                 self.metrics.bytes_out.inc(stop - start)
-                yield base + start, data[start:stop]
+                yield base + start, _slice(data, start, stop), root.total_size
         finally:
-            if ahead is not None:
-                ahead.cancel()
+            for future in ahead:
+                future.cancel()
             self.store.release(blob)
+
+    async def _read_fetching(
+        self, blob: Digest, offset: int, length: int
+    ) -> AsyncIterator[tuple[int, bytes | memoryview, int]]:
+        """Stream a blob that is being fetched, in order, as its chunks land.
+
+        Each chunk is verified against the (not yet trusted) root when it is
+        received and again when it is read back here; the last chunk is only
+        sent once the whole blob has hashed to its id and been committed, so a
+        peer that forged a root cannot make a Get complete with wrong bytes."""
+        task = self._start_fetch(blob, [], first=offset)
+        fetch = await self._wait_fetch_started(blob, task)
+        if fetch is None:  # it finished (or failed) before we could attach
+            await asyncio.shield(task)
+            async for item in self.read(blob, offset, length):
+                yield item
+            return
+        root = fetch.root
+        if offset > root.total_size:
+            raise InvalidArgument(f"offset {offset} beyond size {root.total_size}")
+        end = root.total_size if length == 0 else min(root.total_size, offset + length)
+        fetch.prioritize(offset // root.chunk_bytes)
+        held: tuple[int, bytes | memoryview, int] | None = None
+        for index, start in root.chunk_range(offset):
+            base = index * root.chunk_bytes
+            if base >= end:
+                break
+            while not (fetch.has(index) or task.done()):
+                await _first_of(fetch.changed(), task)
+            if task.done():  # committed (or failed): the rest comes from the store
+                await asyncio.shield(task)
+                if held is not None:
+                    yield held
+                async for item in self.read(blob, base + start, end - base - start):
+                    yield item
+                return
+            data = await asyncio.to_thread(self.store.read_held, root.chunks[index])
+            if data is None:
+                raise ChunkCorrupt(blob, index, "on disk while fetching")
+            stop = min(len(data), end - base)
+            self.metrics.bytes_out.inc(stop - start)
+            if held is not None:
+                yield held
+            held = (base + start, _slice(data, start, stop), root.total_size)
+        await asyncio.shield(task)  # the whole digest is checked before the last piece
+        if held is not None:
+            yield held
+
+    async def _wait_fetch_started(self, blob: Digest, task: asyncio.Task[Root]) -> BlobFetch | None:
+        """The fetch record once the root is known; None if the task ended first."""
+        while blob not in self._active and not task.done():
+            await _first_of(self._fetch_started.wait(), task)
+        return self._active.get(blob)
 
     async def _local_chunk(self, blob: Digest, index: int) -> bytes:
         try:
@@ -308,8 +387,8 @@ class DhtNode:
         holders: dict[NodeId, Contact] = {}
         if local:
             holders[self.contact.node_id] = self.contact
-        for node_id, contact in self.providers.get(blob, {}).items():
-            holders[node_id] = contact
+        for contact in self.live_providers(blob):
+            holders[contact.node_id] = contact
         if lookup:
             found, _closest = await self.find_providers(blob)
             holders.update((c.node_id, c) for c in found)
@@ -348,37 +427,64 @@ class DhtNode:
         root = self.store.root(blob)
         if root is not None and self.store.is_complete(blob):
             return root
+        return await asyncio.shield(self._start_fetch(blob, sources or []))
+
+    def _start_fetch(
+        self, blob: Digest, hints: list[Contact], first: int | None = None
+    ) -> asyncio.Task[Root]:
+        """The fetch of ``blob`` in progress, or a new one. A background fetch
+        starts at a random chunk; a reader's starts where it reads (``first``
+        is a byte offset)."""
         task = self._fetches.get(blob)
         if task is None:
-            task = asyncio.ensure_future(self._fetch(blob, sources or []))
+            task = asyncio.ensure_future(self._fetch(blob, hints, first))
             self._fetches[blob] = task
-            task.add_done_callback(lambda _t: self._fetches.pop(blob, None))
-        return await asyncio.shield(task)
+            task.add_done_callback(lambda t: self._fetch_done(blob, t))
+        return task
 
-    async def _fetch(self, blob: Digest, hints: list[Contact]) -> Root:
+    def _fetch_done(self, blob: Digest, task: asyncio.Task[Root]) -> None:
+        if self._fetches.get(blob) is task:
+            del self._fetches[blob]
+        if not task.cancelled():
+            task.exception()  # retrieved here; waiters get it through their own await
+
+    async def _fetch(self, blob: Digest, hints: list[Contact], first: int | None) -> Root:
         if self.store.has_root(blob):  # known but a chunk was dropped
             for index in self.store.missing_chunks(blob):
                 await self._refetch_chunk(blob, index)
             root = self.store.root(blob)
             assert root is not None
             return root
-        sources = {c.node_id: c for c in hints if c.node_id != self.contact.node_id}
-        if not sources:
+        picker = SourcePicker(self.rng)
+        picker.add([c for c in hints if c.node_id != self.contact.node_id])
+        if not picker.sources:
             found, _closest = await self.find_providers(blob)
-            sources = {c.node_id: c for c in found}
-        if not sources:
+            picker.add(found)
+        if not picker.sources:
             raise NotFound(f"no node holds {format_id(blob)}")
-        holders = list(sources.values())
+        holders = [s.contact for s in picker.sources.values()]
         self.rng.shuffle(holders)
         root = await self._fetch_root(blob, holders)
-        pending = self.store.begin()
+        start = self.rng.randrange(max(1, len(root.chunks))) if first is None else 0
+        if first is not None and root.chunk_bytes:
+            start = first // root.chunk_bytes
+        fetch = BlobFetch(blob, root, self.store.begin(), start)
+        self._active[blob] = fetch
+        self._fetch_started.set()
+        self._fetch_started = asyncio.Event()
+        # A partial holder is a source too: announce now, serve what is held.
+        self._spawn(self._announce(blob))
         try:
-            await self._fetch_chunks(blob, root, holders, pending)
-            pending.verify_whole(blob)
-            pending.commit(blob, root)
-        except BaseException:
-            pending.abort()
+            await self._fetch_chunks(fetch, picker)
+            await asyncio.to_thread(fetch.pending.verify_whole, blob)
+            fetch.pending.commit(blob, root)
+        except BaseException as exc:
+            fetch.fail(exc)
+            fetch.pending.abort()
             raise
+        finally:
+            del self._active[blob]
+            fetch.notify()
         self._refresh()
         await self._announce(blob)
         return root
@@ -397,34 +503,83 @@ class DhtNode:
             return root
         raise NotFound(f"no holder could supply the root of {format_id(blob)}")
 
-    async def _fetch_chunks(
-        self, blob: Digest, root: Root, holders: list[Contact], pending: PendingBlob
-    ) -> None:
-        queue = list(range(len(root.chunks)))
-        queue.reverse()
+    async def _fetch_chunks(self, fetch: BlobFetch, picker: SourcePicker) -> None:
+        """Chunks in ``fetch.queue`` order, ``fetch_parallelism`` in flight, each
+        from the least-loaded holder; the holder list is refreshed as the
+        fetch goes so that nodes which started fetching later join in."""
+        landed = 0
+        refresh: asyncio.Task[None] | None = None
+
+        async def rediscover() -> None:
+            found, _closest = await self.find_providers(fetch.blob)
+            picker.add([c for c in found if c.node_id != self.contact.node_id])
 
         async def worker() -> None:
-            while queue:
-                index = queue.pop()
-                # Spread chunks over holders; fall back to the others in turn.
-                order = holders[index % len(holders) :] + holders[: index % len(holders)]
-                for holder in order:
-                    try:
-                        data = await self.transport.fetch_chunk(holder, blob, index)
-                        self.metrics.bytes_in.inc(len(data))
-                        pending.add_chunk(data, index=index, expected=root.chunks[index])
-                        break
-                    except BadRemoteData:
-                        self.metrics.corrupt_chunks.labels("wire").inc()
-                    except PeerUnavailable:
-                        self._peer_failed(holder)
-                    except NotFound:
-                        pass
-                else:
-                    raise NotFound(f"no holder could supply chunk {index} of {format_id(blob)}")
+            nonlocal landed, refresh
+            while fetch.queue:
+                index = fetch.queue.popleft()
+                data, digest = await self._fetch_one(fetch, picker, index, rediscover)
+                fetch.pending.add_chunk(data, index=index, digest=digest)
+                fetch.notify()
+                landed += 1
+                if landed % PROVIDER_REFRESH_CHUNKS == 0 and (refresh is None or refresh.done()):
+                    refresh = asyncio.ensure_future(rediscover())
 
-        workers = min(self.config.fetch_parallelism, max(1, len(queue)))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self.config.fetch_parallelism, max(1, len(fetch.queue)))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+        finally:
+            if refresh is not None:
+                refresh.cancel()
+
+    async def _fetch_one(
+        self,
+        fetch: BlobFetch,
+        picker: SourcePicker,
+        index: int,
+        rediscover: Callable[[], Awaitable[None]],
+    ) -> tuple[bytes, Digest]:
+        """Chunk ``index`` from some holder, verified against the root."""
+        tried: set[NodeId] = set()
+        rediscovered = False
+        expected = fetch.root.chunks[index]
+        while True:
+            holder = picker.pick(index, tried)
+            if holder is None:
+                if rediscovered:
+                    raise NotFound(
+                        f"no holder could supply chunk {index} of {format_id(fetch.blob)}"
+                    )
+                rediscovered = True
+                tried.clear()
+                with contextlib.suppress(DhtError):
+                    await rediscover()
+                continue
+            tried.add(holder.node_id)
+            try:
+                data = await self.transport.fetch_chunk(holder, fetch.blob, index)
+            except NotFound:
+                picker.lacks(holder, index)
+                continue
+            except PeerUnavailable:
+                picker.done(holder, ok=False)
+                self._peer_failed(holder)
+                continue
+            except DhtError:
+                picker.done(holder, ok=False)
+                self.metrics.corrupt_chunks.labels("wire").inc()
+                continue
+            self.metrics.bytes_in.inc(len(data))
+            digest = await asyncio.to_thread(digest_of, data)  # off the event loop
+            if digest != expected:
+                picker.done(holder, ok=False)
+                self.metrics.corrupt_chunks.labels("wire").inc()
+                continue
+            picker.done(holder, ok=True)
+            return data, digest
 
     # ------------------------------------------------------------ replication
 
@@ -501,17 +656,31 @@ class DhtNode:
         self, sender: Contact, key: bytes
     ) -> tuple[list[Contact], list[Contact]]:
         self.observe(sender)
-        providers = list(self.providers.get(key, {}).values())
-        if self.store.is_complete(Digest(key)):
-            providers.insert(0, self.contact)
+        providers = self.live_providers(key)
+        if self.store.is_complete(Digest(key)) or Digest(key) in self._active:
+            providers.insert(0, self.contact)  # complete or partial: it serves chunks
         return providers[:MAX_PROVIDERS_PER_KEY], self.table.closest(key, self.config.bucket_size)
 
     def handle_store(self, sender: Contact, key: bytes, provider: Contact) -> None:
+        """A provider record, kept for ``provider_ttl_ms`` unless announced again."""
         self.observe(sender)
         records = self.providers.setdefault(key, {})
-        records[provider.node_id] = provider
+        records.pop(provider.node_id, None)  # re-announced: now the newest
+        records[provider.node_id] = (provider, self.clock() + self.config.provider_ttl_ms / 1000)
         while len(records) > MAX_PROVIDERS_PER_KEY:
             records.pop(next(iter(records)))
+
+    def live_providers(self, key: bytes) -> list[Contact]:
+        """Unexpired provider records for ``key`` (expired ones are dropped)."""
+        records = self.providers.get(key)
+        if not records:
+            return []
+        now = self.clock()
+        for node_id in [n for n, (_c, expires) in records.items() if expires <= now]:
+            del records[node_id]
+        if not records:
+            del self.providers[key]
+        return [contact for contact, _expires in records.values()]
 
     def handle_replicate(self, sender: Contact, key: bytes, sources: list[Contact]) -> bool:
         self.observe(sender)
@@ -530,16 +699,91 @@ class DhtNode:
 
     def handle_fetch_root(self, sender: Contact, key: bytes) -> bytes:
         self.observe(sender)
+        fetch = self._active.get(Digest(key))
+        if fetch is not None and not self.store.has_root(fetch.blob):
+            return encode_root(fetch.root)  # a partial holder: the fetcher checks it too
         return self.store.encoded_root(Digest(key))
 
-    def handle_fetch_chunk(self, sender: Contact, key: bytes, index: int) -> bytes:
+    async def handle_fetch_chunk(self, sender: Contact, key: bytes, index: int) -> bytes:
+        """A chunk of a blob held here, complete or still being fetched; read
+        and verified in a worker thread."""
         self.observe(sender)
         blob = Digest(key)
-        try:
-            data = self.store.read_chunk(blob, index)
-        except ChunkCorrupt:
-            self.metrics.corrupt_chunks.labels("disk").inc()
-            self._spawn(self._replicate_in(blob, []))  # get it back from another holder
-            raise
+        fetch = self._active.get(blob)
+        if fetch is not None and not self.store.has_root(blob):
+            if not 0 <= index < len(fetch.root.chunks) or not fetch.has(index):
+                raise NotFound(f"chunk {index} of {format_id(blob)} is not here yet")
+            data = await asyncio.to_thread(self.store.read_held, fetch.root.chunks[index])
+            if data is None:
+                raise NotFound(f"chunk {index} of {format_id(blob)} is not readable here")
+        else:
+            data = await asyncio.to_thread(self.store.peek_chunk, blob, index)
+            if data is None:
+                try:
+                    data = self.store.read_chunk(blob, index)  # raises, dropping a corrupt chunk
+                except ChunkCorrupt:
+                    self.metrics.corrupt_chunks.labels("disk").inc()
+                    self._spawn(self._replicate_in(blob, []))  # get it back from another holder
+                    raise
         self.metrics.bytes_out.inc(len(data))
         return data
+
+    # ------------------------------------------------------------ scrub
+
+    async def scrub_once(self, bytes_per_s: float) -> tuple[int, int]:
+        """Re-verify every stored chunk, at most ``bytes_per_s``; a corrupt
+        chunk is dropped and fetched again from a holder. Returns (chunks
+        checked, chunks repaired)."""
+        checked = repaired = 0
+        for digest in self.store.chunk_digests():
+            data = await asyncio.to_thread(self.store.read_held, digest)
+            checked += 1
+            if data is not None:
+                self.metrics.scrub_chunks.labels("ok").inc()
+                await asyncio.sleep(len(data) / bytes_per_s)  # the rate limit
+                continue
+            if self.store.verify_chunk(digest) is not False:
+                continue  # deleted meanwhile, or rewritten intact
+            self.metrics.scrub_chunks.labels("corrupt").inc()
+            self.metrics.corrupt_chunks.labels("disk").inc()
+            for blob, index in self.store.blobs_listing(digest)[:1]:
+                try:
+                    await self._refetch_chunk(blob, index)
+                    repaired += 1
+                except DhtError as exc:
+                    log.warning("scrub cannot repair %s: %s", format_id(blob), exc)
+        return checked, repaired
+
+    async def scrub(self, stop: asyncio.Event) -> None:
+        """The scrub loop: a pass every ``scrub_interval_ms``."""
+        interval = self.config.scrub_interval_ms / 1000
+        rate = float(self.config.scrub_bytes_per_s)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval * (0.5 + self.rng.random()))
+            if stop.is_set():
+                return
+            try:
+                await self.scrub_once(rate)
+            except Exception:
+                log.exception("scrub pass crashed")
+
+
+def _feed(chunker: Chunker, piece: bytes | memoryview) -> list[tuple[bytes, Digest]]:
+    """Chunks completed by ``piece`` with their digests (runs in a worker thread)."""
+    return [(chunk, digest_of(chunk)) for chunk in chunker.feed(piece)]
+
+
+def _slice(data: bytes, start: int, stop: int) -> bytes | memoryview:
+    if start == 0 and stop == len(data):
+        return data
+    return memoryview(data)[start:stop]
+
+
+async def _first_of(waiter: Awaitable[object], task: asyncio.Future[Root]) -> None:
+    """Wait until ``waiter`` finishes or ``task`` is done, whichever is first."""
+    other = asyncio.ensure_future(waiter)
+    try:
+        await asyncio.wait([other, task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        other.cancel()

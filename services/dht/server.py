@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from fleetsuit import grpcutil
 from fleetsuit.metrics import serve_metrics
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
-from services.dht import convert
+from services.dht import convert, wire
 from services.dht.config import DhtConfig, split_host_port
 from services.dht.content import parse_id
 from services.dht.errors import DhtError, InvalidArgument
@@ -63,20 +63,21 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
 
     async def Put(
         self,
-        request_iterator: AsyncIterator[dht_pb2.BlobPutRequest],
+        request_iterator: AsyncIterator[tuple[memoryview, bool]],
         context: grpc.aio.ServicerContext,
     ) -> dht_pb2.BlobPutResponse:
+        """Requests arrive decoded by ``wire.decode_put_request`` (no payload copy)."""
         pin = False
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def pieces() -> AsyncIterator[memoryview]:
             nonlocal pin
             first = True
-            async for msg in request_iterator:
+            async for data, pin_flag in request_iterator:
                 if first:
-                    pin = msg.pin
+                    pin = pin_flag
                     first = False
-                if msg.data:
-                    yield msg.data
+                if len(data):
+                    yield data
 
         # The pin flag rides on the first message, so it is known once the stream is read.
         try:
@@ -95,14 +96,12 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
 
     async def Get(
         self, request: dht_pb2.BlobGetRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[dht_pb2.BlobGetResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Responses leave already encoded (``wire.encode_get_response``)."""
         try:
             blob = parse_id(request.content_id)
-            root = await self.node.ensure_local(blob)
-            if request.offset > root.total_size:
-                raise InvalidArgument(f"offset {request.offset} beyond size {root.total_size}")
-            async for offset, data in self.node.read(blob, request.offset, request.length):
-                yield dht_pb2.BlobGetResponse(offset=offset, data=data, total_size=root.total_size)
+            async for offset, data, total in self.node.read(blob, request.offset, request.length):
+                yield wire.encode_get_response(offset, data, total)
         except DhtError as exc:
             await _abort(context, exc)
 
@@ -228,16 +227,88 @@ class DhtPeerServicer(dht_pb2_grpc.DhtPeerServicer):
 
     async def FetchChunk(
         self, request: dht_pb2.DhtFetchChunkRequest, context: grpc.aio.ServicerContext
-    ) -> dht_pb2.DhtFetchChunkResponse:
-        def run() -> dht_pb2.DhtFetchChunkResponse:
-            data = self.node.handle_fetch_chunk(
+    ) -> bytes:
+        """The response leaves already encoded (``wire.encode_fetch_chunk_response``)."""
+        try:
+            data = await self.node.handle_fetch_chunk(
                 convert.contact_from_pb(request.sender),
                 convert.key_from_pb(request.key),
                 request.index,
             )
-            return dht_pb2.DhtFetchChunkResponse(data=data)
+        except DhtError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return wire.encode_fetch_chunk_response(data)
 
-        return await self._run(context, run)
+
+class _Capture:
+    """Stands in for a server to collect a generated ``add_*_to_server``'s handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, name: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def _register(
+    server: grpc.aio.Server,
+    name: str,
+    add: Callable[[object, object], None],
+    servicer: object,
+    overrides: dict[str, grpc.RpcMethodHandler],
+) -> None:
+    """The generated handlers for ``name`` with the bulk methods replaced."""
+    capture = _Capture()
+    add(servicer, capture)
+    handlers = {**capture.handlers, **overrides}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _add_servicers(server: grpc.aio.Server, node: DhtNode) -> None:
+    public = DhtServicer(node)
+    peer = DhtPeerServicer(node)
+    _register(
+        server,
+        "fleetsuit.v1.Dht",
+        dht_pb2_grpc.add_DhtServicer_to_server,
+        public,
+        {
+            "Put": grpc.stream_unary_rpc_method_handler(
+                public.Put,
+                request_deserializer=wire.decode_put_request,
+                response_serializer=dht_pb2.BlobPutResponse.SerializeToString,
+            ),
+            "Get": grpc.unary_stream_rpc_method_handler(
+                public.Get,
+                request_deserializer=dht_pb2.BlobGetRequest.FromString,
+                response_serializer=_identity,
+            ),
+        },
+    )
+    _register(
+        server,
+        "fleetsuit.v1.DhtPeer",
+        dht_pb2_grpc.add_DhtPeerServicer_to_server,
+        peer,
+        {
+            "FetchChunk": grpc.unary_unary_rpc_method_handler(
+                peer.FetchChunk,
+                request_deserializer=dht_pb2.DhtFetchChunkRequest.FromString,
+                response_serializer=_identity,
+            ),
+        },
+    )
 
 
 def build_server(config: DhtConfig, deps: DhtDeps) -> tuple[grpc.aio.Server, int]:
@@ -255,8 +326,7 @@ def build_server(config: DhtConfig, deps: DhtDeps) -> tuple[grpc.aio.Server, int
             contact, config.rpc_timeout_ms / 1000, config.fetch_timeout_ms / 1000
         )
     node = DhtNode(config, contact, deps.store, transport, deps.metrics, deps.rng)
-    dht_pb2_grpc.add_DhtServicer_to_server(DhtServicer(node), server)
-    dht_pb2_grpc.add_DhtPeerServicer_to_server(DhtPeerServicer(node), server)
+    _add_servicers(server, node)
     deps.health = grpcutil.add_health_and_reflection(server, SERVICE_NAMES)
     deps.node = node
     return server, port
@@ -287,10 +357,12 @@ async def serve(config: DhtConfig, *, shutdown: asyncio.Event | None = None) -> 
         # Machine-readable line for supervisors and tests that bind port 0.
         print(f"DHT_LISTENING {node.contact.address}", flush=True)
         maintenance = asyncio.ensure_future(node.maintenance(stop))
+        scrub = asyncio.ensure_future(node.scrub(stop))
         await stop.wait()
         await grpcutil.graceful_stop(server, deps.health, config.grace_ms / 1000)  # type: ignore[arg-type]
         maintenance.cancel()
-        await asyncio.gather(maintenance, return_exceptions=True)
+        scrub.cancel()
+        await asyncio.gather(maintenance, scrub, return_exceptions=True)
         await node.close()
     finally:
         store.close()

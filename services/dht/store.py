@@ -73,12 +73,18 @@ class PendingBlob:
         self.closed = False
 
     def add_chunk(
-        self, data: bytes, index: int | None = None, expected: Digest | None = None
+        self,
+        data: bytes,
+        index: int | None = None,
+        expected: Digest | None = None,
+        digest: Digest | None = None,
     ) -> Digest:
+        """Hold chunk ``index``; ``digest`` is its SHA-256 when the caller
+        already hashed ``data`` (in a worker thread, off the event loop)."""
         if self.closed:
             raise InvalidArgument("upload already finished")
         index = len(self.held) if index is None else index
-        digest = digest_of(data)
+        digest = digest_of(data) if digest is None else digest
         if expected is not None and digest != expected:
             raise DigestMismatch(f"chunk {index} does not hash to sha256:{expected.hex()}")
         if index in self.held:
@@ -229,6 +235,41 @@ class BlobStore:
         if data is None or hashlib.sha256(data).digest() != digest:
             return None
         return data
+
+    def read_held(self, digest: Digest) -> bytes | None:
+        """A chunk by its digest if present and verified, else None.
+
+        Serves chunks of blobs still being fetched (no root yet). Safe to call
+        from a worker thread: it only reads.
+        """
+        data = self._kv.get(_CHUNK + digest) if digest in self._present else None
+        if data is None or hashlib.sha256(data).digest() != digest:
+            return None
+        return data
+
+    def chunk_digests(self) -> list[Digest]:
+        """Every chunk stored under a root (what the scrub walks)."""
+        return [c for c in self._present if c in self._refs]
+
+    def blobs_listing(self, chunk: Digest) -> list[tuple[Digest, int]]:
+        """(blob, index) pairs whose root lists ``chunk``."""
+        return [
+            (blob, index)
+            for blob, root in self._roots.items()
+            for index, digest in enumerate(root.chunks)
+            if digest == chunk
+        ]
+
+    def verify_chunk(self, digest: Digest) -> bool | None:
+        """Re-hash one stored chunk: True if intact, False if it was corrupt
+        (and is now dropped), None if it is not stored. For the scrub."""
+        if digest not in self._present:
+            return None
+        data = self._kv.get(_CHUNK + digest)
+        if data is not None and hashlib.sha256(data).digest() == digest:
+            return True
+        self._drop_chunk(digest)
+        return False
 
     def touch(self, blob: Digest) -> None:
         if blob in self._roots:

@@ -14,6 +14,7 @@ import grpc
 
 from fleetsuit import grpcutil
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+from services.dht import wire
 from services.dht.convert import contact_from_pb, contact_to_pb, contacts_from_pb, error_from_rpc
 from services.dht.routing import Contact
 
@@ -47,6 +48,7 @@ class GrpcTransport:
         self._fetch_timeout = fetch_timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, dht_pb2_grpc.DhtPeerStub] = {}
+        self._fetch_chunk: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     def _stub(self, address: str) -> dht_pb2_grpc.DhtPeerStub:
         stub = self._stubs.get(address)
@@ -54,6 +56,12 @@ class GrpcTransport:
             channel = grpcutil.insecure_channel(address)
             self._channels[address] = channel
             stub = self._stubs[address] = dht_pb2_grpc.DhtPeerStub(channel)
+            # The chunk reply is decoded by hand: no copy through upb (wire.py).
+            self._fetch_chunk[address] = channel.unary_unary(
+                "/fleetsuit.v1.DhtPeer/FetchChunk",
+                request_serializer=dht_pb2.DhtFetchChunkRequest.SerializeToString,
+                response_deserializer=wire.decode_fetch_chunk_response,
+            )
         return stub
 
     async def ping(self, address: str) -> Contact:
@@ -120,16 +128,18 @@ class GrpcTransport:
 
     async def fetch_chunk(self, to: Contact, key: bytes, index: int) -> bytes:
         try:
-            reply = await self._stub(to.address).FetchChunk(
+            self._stub(to.address)
+            data: bytes = await self._fetch_chunk[to.address](
                 dht_pb2.DhtFetchChunkRequest(sender=self._sender, key=key, index=index),
                 timeout=self._fetch_timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
-        return bytes(reply.data)
+        return data
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
         self._stubs.clear()
+        self._fetch_chunk.clear()
