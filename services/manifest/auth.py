@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .cbor import wrap_bstr
-from .cose import PublicKey, check_algorithm, key_fits, verify
+from .cbor import encode_head
+from .cose import KeyFamily, PublicKey, check_algorithm, family_for, key_family, verify_checked
 from .errors import AuthenticationError, ErrorCode, SeverableError, StructureError
 from .model import SEVERABLE_KEYS, ComponentId, Envelope, Manifest, SuitDigest
 
@@ -30,6 +30,11 @@ class TrustAnchor:
     key_id: bytes | None = None
     class_ids: frozenset[bytes] | None = None  # None: any device class
     components: frozenset[ComponentId] | None = None  # None: any component
+    # Derived once from ``public_key`` so validations skip the type checks.
+    family: KeyFamily = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "family", key_family(self.public_key))
 
     def covers(self, components: Sequence[ComponentId]) -> bool:
         return self.components is None or all(c in self.components for c in components)
@@ -56,6 +61,16 @@ def compute_digest(algorithm: int, data: bytes) -> bytes:
 
 def digest_matches(digest: SuitDigest, data: bytes) -> bool:
     return hmac.compare_digest(compute_digest(digest.algorithm, data), digest.digest)
+
+
+def wrapped_digest_matches(digest: SuitDigest, content: bytes) -> bool:
+    """``digest`` covers ``content`` as a bstr item, header included (§8.3)."""
+    head = encode_head(2, len(content))
+    if digest.algorithm == -16:  # SHA-256, the common case: no copy of the content
+        h = hashlib.sha256(head)
+        h.update(content)
+        return hmac.compare_digest(h.digest(), digest.digest)
+    return digest_matches(digest, head + content)
 
 
 def authenticate(
@@ -94,13 +109,14 @@ def authenticate(
             unsupported = exc
             continue
         kid = sign1.key_id
+        family = family_for(alg)
         for anchor in usable:
             if kid is not None and anchor.key_id is not None and kid != anchor.key_id:
                 continue
-            if not key_fits(alg, anchor.public_key):
+            if anchor.family is not family:
                 continue
             tried = True
-            if verify(sign1, auth.digest_raw, anchor.public_key):
+            if verify_checked(alg, sign1, auth.digest_raw, anchor.public_key):
                 signer = anchor
                 break
         if signer is not None:
@@ -116,7 +132,7 @@ def authenticate(
         raise AuthenticationError(
             "signature does not verify with any trusted key", ErrorCode.SIGNATURE_INVALID
         )
-    if not digest_matches(auth.digest, wrap_bstr(envelope.manifest_raw)):
+    if not wrapped_digest_matches(auth.digest, envelope.manifest_raw):
         raise AuthenticationError(
             "SUIT_Digest does not match the manifest", ErrorCode.DIGEST_MISMATCH
         )
@@ -128,7 +144,7 @@ def check_digest_only(envelope: Envelope) -> None:
     auth = envelope.authentication
     if auth is None:
         raise AuthenticationError("no authentication wrapper", ErrorCode.NO_AUTHENTICATION)
-    if not digest_matches(auth.digest, wrap_bstr(envelope.manifest_raw)):
+    if not wrapped_digest_matches(auth.digest, envelope.manifest_raw):
         raise AuthenticationError(
             "SUIT_Digest does not match the manifest", ErrorCode.DIGEST_MISMATCH
         )
@@ -154,7 +170,7 @@ def check_severable(envelope: Envelope, manifest: Manifest) -> tuple[int, ...]:
         if isinstance(in_manifest, SuitDigest):
             if present is None:
                 severed.append(int(key))
-            elif not digest_matches(in_manifest, wrap_bstr(present)):
+            elif not wrapped_digest_matches(in_manifest, present):
                 raise SeverableError(
                     f"severable member {key.name.lower()} does not match its digest",
                     ErrorCode.SEVERABLE_DIGEST_MISMATCH,

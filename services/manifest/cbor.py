@@ -1,21 +1,29 @@
 """Bounded CBOR decoding for untrusted SUIT envelopes.
 
-``scan`` walks the header bytes of one CBOR item iteratively, before any
-value is built, and rejects: truncated or trailing data, declared lengths
-larger than the bytes present (so nothing huge is ever allocated), nesting
-deeper than the limit, more items than the budget, indefinite lengths and
-non-shortest heads (draft-ietf-suit-manifest §8.1 requires canonical CBOR),
-duplicate map keys (a "last key wins" decoder would validate one manifest and
-run another; SPEC_NOTES §9) and tags outside the small set SUIT uses (this
-also keeps cbor2's value-sharing tags 28/29 out). Only then does cbor2 build
-the value. This module knows nothing about SUIT semantics.
+``decode`` is a single-pass decoder written for hostile input: it reads each
+head, checks it and builds the value in the same step, so every byte of one
+bstr-wrapped level is looked at once. It rejects truncated or trailing data,
+declared lengths larger than the bytes present (checked before anything is
+allocated, so nothing huge ever is), nesting deeper than the limit, more items
+than the envelope's budget, indefinite lengths and non-shortest heads
+(draft-ietf-suit-manifest §8.1 requires canonical CBOR), duplicate map keys (a
+"last key wins" decoder would validate one manifest and run another;
+SPEC_NOTES §9; keys that differ in bytes but compare equal once decoded, such
+as 1 and 1.0, count as duplicates too) and tags outside the small set SUIT
+uses. Values are plain lists, dicts and ``CBORTag`` objects, also inside
+tags (where cbor2 builds tuples and frozendicts); map keys that are arrays or
+maps become tuples and ``frozendict`` as with cbor2. Nested bstr-wrapped
+CBOR is left as bytes: each level is decoded once, when a caller asks for it,
+against the same item budget. This module knows nothing about SUIT semantics.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cbor2
+from cbor2 import CBORSimpleValue, CBORTag, frozendict, undefined
 
 from .errors import DecodeError, ErrorCode, LimitExceeded
 from .limits import Limits
@@ -24,7 +32,23 @@ from .limits import Limits
 # SUIT envelope 107 / manifest 1070 (§11 suggested tags), OID 111, PEN 112.
 ALLOWED_TAGS = frozenset({17, 18, 96, 97, 98, 107, 111, 112, 1070})
 
-_MIN_FOR_AI = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
+# The smallest value each 1/2/4/8-byte argument may carry (RFC 8949 §4.2.1).
+_MIN_ARGUMENT = (24, 0x100, 0x10000, 0x100000000)
+_SIMPLE: dict[int, Any] = {20: False, 21: True, 22: None, 23: undefined}
+_FLOAT = (struct.Struct(">e"), struct.Struct(">f"), struct.Struct(">d"))
+_NOT_ONE_BYTE = object()
+# Items whose whole encoding is their head byte and whose value is immutable:
+# small uints and nints, false, true, null, undefined, empty bstr and tstr.
+# Containers read these inline instead of calling ``_item`` (most of a command
+# sequence is small integers).
+_ONE_BYTE: list[Any] = [_NOT_ONE_BYTE] * 256
+for _ai in range(24):
+    _ONE_BYTE[_ai] = _ai
+    _ONE_BYTE[0x20 | _ai] = -1 - _ai
+_ONE_BYTE[0x40] = b""
+_ONE_BYTE[0x60] = ""
+for _ai, _value in _SIMPLE.items():
+    _ONE_BYTE[0xE0 | _ai] = _value
 
 
 class Budget:
@@ -41,103 +65,182 @@ class Budget:
             raise LimitExceeded("too many CBOR items in the envelope")
 
 
+class _Pass:
+    """Per-call state of one ``decode``: items read, first deferred error."""
+
+    __slots__ = ("items", "deferred")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.deferred: DecodeError | None = None
+
+
 def _truncated() -> DecodeError:
     return DecodeError("truncated CBOR item")
 
 
-def scan(data: bytes, limits: Limits, budget: Budget, depth_base: int = 0) -> None:
-    """Check that ``data`` is exactly one bounded, canonical CBOR item.
+def _hashable(value: Any) -> Any:
+    """A decoded map key in cbor2's immutable shape (arrays as tuples)."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return frozendict({k: _hashable(v) for k, v in value.items()})
+    if isinstance(value, CBORTag):
+        return CBORTag(value.tag, _hashable(value.value))
+    return value
 
-    Iterative (no recursion) and allocation-free apart from one small frame
-    per open container and the keys of open maps.
+
+def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, int]:
+    """The item starting at ``pos`` and the position after it.
+
+    Recursion is bounded by ``depth_left`` (checked before each container
+    opens), lengths by the bytes present (checked before each slice or loop).
     """
-    n = len(data)
-    max_depth = limits.max_depth - depth_base
-    if max_depth <= 0:
-        raise LimitExceeded("nesting too deep")
-    pos = 0
-    items = 0
-    # Frames: [items remaining, keys seen (maps) or None, start of the container].
-    stack: list[list[Any]] = []
-    try:
-        while True:
-            start = pos
-            ib = data[pos]
-            items += 1
-            ai = ib & 0x1F
-            major = ib >> 5
-            if ai < 24:
-                val = ai
-                pos += 1
-            elif ai < 28:
-                end = pos + 1 + (1 << (ai - 24))
-                if end > n:
-                    raise _truncated()
-                val = int.from_bytes(data[pos + 1 : end], "big")
-                pos = end
-                if major != 7:
-                    if val < _MIN_FOR_AI[ai]:
-                        raise DecodeError("non-shortest CBOR head", ErrorCode.NON_CANONICAL)
-                elif ai == 24 and val < 32:
+    ib = data[pos]  # IndexError: truncated, mapped by ``decode``
+    pos += 1
+    ai = ib & 0x1F
+    major = ib >> 5
+    if ai < 24:
+        val = ai
+    elif ai < 28:
+        end = pos + (1 << (ai - 24))
+        if end > len(data):
+            raise _truncated()
+        if major == 7:
+            if ai == 24:
+                val = data[pos]
+                if val < 32:
                     raise DecodeError("invalid simple value encoding")
-            elif ai == 31:
-                if 2 <= major <= 5:
-                    raise DecodeError("indefinite-length item", ErrorCode.NON_CANONICAL)
-                raise DecodeError("invalid indefinite-length or break item")
+                return CBORSimpleValue(val), end
+            return _FLOAT[ai - 25].unpack_from(data, pos)[0], end
+        val = int.from_bytes(data[pos:end], "big")
+        if val < _MIN_ARGUMENT[ai - 24]:
+            raise DecodeError("non-shortest CBOR head", ErrorCode.NON_CANONICAL)
+        pos = end
+    elif ai == 31:
+        if 2 <= major <= 5:
+            raise DecodeError("indefinite-length item", ErrorCode.NON_CANONICAL)
+        raise DecodeError("invalid indefinite-length or break item")
+    else:
+        raise DecodeError("reserved additional information value")
+    if major == 0:
+        return val, pos
+    if major == 2 or major == 3:
+        end = pos + val
+        if end > len(data):
+            raise _truncated()
+        if major == 2:
+            return data[pos:end], end
+        try:
+            return data[pos:end].decode("utf-8"), end
+        except UnicodeDecodeError:
+            # Reported after the pass, so a structural fault found later wins,
+            # as it did when a scan ran before a separate decoder.
+            if state.deferred is None:
+                state.deferred = DecodeError("undecodable CBOR: invalid UTF-8 in a text string")
+            return "", end
+    if major == 1:
+        return -1 - val, pos
+    if major == 4:
+        if val > len(data) - pos:
+            raise _truncated()
+        if not val:
+            return [], pos
+        if depth_left <= 0:
+            raise LimitExceeded("nesting too deep")
+        depth_left -= 1
+        state.items += val
+        out = []
+        append = out.append
+        for _ in range(val):
+            item = _ONE_BYTE[data[pos]]
+            if item is _NOT_ONE_BYTE:
+                item, pos = _item(data, pos, depth_left, state)
             else:
-                raise DecodeError("reserved additional information value")
-            if major == 2 or major == 3:
-                if val > n - pos:
-                    raise _truncated()
-                pos += val
-            elif major == 4 or major == 5:
-                count = val if major == 4 else 2 * val
-                if count > n - pos:
-                    raise _truncated()
-                if count:
-                    if len(stack) >= max_depth:
-                        raise LimitExceeded("nesting too deep")
-                    stack.append([count, set() if major == 5 else None, start])
-                    continue
-            elif major == 6:
-                if val not in ALLOWED_TAGS:
-                    raise DecodeError(f"CBOR tag {val} is not used by SUIT")
-                if len(stack) >= max_depth:
-                    raise LimitExceeded("nesting too deep")
-                stack.append([1, None, start])
-                continue
-            # The item [start, pos) is complete: close every container it finishes.
-            while stack:
-                top = stack[-1]
-                remaining = top[0]
-                keys = top[1]
-                if keys is not None and not remaining & 1:
-                    key = data[start:pos]
-                    if key in keys:
-                        raise DecodeError("duplicate map key", ErrorCode.DUPLICATE_KEY)
-                    keys.add(key)
-                remaining -= 1
-                if remaining:
-                    top[0] = remaining
-                    break
-                stack.pop()
-                start = top[2]
-            if not stack:
-                break
-    except IndexError:
-        raise _truncated() from None
-    if pos != n:
-        raise DecodeError("trailing bytes after CBOR item")
-    budget.spend(items)
+                pos += 1
+            append(item)
+        return out, pos
+    if major == 5:
+        if 2 * val > len(data) - pos:
+            raise _truncated()
+        if not val:
+            return {}, pos
+        if depth_left <= 0:
+            raise LimitExceeded("nesting too deep")
+        depth_left -= 1
+        state.items += 2 * val
+        mapping: dict[Any, Any] = {}
+        seen: set[bytes] | None = None
+        for _ in range(val):
+            start = pos
+            key = _ONE_BYTE[data[pos]]
+            if key is _NOT_ONE_BYTE:
+                key, pos = _item(data, pos, depth_left, state)
+            else:
+                pos += 1
+            kind = type(key)
+            if kind is int or kind is str or kind is bytes:
+                # Canonical heads: equal values of these types have equal bytes.
+                if key in mapping:
+                    raise DecodeError("duplicate map key", ErrorCode.DUPLICATE_KEY)
+            else:
+                # Other keys (floats, NaN among them) are compared as bytes.
+                key_bytes = data[start:pos]
+                if seen is None:
+                    seen = set()
+                elif key_bytes in seen:
+                    raise DecodeError("duplicate map key", ErrorCode.DUPLICATE_KEY)
+                seen.add(key_bytes)
+                if kind is list or kind is dict or kind is CBORTag:
+                    key = _hashable(key)
+            value = _ONE_BYTE[data[pos]]
+            if value is _NOT_ONE_BYTE:
+                value, pos = _item(data, pos, depth_left, state)
+            else:
+                pos += 1
+            mapping[key] = value
+        if len(mapping) != val:
+            raise DecodeError("map keys that decode equal", ErrorCode.DUPLICATE_KEY)
+        return mapping, pos
+    if major == 6:
+        if val not in ALLOWED_TAGS:
+            raise DecodeError(f"CBOR tag {val} is not used by SUIT")
+        if depth_left <= 0:
+            raise LimitExceeded("nesting too deep")
+        state.items += 1
+        inner, pos = _item(data, pos, depth_left - 1, state)
+        return CBORTag(val, inner), pos
+    # major 7 with a one-byte head
+    if val in _SIMPLE:
+        return _SIMPLE[val], pos
+    return CBORSimpleValue(val), pos
 
 
 def decode(data: bytes, limits: Limits, budget: Budget, depth_base: int = 0) -> Any:
-    """Scan ``data`` within the limits, then build its value with cbor2."""
-    scan(data, limits, budget, depth_base)
+    """The value of ``data``, which must be exactly one bounded, canonical item.
+
+    ``depth_base`` is the nesting already used by the bstr-wrapped levels
+    around ``data``; its items are charged to ``budget``.
+    """
+    depth_left = limits.max_depth - depth_base
+    if depth_left <= 0:
+        raise LimitExceeded("nesting too deep")
+    if type(data) is not bytes:
+        data = bytes(data)
+    state = _Pass()  # counts the items inside containers; the top one is added below
+    state.items = 1
     try:
-        return cbor2.loads(data)
-    except Exception as exc:  # cbor2 reports bad UTF-8 etc. with several types
-        raise DecodeError(f"undecodable CBOR: {exc}") from None
+        value, pos = _item(data, 0, depth_left, state)
+    except IndexError:
+        raise _truncated() from None
+    except RecursionError:  # only with a max_depth near the interpreter's own limit
+        raise LimitExceeded("nesting too deep") from None
+    if pos != len(data):
+        raise DecodeError("trailing bytes after CBOR item")
+    budget.spend(state.items)
+    if state.deferred is not None:
+        raise state.deferred
+    return value
 
 
 def dumps(value: Any) -> bytes:

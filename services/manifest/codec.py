@@ -16,7 +16,7 @@ from typing import Any
 import cbor2
 
 from . import cbor
-from .cbor import Budget, wrap_bstr
+from .cbor import Budget, CBORTag, wrap_bstr
 from .errors import DecodeError, ErrorCode, StructureError
 from .limits import DEFAULT_LIMITS, Limits
 from .model import (
@@ -68,39 +68,38 @@ class Decoder:
             )
         value = self.load(data, 0)
         tagged = False
-        if isinstance(value, cbor2.CBORTag):
+        if type(value) is CBORTag:
             if value.tag != 107:
                 raise StructureError(f"unexpected tag {value.tag} on the envelope")
             tagged, value = True, value.value
-        if not isinstance(value, Mapping):
+        if type(value) is not dict:  # cbor.decode builds plain dicts and lists
             raise StructureError("SUIT_Envelope must be a map")
-        members: list[tuple[int | str, bytes]] = []
         for key, item in value.items():
-            if isinstance(key, bool) or not isinstance(key, int | str):
+            if type(key) is not int and type(key) is not str:
                 raise StructureError(f"envelope key {key!r} is not an int or text")
-            if not isinstance(item, bytes):
+            if type(item) is not bytes:
                 raise StructureError(f"envelope member {key!r} must be a bstr (§8.2)")
-            members.append((key, item))
-        keys = [k for k, _ in members]
-        if 3 not in keys:
+        manifest_raw = value.get(3)
+        if manifest_raw is None:
             raise StructureError("envelope has no suit-manifest (key 3)")
         auth = None
-        if 2 in keys:
-            if keys.index(2) > keys.index(3):
+        auth_raw = value.get(2)
+        if auth_raw is not None:
+            if next(k for k in value if k == 2 or k == 3) != 2:
                 raise StructureError("authentication wrapper must precede the manifest (§8.3)")
-            auth = self.authentication(dict(members)[2])
+            auth = self.authentication(auth_raw)
         return Envelope(
             tagged=tagged,
-            members=tuple(members),
+            members=tuple(value.items()),
             authentication=auth,
-            manifest_raw=dict(members)[3],
+            manifest_raw=manifest_raw,
         )
 
     def authentication(self, raw: bytes) -> Authentication:
         value = self.load(raw, _WRAP_DEPTH)
-        if not isinstance(value, list | tuple) or not value:
+        if type(value) is not list or not value:
             raise StructureError("SUIT_Authentication must be a non-empty array")
-        if not all(isinstance(v, bytes) for v in value):
+        if not all(type(v) is bytes for v in value):
             raise StructureError("SUIT_Authentication members must be bstr-wrapped")
         digest = self.digest(self.load(value[0], 2 * _WRAP_DEPTH))
         blocks = tuple(self.auth_block(b) for b in value[1:])
@@ -108,40 +107,35 @@ class Decoder:
 
     def auth_block(self, raw: bytes) -> AuthenticationBlock:
         value = self.load(raw, 2 * _WRAP_DEPTH)
-        if not isinstance(value, cbor2.CBORTag) or value.tag not in _COSE_TAGS:
+        if type(value) is not CBORTag or value.tag not in _COSE_TAGS:
             raise StructureError("authentication block is not a tagged COSE object")
         if value.tag != 18:
             return AuthenticationBlock(tag=value.tag, sign1=None, raw=raw)
         body = value.value
-        if not isinstance(body, list | tuple) or len(body) != 4:
+        if type(body) is not list or len(body) != 4:
             raise StructureError("COSE_Sign1 must be a 4-element array")
         protected_raw, unprotected, payload, signature = body
-        if not isinstance(protected_raw, bytes) or not isinstance(unprotected, Mapping):
+        if type(protected_raw) is not bytes or type(unprotected) is not dict:
             raise StructureError("COSE_Sign1 headers are malformed")
-        if payload is not None and not isinstance(payload, bytes):
+        if payload is not None and type(payload) is not bytes:
             raise StructureError("COSE_Sign1 payload must be nil or bstr")
-        if not isinstance(signature, bytes):
+        if type(signature) is not bytes:
             raise StructureError("COSE_Sign1 signature must be a bstr")
         protected: Any = {} if not protected_raw else self.load(protected_raw, 3 * _WRAP_DEPTH)
-        if not isinstance(protected, Mapping):
+        if type(protected) is not dict:
             raise StructureError("COSE protected header must be a map")
-        if set(protected) & set(unprotected):
+        if unprotected and not protected.keys().isdisjoint(unprotected):
             raise StructureError("a COSE header label is both protected and unprotected")
-        sign1 = CoseSign1(
-            protected_raw=protected_raw,
-            protected=dict(protected),
-            unprotected=dict(unprotected),
-            payload=payload,
-            signature=signature,
-        )
+        # Both dicts were built by this decode and are not shared: no copies.
+        sign1 = CoseSign1(protected_raw, protected, unprotected, payload, signature)
         return AuthenticationBlock(tag=18, sign1=sign1, raw=raw)
 
     def digest(self, value: Any) -> SuitDigest:
         if (
-            not isinstance(value, list | tuple)
+            type(value) is not list
             or len(value) < 2
-            or not _is_int(value[0])
-            or not isinstance(value[1], bytes)
+            or type(value[0]) is not int
+            or type(value[1]) is not bytes
         ):
             raise StructureError("SUIT_Digest must be [int, bstr, ...]")
         return SuitDigest(value[0], value[1], tuple(value[2:]))
@@ -150,28 +144,27 @@ class Decoder:
 
     def manifest(self, raw: bytes) -> Manifest:
         value = self.load(raw, _WRAP_DEPTH)
-        if isinstance(value, cbor2.CBORTag) and value.tag == 1070:
+        if type(value) is CBORTag and value.tag == 1070:
             value = value.value
-        if not isinstance(value, Mapping):
+        if type(value) is not dict:
             raise StructureError("SUIT_Manifest must be a map")
         version = value.get(1)
-        if not _is_int(version):
+        if type(version) is not int:
             raise StructureError("suit-manifest-version is missing")
         if version != 1:
             raise StructureError(
                 f"manifest version {version} is not supported", ErrorCode.UNSUPPORTED_VERSION
             )
         seq = value.get(2)
-        if not _is_int(seq) or seq < 0:
+        if type(seq) is not int or seq < 0:
             raise StructureError("suit-manifest-sequence-number must be a uint")
         common_raw = value.get(3)
-        if not isinstance(common_raw, bytes):
+        if type(common_raw) is not bytes:
             raise StructureError("suit-common must be a bstr-wrapped map")
         uri = value.get(4)
         if uri is not None and not isinstance(uri, str):
             raise StructureError("suit-reference-uri must be text")
-        known = {1, 2, 3, 4, 7, 8, 9, 16, 20, 23}
-        extensions = tuple((k, v) for k, v in value.items() if k not in known)
+        extensions = tuple((k, v) for k, v in value.items() if k not in _MANIFEST_KEYS)
         for key, _ in extensions:
             # Unknown standard-range members cannot be understood safely (§8.4).
             if _is_int(key) and -256 < key < 256:
@@ -205,10 +198,10 @@ class Decoder:
 
     def common(self, raw: bytes) -> Common:
         value = self.load(raw, 2 * _WRAP_DEPTH)
-        if not isinstance(value, Mapping):
+        if type(value) is not dict:
             raise StructureError("SUIT_Common must be a map")
         comps = value.get(2)
-        if not isinstance(comps, list | tuple) or not comps:
+        if type(comps) is not list or not comps:
             raise StructureError("suit-components must be a non-empty array")
         if len(comps) > self.limits.max_components:
             raise StructureError(
@@ -231,19 +224,19 @@ class Decoder:
 
     def sequence(self, raw: bytes, depth: int) -> CommandSequence:
         value = self.load(raw, depth)
-        if not isinstance(value, list | tuple) or not value or len(value) % 2:
+        if type(value) is not list or not value or len(value) % 2:
             raise StructureError("command sequence must be a non-empty array of pairs")
         commands = []
+        append = commands.append
         argument = self.argument
-        for i in range(0, len(value), 2):
-            code = value[i]
+        it = iter(value)
+        for code, arg in zip(it, it, strict=True):
             if type(code) is not int:
                 raise StructureError("command code must be an integer")
-            arg = value[i + 1]
             if code in _REP_POLICY_CODES and type(arg) is int and arg >= 0:
-                commands.append(SuitCommand(code, arg))  # the common case, fast
+                append(SuitCommand(code, arg))  # the common case, fast
             else:
-                commands.append(SuitCommand(code, argument(code, arg, depth)))
+                append(SuitCommand(code, argument(code, arg, depth)))
         return CommandSequence(tuple(commands), raw)
 
     def argument(self, code: int, arg: Any, depth: int) -> Any:
@@ -340,6 +333,7 @@ def component_id(value: Any) -> ComponentId:
     return tuple(value)
 
 
+_MANIFEST_KEYS = frozenset({1, 2, 3, 4, 7, 8, 9, 16, 20, 23})
 _REP_POLICY_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 18, 21, 22, 23, 24, 25, 31, 33})
 
 _PARAMETER_TYPES: dict[int, type] = {

@@ -8,6 +8,7 @@ caller's policy (``auth.py``).
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import cbor2
@@ -58,12 +59,29 @@ def check_algorithm(sign1: CoseSign1) -> int:
     return alg
 
 
+class KeyFamily(enum.Enum):
+    """Which COSE algorithms a public key can check."""
+
+    P256 = "P-256"  # ES256, ESP256
+    ED25519 = "Ed25519"  # EdDSA, Ed25519
+    OTHER = "other"
+
+
+def key_family(key: object) -> KeyFamily:
+    """Worked out once per trust anchor (``TrustAnchor.family``), not per signature."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return KeyFamily.P256
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return KeyFamily.ED25519
+    return KeyFamily.OTHER
+
+
+def family_for(alg: int) -> KeyFamily:
+    return KeyFamily.P256 if alg in ECDSA_ALGORITHMS else KeyFamily.ED25519
+
+
 def key_fits(alg: int, key: PublicKey) -> bool:
-    if alg in ECDSA_ALGORITHMS:
-        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
-            key.curve, ec.SECP256R1
-        )
-    return isinstance(key, ed25519.Ed25519PublicKey)
+    return key_family(key) is family_for(alg)
 
 
 def verify(sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
@@ -71,18 +89,22 @@ def verify(sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
     alg = check_algorithm(sign1)
     if not key_fits(alg, key):
         return False
-    message = sig_structure(sign1.protected_raw, payload)
+    return verify_checked(alg, sign1, payload, key)
+
+
+def verify_checked(alg: int, sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
+    """``verify`` once the caller has checked ``alg`` and that ``key`` fits it."""
     signature = sign1.signature
+    if len(signature) != 64:  # r‖s for P-256 (RFC 9053 §2.1), or an Ed25519 signature
+        return False
+    message = sig_structure(sign1.protected_raw, payload)
     try:
         if alg in ECDSA_ALGORITHMS:
-            if len(signature) != 64:
-                return False
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            key.verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)  # type: ignore[call-arg, union-attr]
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            key.verify(der, message, _ECDSA_SHA256)  # type: ignore[call-arg]
         else:
-            if len(signature) != 64:
-                return False
             key.verify(signature, message)  # type: ignore[call-arg]
     except InvalidSignature:
         return False
