@@ -48,8 +48,19 @@ def _drop_http_bodies(text: str) -> str:
     return text
 
 
-def load_stubs(build_dir: Path) -> tuple[ModuleType, ModuleType]:
-    """Generate and import (rpc_pb2, rpc_pb2_grpc) for etcd's KV and Maintenance APIs."""
+def load_stubs(build_dir: Path, *, generate: bool = True) -> tuple[ModuleType, ModuleType]:
+    """Generate (unless already done) and import (rpc_pb2, rpc_pb2_grpc) for
+    etcd's KV and Maintenance APIs."""
+    if generate:
+        _generate(build_dir)
+    if str(build_dir) not in sys.path:
+        sys.path.insert(0, str(build_dir))
+    rpc_pb2 = importlib.import_module("etcd.etcdserver.etcdserverpb.rpc_pb2")
+    rpc_grpc = importlib.import_module("etcd.etcdserver.etcdserverpb.rpc_pb2_grpc")
+    return rpc_pb2, rpc_grpc
+
+
+def _generate(build_dir: Path) -> None:
     from grpc_tools import protoc
 
     if not ETCD_SRC.exists():
@@ -66,7 +77,3 @@ def load_stubs(build_dir: Path) -> tuple[ModuleType, ModuleType]:
     for pkg in ("etcd", "etcd/etcdserver", "etcd/etcdserver/etcdserverpb", "etcd/mvcc",
                 "etcd/mvcc/mvccpb", "etcd/auth", "etcd/auth/authpb"):
         (build_dir / pkg / "__init__.py").touch()
-    sys.path.insert(0, str(build_dir))
-    rpc_pb2 = importlib.import_module("etcd.etcdserver.etcdserverpb.rpc_pb2")
-    rpc_grpc = importlib.import_module("etcd.etcdserver.etcdserverpb.rpc_pb2_grpc")
-    return rpc_pb2, rpc_grpc
