@@ -150,7 +150,7 @@ def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, in
             raise LimitExceeded("nesting too deep")
         depth_left -= 1
         state.items += val
-        out = []
+        out: list[Any] = []
         append = out.append
         for _ in range(val):
             item = _ONE_BYTE[data[pos]]

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import cbor2
+from cbor2 import CBORTag
 
 from . import cbor
-from .cbor import Budget, CBORTag, wrap_bstr
+from .cbor import Budget, wrap_bstr
 from .errors import DecodeError, ErrorCode, StructureError
 from .limits import DEFAULT_LIMITS, Limits
 from .model import (
@@ -226,7 +227,7 @@ class Decoder:
         value = self.load(raw, depth)
         if type(value) is not list or not value or len(value) % 2:
             raise StructureError("command sequence must be a non-empty array of pairs")
-        commands = []
+        commands: list[SuitCommand] = []
         append = commands.append
         argument = self.argument
         it = iter(value)

@@ -13,7 +13,7 @@ from .errors import ErrorCode, StructureError
 from .model import ComponentId
 from .processor import DeviceContext, Image, ImageInfo, Procedure, Verdict
 
-_PROCEDURES = {
+_PROCEDURES: dict[int, Procedure] = {
     pb.MANIFEST_PROCEDURE_UNSPECIFIED: Procedure.UPDATE,
     pb.MANIFEST_PROCEDURE_AUTHENTICATE: Procedure.AUTHENTICATE,
     pb.MANIFEST_PROCEDURE_UPDATE: Procedure.UPDATE,

@@ -123,7 +123,9 @@ def build_server(config: ManifestConfig, deps: ManifestDeps) -> tuple[grpc.aio.S
     """A server bound to ``config.listen`` (not started) and its port."""
     config.validate()
     server = grpcutil.new_server()
-    pb_grpc.add_ManifestServicer_to_server(ManifestServicer(config, deps), server)
+    pb_grpc.add_ManifestServicer_to_server(  # type: ignore[no-untyped-call]
+        ManifestServicer(config, deps), server
+    )
     deps.health = grpcutil.add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(config.listen)
     if port == 0:
