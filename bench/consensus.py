@@ -190,6 +190,10 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+class _StreamError(Exception):
+    """A SubmitStream answer carried an error code."""
+
+
 def _client_procs(clients: int) -> int:
     """One Python gRPC client process tops out near 1,500-2,000 calls/s, below
     either system: spread the clients over processes (the same for both)."""
@@ -213,7 +217,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
 
         async def put(c: int, n: int) -> None:
             await kv.Put(rpc_pb2.PutRequest(key=f"k{c}-{n % 1000}".encode(), value=value), timeout=5.0)
-    else:
+    elif spec["kind"] == "fleetsuit":
         ledger = pb_grpc.LedgerStub(channel)
         client_id = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # fresh per round: no duplicates
         seq = iter(range(1, 1 << 62))
@@ -221,6 +225,22 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         async def put(c: int, n: int) -> None:
             entry = pb.LedgerEntry(client_id=client_id, request_id=next(seq), app=pb.AppEntry(payload=value))
             await ledger.Submit(pb.SubmitRequest(entry=entry, timeout_ms=5000), timeout=5.0)
+    else:  # "fleetsuit-stream": each client keeps one SubmitStream, one request in flight
+        ledger = pb_grpc.LedgerStub(channel)
+        client_id = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        seq = iter(range(1, 1 << 62))
+        streams: dict[int, Any] = {}
+
+        async def put(c: int, n: int) -> None:
+            call = streams.get(c)
+            if call is None:
+                call = streams[c] = ledger.SubmitStream()
+            entry = pb.LedgerEntry(client_id=client_id, request_id=next(seq), app=pb.AppEntry(payload=value))
+            await call.write(pb.SubmitRequest(entry=entry, timeout_ms=5000))
+            answer = await call.read()
+            if answer is grpc.aio.EOF or answer.error_code:
+                streams.pop(c, None)
+                raise _StreamError(getattr(answer, "error_code", "EOF"))
 
     stop_at = time.monotonic() + spec["seconds"]
 
@@ -232,7 +252,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             try:
                 await put(c, n)
-            except grpc.RpcError:
+            except (grpc.RpcError, _StreamError):
                 errors += 1
                 await asyncio.sleep(0.01)
                 continue
@@ -246,13 +266,13 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def load_round(
-    system: Any, pool: ProcessPoolExecutor, clients: int, size: int, seconds: float
+    system: Any, pool: ProcessPoolExecutor, kind: str, clients: int, size: int, seconds: float
 ) -> dict[str, float]:
     leader = await _until(system.leader, 30, f"{system.name} leader")
     procs = _client_procs(clients)
     loop = asyncio.get_running_loop()
     specs = [
-        {"kind": system.name, "address": system.address(leader), "size": size, "seconds": seconds,
+        {"kind": kind, "address": system.address(leader), "size": size, "seconds": seconds,
          "clients": clients // procs + (1 if w < clients % procs else 0), "stub_dir": system.stub_dir}
         for w in range(procs)
     ]
@@ -267,21 +287,23 @@ async def load_round(
     }
 
 
-async def measure_load(system: Any) -> list[dict[str, Any]]:
+async def measure_load(system: Any, kind: str) -> list[dict[str, Any]]:
     rows = []
     pool = ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn"))
     try:
         for size in SIZES:
             for clients in CLIENTS:
-                rows.append(await _load_row(system, pool, clients, size))
+                rows.append(await _load_row(system, pool, kind, clients, size))
     finally:
         pool.shutdown()
     return rows
 
 
-async def _load_row(system: Any, pool: ProcessPoolExecutor, clients: int, size: int) -> dict[str, Any]:
-    await load_round(system, pool, clients, size, 0.5)  # warm-up
-    rounds = [await load_round(system, pool, clients, size, ROUND_S) for _ in range(ROUNDS)]
+async def _load_row(
+    system: Any, pool: ProcessPoolExecutor, kind: str, clients: int, size: int
+) -> dict[str, Any]:
+    await load_round(system, pool, kind, clients, size, 0.5)  # warm-up
+    rounds = [await load_round(system, pool, kind, clients, size, ROUND_S) for _ in range(ROUNDS)]
     row = {
         "clients": clients,
         "size": size,
@@ -291,7 +313,7 @@ async def _load_row(system: Any, pool: ProcessPoolExecutor, clients: int, size: 
         "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
         "errors": sum(r["errors"] for r in rounds),
     }
-    print(f"  {system.name:9} clients={clients:3} size={size:5}: {row['ops_per_s']:8.0f} ops/s  "
+    print(f"  {kind:16} clients={clients:3} size={size:5}: {row['ops_per_s']:8.0f} ops/s  "
           f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms", flush=True)
     return row
 
@@ -328,7 +350,7 @@ async def measure_failover(system: Any) -> dict[str, Any]:
     windows = []
     for k in range(KILLS):
         w = await failover_once(system)
-        print(f"  {system.name:9} kill {k + 1}: unavailable for {w * 1000:7.0f} ms", flush=True)
+        print(f"  {system.name:16} kill {k + 1}: unavailable for {w * 1000:7.0f} ms", flush=True)
         windows.append(w)
     return {"windows_ms": [w * 1000 for w in windows], "median_ms": statistics.median(windows) * 1000}
 
@@ -342,23 +364,31 @@ async def run(results_dir: Path) -> dict[str, Any]:
             system = factory()
             try:
                 await _until(system.leader, 30, f"{system.name} leader")
-                load = await measure_load(system)
-                failover = await measure_failover(system)
-                out["systems"][system.name] = {"load": load, "failover": failover}
+                result: dict[str, Any] = {"load": await measure_load(system, system.name)}
+                if system.name == "fleetsuit":
+                    result["load_stream"] = await measure_load(system, "fleetsuit-stream")
+                result["failover"] = await measure_failover(system)
+                out["systems"][system.name] = result
             finally:
                 await system.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     fs, et = out["systems"]["fleetsuit"], out["systems"]["etcd"]
     print("\nconsensus: fleetsuit vs etcd 3.4 (3 members, same machine, same client; medians)")
-    print(f"{'clients':>7} {'size':>5} | {'fleetsuit/s':>11} {'etcd/s':>8} {'ratio':>6} | "
-          f"{'fs p50':>7} {'fs p99':>7} | {'etcd p50':>8} {'etcd p99':>8}")
+    print("  unary = one Submit call per entry, as etcd's Put; stream = one SubmitStream per client,")
+    print("  one entry in flight per client (latency per entry as for unary)")
+    print(f"{'clients':>7} {'size':>5} | {'unary/s':>8} {'stream/s':>8} {'etcd/s':>7} | {'unary/etcd':>10} "
+          f"{'stream/etcd':>11} | {'un p50':>6} {'un p99':>6} {'st p50':>6} {'st p99':>6} | "
+          f"{'et p50':>6} {'et p99':>6}")
     ratios = []
-    for a, b in zip(fs["load"], et["load"], strict=True):
-        ratio = a["ops_per_s"] / b["ops_per_s"] if b["ops_per_s"] else float("nan")
-        ratios.append({"clients": a["clients"], "size": a["size"], "throughput_ratio": ratio})
-        print(f"{a['clients']:>7} {a['size']:>5} | {a['ops_per_s']:>11.0f} {b['ops_per_s']:>8.0f} "
-              f"{ratio:>6.2f} | {a['p50_ms']:>7.2f} {a['p99_ms']:>7.2f} | {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f}")
+    for a, st, b in zip(fs["load"], fs["load_stream"], et["load"], strict=True):
+        base = b["ops_per_s"] or float("nan")
+        ratios.append({"clients": a["clients"], "size": a["size"],
+                       "unary_ratio": a["ops_per_s"] / base, "stream_ratio": st["ops_per_s"] / base})
+        print(f"{a['clients']:>7} {a['size']:>5} | {a['ops_per_s']:>8.0f} {st['ops_per_s']:>8.0f} "
+              f"{b['ops_per_s']:>7.0f} | {a['ops_per_s'] / base:>10.2f} {st['ops_per_s'] / base:>11.2f} | "
+              f"{a['p50_ms']:>6.1f} {a['p99_ms']:>6.1f} {st['p50_ms']:>6.1f} {st['p99_ms']:>6.1f} | "
+              f"{b['p50_ms']:>6.1f} {b['p99_ms']:>6.1f}")
     fo_ratio = fs["failover"]["median_ms"] / et["failover"]["median_ms"]
     print(f"failover window (median of {KILLS} kills): fleetsuit {fs['failover']['median_ms']:.0f} ms, "
           f"etcd {et['failover']['median_ms']:.0f} ms, ratio {fo_ratio:.2f}")

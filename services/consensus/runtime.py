@@ -131,38 +131,54 @@ class ConsensusNode:
         self._wake.set()
 
     async def submit(self, payload: bytes, key: RequestKey, timeout_s: float) -> Applied:
+        return await self.submit_future(payload, key, timeout_s)
+
+    def submit_future(self, payload: bytes, key: RequestKey, timeout_s: float) -> asyncio.Future[Applied]:
+        """Queue a submission; the future resolves with its ``Applied`` answer,
+        or fails with a ConsensusError (CommitTimeout, NoLeader, ...) at the
+        deadline. No task per submission: a timer handle enforces the deadline."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Applied] = loop.create_future()
         if self._stopped:
-            raise ShuttingDown("node is shutting down")
+            fut.set_exception(ShuttingDown("node is shutting down"))
+            return fut
         if self.fatal is not None:
-            raise StorageError(f"node stopped: {self.fatal}")
+            fut.set_exception(StorageError(f"node stopped: {self.fatal}"))
+            return fut
         if len(payload) > self._max_batch_bytes:
-            raise InvalidEntry(f"entry of {len(payload)} bytes exceeds {self._max_batch_bytes}")
+            fut.set_exception(InvalidEntry(f"entry of {len(payload)} bytes exceeds {self._max_batch_bytes}"))
+            return fut
         earlier = self._storage.get_request(key.client_id, key.request_id)
         if earlier is not None:
-            return Applied(key, earlier[0], earlier[1], True)
-        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+            fut.set_result(Applied(key, earlier[0], earlier[1], True))
+            return fut
         waiting = self._waiting.get(key)
         if waiting is None:
             self._waiting[key] = _Waiting(payload, [fut])
             self._queue.append(key)
         else:
             waiting.futures.append(fut)
+        timer = loop.call_later(timeout_s, self._expire, key, fut, timeout_s)
+        fut.add_done_callback(lambda _f: timer.cancel())
         self._metrics.proposals_pending.set(len(self._waiting))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            waiting = self._waiting.get(key)
-            if waiting is not None:
-                waiting.futures.remove(fut)
-                if not waiting.futures:
-                    del self._waiting[key]
-            self._metrics.proposals_pending.set(len(self._waiting))
-            reason = "no_leader" if not self._core.leader_id else "timeout"
-            self._metrics.proposals_failed.labels(reason).inc()
-            if reason == "no_leader":
-                raise NoLeader("no leader elected within the deadline; retry") from None
-            raise CommitTimeout(f"not committed within {timeout_s:.3f}s; retry") from None
+        return fut
+
+    def _expire(self, key: RequestKey, fut: asyncio.Future[Applied], timeout_s: float) -> None:
+        if fut.done():
+            return
+        waiting = self._waiting.get(key)
+        if waiting is not None and fut in waiting.futures:
+            waiting.futures.remove(fut)
+            if not waiting.futures:
+                del self._waiting[key]
+        self._metrics.proposals_pending.set(len(self._waiting))
+        reason = "no_leader" if not self._core.leader_id else "timeout"
+        self._metrics.proposals_failed.labels(reason).inc()
+        if reason == "no_leader":
+            fut.set_exception(NoLeader("no leader elected within the deadline; retry"))
+        else:
+            fut.set_exception(CommitTimeout(f"not committed within {timeout_s:.3f}s; retry"))
 
     # ------------------------------------------------------------ the loop
 

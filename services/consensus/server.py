@@ -27,6 +27,7 @@ from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from .config import ConsensusConfig
 from .convert import block_to_pb, message_from_pb
 from .errors import BlockNotFound, ConsensusError, InvalidEntry
+from .ledger.machine import Applied
 from .metrics import ConsensusMetrics
 from .raft.roles import RequestKey
 from .raft.types import RaftConfig
@@ -95,19 +96,12 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     ) -> pb.SubmitResponse:
         entry = request.entry
         try:
-            if entry.WhichOneof("kind") is None:
-                raise InvalidEntry("entry has no kind (app, release_published, ...)")
             if not entry.client_id:
                 entry.client_id = self._client_id
                 entry.request_id = next(self._request_ids)
-            payload = entry.SerializeToString()
-            if len(payload) > self._config.max_entry_bytes:
-                raise InvalidEntry(
-                    f"entry is {len(payload)} bytes; the limit is {self._config.max_entry_bytes}"
-                )
-            timeout_ms = request.timeout_ms or self._config.submit_timeout_ms
+            payload, timeout_s = self._prepare(request)
             result = await self._node.submit(
-                payload, RequestKey(entry.client_id, entry.request_id), timeout_ms / 1000
+                payload, RequestKey(entry.client_id, entry.request_id), timeout_s
             )
         except ConsensusError as exc:
             await _abort(context, exc)
@@ -115,6 +109,74 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         return pb.SubmitResponse(
             index=result.index, block_height=result.block_height, duplicate=result.duplicate
         )
+
+    async def SubmitStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubmitStreamResponse]:
+        answers: asyncio.Queue[pb.SubmitStreamResponse | None] = asyncio.Queue()
+        stream_client = f"{self._client_id}/s{next(self._request_ids)}"
+        pending = 0
+        reading = True
+
+        def answer(entry: pb.LedgerEntry, fut: asyncio.Future[Applied]) -> None:
+            nonlocal pending
+            pending -= 1
+            exc = fut.exception()
+            if exc is None:
+                r = fut.result()
+                answers.put_nowait(pb.SubmitStreamResponse(
+                    client_id=entry.client_id, request_id=entry.request_id, index=r.index,
+                    block_height=r.block_height, duplicate=r.duplicate))
+            else:
+                code = exc.code if isinstance(exc, ConsensusError) else "INTERNAL"
+                answers.put_nowait(pb.SubmitStreamResponse(
+                    client_id=entry.client_id, request_id=entry.request_id,
+                    error_code=code, error_message=str(exc)))
+            if not reading and pending == 0:
+                answers.put_nowait(None)
+
+        async def read() -> None:
+            nonlocal pending, reading
+            try:
+                async for request in request_iterator:
+                    entry = request.entry
+                    if not entry.client_id:
+                        entry.client_id = stream_client
+                    try:
+                        payload, timeout_s = self._prepare(request)
+                    except ConsensusError as exc:
+                        answers.put_nowait(pb.SubmitStreamResponse(
+                            client_id=entry.client_id, request_id=entry.request_id,
+                            error_code=exc.code, error_message=str(exc)))
+                        continue
+                    pending += 1
+                    fut = self._node.submit_future(
+                        payload, RequestKey(entry.client_id, entry.request_id), timeout_s
+                    )
+                    fut.add_done_callback(lambda f, e=entry: answer(e, f))
+            finally:
+                reading = False
+                if pending == 0:
+                    answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+
+    def _prepare(self, request: pb.SubmitRequest) -> tuple[bytes, float]:
+        """Validate an entry: (encoded payload, timeout in seconds) or InvalidEntry."""
+        entry = request.entry
+        if entry.WhichOneof("kind") is None:
+            raise InvalidEntry("entry has no kind (app, release_published, ...)")
+        if entry.request_id == 0:
+            raise InvalidEntry("request_id is required on a stream (unique per client)")
+        payload = entry.SerializeToString()
+        if len(payload) > self._config.max_entry_bytes:
+            raise InvalidEntry(f"entry is {len(payload)} bytes; the limit is {self._config.max_entry_bytes}")
+        return payload, (request.timeout_ms or self._config.submit_timeout_ms) / 1000
 
     async def Status(  # noqa: N802
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext

@@ -210,3 +210,46 @@ async def test_successive_leader_kills_with_restarts(cluster: LocalCluster) -> N
     finally:
         for ch in channels.values():
             await ch.close()
+
+
+@pytest.mark.asyncio
+async def test_submit_stream_answers_every_request_by_id(cluster: LocalCluster) -> None:
+    ids = [n["id"] for n in cluster.nodes]
+    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
+    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    try:
+        leader = await wait_for(lambda: _leader(stubs), 30, "a leader")
+        follower = next(nid for nid in ids if nid != leader)
+
+        def requests():  # type: ignore[no-untyped-def]
+            for rid in range(1, 301):
+                yield pb.SubmitRequest(entry=pb.LedgerEntry(
+                    client_id="streamer", request_id=rid, app=pb.AppEntry(payload=b"s%d" % rid)))
+            # A retry of an applied request and an invalid one (no kind).
+            yield pb.SubmitRequest(entry=pb.LedgerEntry(
+                client_id="streamer", request_id=7, app=pb.AppEntry(payload=b"s7")))
+            yield pb.SubmitRequest(entry=pb.LedgerEntry(client_id="streamer", request_id=999))
+
+        # Through a follower: the batch is forwarded to the leader.
+        answers = [a async for a in stubs[follower].SubmitStream(requests(), timeout=60)]
+        assert len(answers) == 302
+        by_id: dict[int, list[pb.SubmitStreamResponse]] = {}
+        for a in answers:
+            by_id.setdefault(a.request_id, []).append(a)
+        assert by_id[999][0].error_code == "INVALID_ENTRY"
+        seven = by_id[7]
+        assert len(seven) == 2 and seven[0].index == seven[1].index
+        ok = [a for a in answers if not a.error_code]
+        assert len(ok) == 301
+        # The retry of 7 either joins the pending original or is answered from
+        # the request table: the same index either way, and applied once.
+        assert {a.request_id for a in ok} == set(range(1, 301))
+        # Every entry is in a block, once.
+        await wait_for(lambda: _all_applied(stubs, max(a.index for a in ok)), 30, "application everywhere")
+        blocks = [block_from_pb(b) async for b in stubs[leader].ExportBlocks(pb.ExportRequest())]
+        keys = [pb.LedgerEntry.FromString(raw).request_id for b in blocks for raw in b.entries
+                if pb.LedgerEntry.FromString(raw).client_id == "streamer"]
+        assert sorted(keys) == list(range(1, 301))
+    finally:
+        for ch in channels.values():
+            await ch.close()
