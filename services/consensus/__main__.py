@@ -30,6 +30,9 @@ def main() -> int:
     except StorageError as exc:
         print(f"consensus[{config.node_id}]: {exc.code}: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # a port in use, an unreadable data directory
+        print(f"consensus[{config.node_id}]: cannot start: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
