@@ -1,8 +1,10 @@
 """A synchronous in-memory network of RaftNodes for the unit tests (the
 etcd-io/raft test network: deliver everything at once, with cut links).
 
-``drain`` plays a node's runtime (save, send, apply, advance); ``stabilize``
-delivers messages until none are left. No clock: time is ``tick``.
+``drain`` plays a node's runtime (install a received snapshot, save, send,
+apply, advance); ``stabilize`` delivers messages until none are left. A
+SNAPSHOT message is delivered whole (one chunk) and reported to its sender
+with ``snapshot_status``. No clock: time is ``tick``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from collections.abc import Iterable
 
 from services.consensus.raft.memory import MemoryStorage
 from services.consensus.raft.node import RaftNode
-from services.consensus.raft.types import Entry, Message, MessageType, RaftConfig, Role
+from services.consensus.raft.types import (
+    Entry,
+    Message,
+    MessageType,
+    RaftConfig,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
 
 _MAX_ROUNDS = 1000
 
@@ -20,6 +30,7 @@ _MAX_ROUNDS = 1000
 class RaftNet:
     def __init__(self, size: int = 3, seed: int = 0, **config: int | bool) -> None:
         self.ids = tuple(f"n{i}" for i in range(1, size + 1))
+        self._config = config
         self.configs = {
             nid: RaftConfig(node_id=nid, peers=self.ids, **config)  # type: ignore[arg-type]
             for nid in self.ids
@@ -31,8 +42,23 @@ class RaftNet:
             for nid in self.ids
         }
         self.applied: dict[str, list[Entry]] = {nid: [] for nid in self.ids}
+        self.installed: dict[str, list[SnapshotMeta]] = {nid: [] for nid in self.ids}
+        self.read_states: dict[str, list[ReadState]] = {nid: [] for nid in self.ids}
         self.cut: set[tuple[str, str]] = set()
         self.sent: list[Message] = []  # every message that left a node, in order
+
+    def add_node(self, nid: str) -> RaftNode:
+        """Start a new, empty node that joins as a learner of the current voters."""
+        voters = tuple(sorted(next(iter(self.nodes.values())).voters))
+        cfg = RaftConfig(node_id=nid, peers=voters, learners=(nid,), **self._config)  # type: ignore[arg-type]
+        self.ids = (*self.ids, nid)
+        self.configs[nid] = cfg
+        self.storage[nid] = MemoryStorage()
+        self.nodes[nid] = RaftNode(cfg, random.Random(self.rng.getrandbits(32)))
+        self.applied[nid] = []
+        self.installed[nid] = []
+        self.read_states[nid] = []
+        return self.nodes[nid]
 
     # -- faults ----------------------------------------------------------------------
 
@@ -48,8 +74,19 @@ class RaftNet:
     def restart(self, nid: str) -> None:
         hs, log = self.storage[nid].load()
         rng = random.Random(self.rng.getrandbits(32))
-        self.nodes[nid] = RaftNode(self.configs[nid], rng, hs, log, applied=0)
+        snap = self.storage[nid].load_snapshot()
+        meta = snap[0] if snap else None
+        applied = meta.index if meta else 0
+        self.nodes[nid] = RaftNode(self.configs[nid], rng, hs, log, applied=applied, snapshot=meta)
         self.applied[nid] = []
+
+    def compact(self, nid: str, index: int | None = None) -> SnapshotMeta:
+        """Snapshot ``nid`` at its applied index (or ``index``) and compact."""
+        node = self.nodes[nid]
+        at = node.status().applied_index if index is None else index
+        meta = node.snapshot_meta(at)
+        self.storage[nid].save_snapshot(meta, b"state@%d" % at)
+        return node.compact(at)
 
     # -- runtime --------------------------------------------------------------------
 
@@ -61,16 +98,23 @@ class RaftNet:
             if not node.has_ready():
                 return out
             rd = node.ready()
+            if rd.snapshot is not None:
+                self.storage[nid].install_snapshot(rd.snapshot, b"state@%d" % rd.snapshot.index)
+                self.installed[nid].append(rd.snapshot)
             self.storage[nid].save(rd.hard_state, rd.entries)
             out.extend(rd.messages)
             self.applied[nid].extend(rd.committed)
+            self.read_states[nid].extend(rd.read_states)
             node.advance(rd)
         raise AssertionError("Ready did not settle")
 
     def deliver(self, msgs: Iterable[Message]) -> None:
         for m in msgs:
-            if (m.src, m.dst) not in self.cut:
+            delivered = (m.src, m.dst) not in self.cut and m.dst in self.nodes
+            if delivered:
                 self.nodes[m.dst].step(m)
+            if m.type is MessageType.SNAPSHOT:
+                self.nodes[m.src].snapshot_status(m.dst, delivered)
 
     def stabilize(self) -> None:
         for _ in range(_MAX_ROUNDS):

@@ -250,11 +250,19 @@ def test_stale_and_duplicate_messages_are_harmless() -> None:
     assert all(net.applied[n][-1].data == b"after" for n in net.ids)
 
 
-def test_messages_for_another_node_or_from_a_stranger_are_ignored() -> None:
+def test_messages_for_another_node_or_without_a_sender_are_ignored() -> None:
     node = make(term=1)
     node.step(Message(MessageType.APPEND, "n2", "n9", 5))
-    node.step(Message(MessageType.APPEND, "x", "n1", 5))
+    node.step(Message(MessageType.APPEND, "", "n1", 5))
     assert node.term == 1 and not node.has_ready()
+
+
+def test_a_leader_outside_our_configuration_is_heard() -> None:
+    # Our configuration may lag: the leader can be a server added by a CONFIG
+    # entry we have not received yet (dissertation §4.1).
+    node = make(term=1)
+    node.step(Message(MessageType.APPEND, "n9", "n1", 5))
+    assert node.term == 5 and node.leader_id == "n9"
 
 
 # -- forwarding ------------------------------------------------------------------------------

@@ -75,10 +75,24 @@ def test_an_acknowledged_entry_below_a_quorum_of_logs_is_caught() -> None:
     c.saved("a", [e(1, 1, b"x")])
     c.applied("a", [e(1, 1, b"x")])
     c.acknowledged(b"x", 1)
-    with pytest.raises(InvariantViolation, match="below a quorum"):
-        c.check_acknowledged_durable()
+    with pytest.raises(InvariantViolation, match="a quorum without it"):
+        c.check_acknowledged_durable(IDS)
     c.saved("b", [e(1, 1, b"x")])
-    c.check_acknowledged_durable()
+    c.check_acknowledged_durable(IDS)
+    with pytest.raises(InvariantViolation, match="a quorum without it"):
+        c.check_acknowledged_durable(("a", "b", "c", "d", "e"))
+
+
+def test_a_snapshot_unlike_the_sequence_is_caught() -> None:
+    c = InvariantChecker(IDS)
+    c.applied("a", [e(1, 1, b"x"), e(2, 1, b"y")])
+    good = c.sequence_digest(2)
+    c.installed("b", 2, good)
+    assert c.digest("b", 2) == good and c.applied_index("b") == 2
+    with pytest.raises(InvariantViolation, match="differs"):
+        c.installed("c", 2, good + 1)
+    with pytest.raises(InvariantViolation, match="restarted from a snapshot"):
+        c.restarted("c", 1, good)
 
 
 def test_an_acknowledged_entry_lost_after_a_restart_is_caught() -> None:

@@ -3,8 +3,12 @@
 Owns the in-memory copy of the log, which suffix is not yet durable (handed to
 the runtime in ``Ready.entries``), the commit index and the conflict search of
 Raft §5.3. It does not do I/O: the runtime persists what ``unstable()``
-returns and reports back through ``stable_to``. There are no snapshots yet, so
-the log always starts at index 1 (index 0 is the empty prefix, term 0).
+returns and reports back through ``stable_to``.
+
+After compaction (Raft §7) the log starts after a snapshot: entries up to
+``snapshot_index`` are gone, only ``snapshot_term`` (the term at that index)
+is kept, for the consistency check of the next append. With no snapshot,
+``snapshot_index`` is 0 (the empty prefix, term 0).
 """
 
 from __future__ import annotations
@@ -19,27 +23,52 @@ class LogInvariantError(AssertionError):
 
 
 class RaftLog:
-    def __init__(self, entries: Sequence[Entry] = (), commit: int = 0) -> None:
+    def __init__(
+        self,
+        entries: Sequence[Entry] = (),
+        commit: int = 0,
+        *,
+        snapshot_index: int = 0,
+        snapshot_term: int = 0,
+    ) -> None:
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
         self._entries: list[Entry] = []
-        for expected, e in enumerate(entries, start=1):
+        expected = snapshot_index + 1
+        for e in entries:
+            if e.index <= snapshot_index:
+                continue  # covered by the snapshot; the runtime may not have deleted it yet
             if e.index != expected:
-                raise LogInvariantError(f"log entry at position {expected} has index {e.index}")
+                raise LogInvariantError(
+                    f"log entry expected at index {expected} has index {e.index}"
+                )
             self._entries.append(e)
-        if commit > len(self._entries):
-            raise LogInvariantError(f"commit {commit} beyond last index {len(self._entries)}")
+            expected += 1
+        commit = max(commit, snapshot_index)
+        if commit > self.last_index:
+            raise LogInvariantError(f"commit {commit} beyond last index {self.last_index}")
         self.commit = commit
         # First index not yet durable; everything below it is in the runtime's storage.
-        self._unstable_from = len(self._entries) + 1
+        self._unstable_from = self.last_index + 1
 
     # -- reading -------------------------------------------------------------
 
     @property
+    def first_index(self) -> int:
+        """The first index still held as an entry."""
+        return self.snapshot_index + 1
+
+    @property
     def last_index(self) -> int:
-        return len(self._entries)
+        return self.snapshot_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
-        return self._entries[-1].term if self._entries else 0
+        return self._entries[-1].term if self._entries else self.snapshot_term
+
+    def _pos(self, index: int) -> int:
+        """Position in ``_entries`` of ``index`` (clamped to the held range)."""
+        return min(max(index - self.snapshot_index - 1, 0), len(self._entries))
 
     @property
     def stable_index(self) -> int:
@@ -47,16 +76,22 @@ class RaftLog:
         return self._unstable_from - 1
 
     def term_at(self, index: int) -> int | None:
-        """Term of the entry at ``index``; 0 for index 0; None when absent."""
-        if index == 0:
-            return 0
-        if 1 <= index <= len(self._entries):
-            return self._entries[index - 1].term
+        """Term of the entry at ``index``; the snapshot's term at its index;
+        None when absent or compacted."""
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if self.snapshot_index < index <= self.last_index:
+            return self._entries[index - self.snapshot_index - 1].term
+        return None
+
+    def entry_at(self, index: int) -> Entry | None:
+        if self.snapshot_index < index <= self.last_index:
+            return self._entries[index - self.snapshot_index - 1]
         return None
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with lo <= index < hi."""
-        return self._entries[max(lo, 1) - 1 : max(hi, 1) - 1]
+        """Entries with lo <= index < hi (compacted ones are not returned)."""
+        return self._entries[self._pos(lo) : self._pos(hi)]
 
     def slice_limited(self, lo: int, max_count: int, max_bytes: int) -> list[Entry]:
         """Entries from ``lo`` on, at most ``max_count`` and ``max_bytes`` of
@@ -64,7 +99,8 @@ class RaftLog:
         must still make progress)."""
         out: list[Entry] = []
         size = 0
-        for e in self._entries[max(lo, 1) - 1 : max(lo, 1) - 1 + max_count]:
+        start = self._pos(lo)
+        for e in self._entries[start : start + max_count]:
             size += len(e.data)
             if out and size > max_bytes:
                 break
@@ -72,7 +108,7 @@ class RaftLog:
         return out
 
     def unstable(self) -> list[Entry]:
-        return self._entries[self._unstable_from - 1 :]
+        return self._entries[self._pos(self._unstable_from) :]
 
     def is_up_to_date(self, last_term: int, last_index: int) -> bool:
         """Raft §5.4.1: the other log is at least as up to date as ours."""
@@ -84,7 +120,7 @@ class RaftLog:
         """The first index of the run of entries sharing the term at ``index``."""
         term = self.term_at(index)
         i = index
-        while i > 1 and self.term_at(i - 1) == term:
+        while i > self.first_index and self.term_at(i - 1) == term:
             i -= 1
         return i
 
@@ -94,11 +130,11 @@ class RaftLog:
         Terms never decrease along a log, so the search stops at a lower term.
         """
         i = min(at_most, self.last_index)
-        while i > 0:
-            t = self._entries[i - 1].term
+        while i >= self.snapshot_index and i > 0:
+            t = self.term_at(i)
             if t == term:
                 return i
-            if t < term:
+            if t is None or t < term:
                 return 0
             i -= 1
         return 0
@@ -108,8 +144,8 @@ class RaftLog:
     def append(self, entries: Iterable[Entry]) -> None:
         """Append entries that continue the log (the leader's own proposals)."""
         for e in entries:
-            if e.index != len(self._entries) + 1:
-                raise LogInvariantError(f"append of index {e.index} after {len(self._entries)}")
+            if e.index != self.last_index + 1:
+                raise LogInvariantError(f"append of index {e.index} after {self.last_index}")
             self._entries.append(e)
 
     def maybe_append(self, prev_index: int, prev_term: int, entries: Sequence[Entry]) -> bool:
@@ -127,7 +163,7 @@ class RaftLog:
                     raise LogInvariantError(
                         f"conflict at committed index {e.index} (commit {self.commit})"
                     )
-                del self._entries[e.index - 1 :]
+                del self._entries[self._pos(e.index) :]
                 self._unstable_from = min(self._unstable_from, e.index)
             self.append(entries[pos:])
             break
@@ -140,6 +176,30 @@ class RaftLog:
             raise LogInvariantError(f"commit {index} beyond last index {self.last_index}")
         self.commit = index
         return True
+
+    def compact(self, index: int) -> None:
+        """Forget the entries up to ``index`` (a snapshot covers them). Only
+        applied, durable entries may be compacted."""
+        if index <= self.snapshot_index:
+            return
+        if index > self.commit or index > self.stable_index:
+            raise LogInvariantError(
+                f"compaction to {index} beyond commit {self.commit} or durable {self.stable_index}"
+            )
+        term = self.term_at(index)
+        assert term is not None
+        del self._entries[: index - self.snapshot_index]
+        self.snapshot_index, self.snapshot_term = index, term
+
+    def restore(self, index: int, term: int) -> None:
+        """Replace the whole log with a snapshot ending at (index, term), which
+        is committed by definition (Raft §7, InstallSnapshot rule 7)."""
+        if index <= self.commit:
+            raise LogInvariantError(f"restore to {index} at or below commit {self.commit}")
+        self._entries = []
+        self.snapshot_index, self.snapshot_term = index, term
+        self.commit = index
+        self._unstable_from = index + 1
 
     def stable_to(self, index: int, term: int) -> None:
         """The runtime made the log durable up to (index, term). Ignored if the

@@ -11,35 +11,63 @@ from collections import deque
 from collections.abc import Sequence
 
 from .roles import RequestKey
-from .types import Entry, EntryType, HardState, Message
+from .types import Entry, EntryType, HardState, Message, SnapshotMeta
 
 
 class MemoryStorage:
-    """``Storage``: what was saved survives a simulated crash of the node."""
+    """``Storage`` and ``SnapshotStore``: what was saved survives a simulated
+    crash of the node. The log holds the entries after the snapshot."""
 
     def __init__(self) -> None:
         self.hard_state = HardState()
         self.entries: list[Entry] = []
+        self.snapshot: tuple[SnapshotMeta, bytes] | None = None
         self.closed = False
+
+    @property
+    def offset(self) -> int:
+        """The index just before the first stored entry."""
+        return self.snapshot[0].index if self.snapshot else 0
 
     def load(self) -> tuple[HardState, list[Entry]]:
         return self.hard_state, list(self.entries)
+
+    def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
+        return self.snapshot
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         if self.closed:
             raise RuntimeError("storage is closed")
         if entries:
+            last = self.offset + len(self.entries)
             first = entries[0].index
-            if first > len(self.entries) + 1:
-                raise ValueError(f"gap: saving index {first} after {len(self.entries)}")
+            if first > last + 1:
+                raise ValueError(f"gap: saving index {first} after {last}")
+            if first <= self.offset:
+                raise ValueError(f"saving index {first} inside the snapshot ({self.offset})")
             # Truncate at the first saved index (a follower overwriting a conflict).
-            del self.entries[first - 1 :]
+            del self.entries[first - self.offset - 1 :]
             for e in entries:
-                if e.index != len(self.entries) + 1:
+                if e.index != self.offset + len(self.entries) + 1:
                     raise ValueError(f"entries not contiguous at index {e.index}")
                 self.entries.append(e)
         if hard_state is not None:
             self.hard_state = hard_state
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Keep a snapshot of our own state machine, then drop the log it covers."""
+        if meta.index <= self.offset:
+            return
+        if meta.index > self.offset + len(self.entries):
+            raise ValueError(f"snapshot at {meta.index} beyond the stored log")
+        del self.entries[: meta.index - self.offset]
+        self.snapshot = (meta, data)
+
+    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """A snapshot received from the leader (``Ready.snapshot``) replaces the
+        whole log."""
+        self.entries = []
+        self.snapshot = (meta, data)
 
     def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ from collections import deque
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Progress:
@@ -29,6 +30,7 @@ class Progress:
         "max_inflight",
         "recent_active",
         "commit_sent",
+        "pending_snapshot",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -43,9 +45,13 @@ class Progress:
         self.recent_active = True
         # The highest commit index this follower was told it may apply.
         self.commit_sent = 0
+        # SNAPSHOT: the index of the snapshot being sent.
+        self.pending_snapshot = 0
 
     @property
     def paused(self) -> bool:
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         if self.state is ProgressState.PROBE:
             return self.probe_sent
         return len(self.inflight) >= self.max_inflight
@@ -55,12 +61,20 @@ class Progress:
         self.next_index = max(next_index, self.match_index + 1)
         self.probe_sent = False
         self.inflight.clear()
+        self.pending_snapshot = 0
+
+    def become_snapshot(self, snapshot_index: int) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
+        self.probe_sent = False
+        self.inflight.clear()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next_index = self.match_index + 1
         self.probe_sent = False
         self.inflight.clear()
+        self.pending_snapshot = 0
 
     def sent(self, last_index: int) -> None:
         """An append carrying entries up to ``last_index`` was sent."""

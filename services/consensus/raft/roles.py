@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .types import Entry, HardState, Message
+from .types import Entry, HardState, Message, SnapshotMeta
 
 
 class Storage(Protocol):
@@ -30,6 +30,23 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class SnapshotStore(Protocol):
+    """Snapshots of the state machine (Raft §7). Only the latest is kept."""
+
+    def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None: ...
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Our own state machine's snapshot at ``meta.index`` (taken after
+        applying it); the stored log up to ``meta.index`` may then be deleted.
+        Call ``node.compact(meta.index)`` once this is durable."""
+        ...
+
+    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """``Ready.snapshot``: durably replace the state machine and the whole
+        stored log with the received snapshot, before saving Ready.entries."""
+        ...
 
 
 class Transport(Protocol):

@@ -13,7 +13,16 @@ breaks one of:
   leader of a term > t.
 - State machine safety: every node applies a prefix of one global sequence.
 - Durability of acknowledged entries: an entry a client was told about stays
-  in the global sequence and is on the persisted logs of a quorum.
+  in the global sequence, and every quorum of the current leader's voters
+  holds it (in its persisted log or below its snapshot).
+- Snapshots: a snapshot (installed from the leader or restarted from) is the
+  state after applying exactly the global sequence up to its index.
+- Linearizable reads: a read's index is at least the index of every write
+  acknowledged before the read started (checked by the harness with
+  ``max_acknowledged``).
+
+A snapshot replaces a node's digest chain with the global sequence's up to its
+index; compaction keeps the chain (a prefix digest stays valid).
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ def _chain(prev: int, e: Entry) -> int:
 
 class InvariantChecker:
     def __init__(self, node_ids: Sequence[str]) -> None:
-        self._quorum = len(node_ids) // 2 + 1
         self._digests: dict[str, list[int]] = {n: [] for n in node_ids}
         self._by_index_term: dict[tuple[int, int], int] = {}
         self._leaders: dict[int, str] = {}
@@ -66,6 +74,28 @@ class InvariantChecker:
                     f"log matching: {node} holds (index {e.index}, term {e.term}) "
                     "with a prefix different from another log's"
                 )
+
+    def add_node(self, node: str) -> None:
+        self._digests.setdefault(node, [])
+        self._applied.setdefault(node, 0)
+
+    def sequence_digest(self, index: int) -> int:
+        if index == 0:
+            return 0
+        if index > len(self._sequence_digests):
+            raise InvariantViolation(f"snapshot at {index} beyond what any node applied")
+        return self._sequence_digests[index - 1]
+
+    def installed(self, node: str, index: int, digest: int) -> None:
+        """``node`` installed a snapshot of the state at ``index``."""
+        if digest != self.sequence_digest(index):
+            raise InvariantViolation(f"{node}'s snapshot at {index} differs from the sequence")
+        if index < self._applied[node]:
+            raise InvariantViolation(
+                f"{node} installed {index} after applying {self._applied[node]}"
+            )
+        self._digests[node] = list(self._sequence_digests[:index])
+        self._applied[node] = index
 
     def digest(self, node: str, index: int) -> int | None:
         chain = self._digests[node]
@@ -107,9 +137,12 @@ class InvariantChecker:
 
     # -- state machine safety and acknowledged entries ------------------------------
 
-    def restarted(self, node: str) -> None:
-        """``node`` lost its volatile state: it will apply again from index 1."""
-        self._applied[node] = 0
+    def restarted(self, node: str, snapshot_index: int = 0, digest: int = 0) -> None:
+        """``node`` lost its volatile state: it restarts from its snapshot (or
+        the empty state) and applies again after it."""
+        if digest != self.sequence_digest(snapshot_index):
+            raise InvariantViolation(f"{node} restarted from a snapshot unlike the sequence")
+        self._applied[node] = snapshot_index
 
     def applied(self, node: str, entries: Sequence[Entry]) -> None:
         for e in entries:
@@ -139,17 +172,24 @@ class InvariantChecker:
         self._acked.setdefault(payload, index)
         self._max_acked = max(self._max_acked, index)
 
-    def check_acknowledged_durable(self) -> None:
+    @property
+    def max_acknowledged(self) -> int:
+        return self._max_acked
+
+    def check_acknowledged_durable(self, voters: Sequence[str]) -> None:
+        """Every quorum of ``voters`` (the current leader's) holds the latest
+        acknowledged entry, so every future leader will (§5.4)."""
         m = self._max_acked
         if m == 0:
             return
         d = self._sequence_digests[m - 1]
         holders = sum(
-            1 for chain in self._digests.values() if len(chain) >= m and chain[m - 1] == d
+            1 for n in voters if len(chain := self._digests.get(n, [])) >= m and chain[m - 1] == d
         )
-        if holders < self._quorum:
+        if holders <= len(voters) - (len(voters) // 2 + 1):
             raise InvariantViolation(
-                f"acknowledged index {m} is persisted on {holders} logs, below a quorum"
+                f"acknowledged index {m} is persisted on {holders} of {len(voters)} voters: "
+                "a quorum without it exists"
             )
 
     def check_all_acknowledged_applied(self, node: str) -> None:
