@@ -30,13 +30,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import wire
 from services.dht.cli import get_call, put_call
@@ -117,13 +119,64 @@ def disk_read_mb_s(directory: pathlib.Path, nbytes: int = BLOB_BYTES) -> float:
     return _mb_s(total, elapsed)
 
 
+def _stream_server() -> None:
+    """``python -m bench.dht --stream-server``: a gRPC server whose Get streams
+    the same 1 MiB message from memory (no store, no hashing), for the
+    ceiling figure. Prints its port, then serves until killed."""
+    import asyncio
+
+    message = wire.encode_get_response(0, os.urandom(MIB), BLOB_BYTES)
+
+    async def get(_request: dht_pb2.BlobGetRequest, _context: object) -> AsyncIterator[bytes]:
+        for _ in range(BLOB_BYTES // MIB):
+            yield message
+
+    async def run() -> None:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        handler = grpc.unary_stream_rpc_method_handler(
+            get,
+            request_deserializer=dht_pb2.BlobGetRequest.FromString,
+            response_serializer=lambda data: data,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fleetsuit.v1.Dht", {"Get": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def grpc_stream_ceiling_mb_s() -> list[float]:
+    """The Get client against ``_stream_server``: what gRPC alone manages here."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.dht", "--stream-server"], cwd=REPO, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+            runs = []
+            for _ in range(RUNS):
+                start = time.perf_counter()
+                assert _get(channel, "") == BLOB_BYTES
+                runs.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
+        return runs
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 # ------------------------------------------------------------------ processes
 
 
 class Node:
-    def __init__(self, name: str, root: pathlib.Path) -> None:
+    def __init__(self, name: str, root: pathlib.Path, metrics: bool = False) -> None:
         self.name = name
         self.address = f"127.0.0.1:{_free_port()}"
+        self.metrics_port = _free_port() if metrics else -1
         self.data = root / name
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
@@ -132,7 +185,7 @@ class Node:
         self.data.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "services.dht",
-            "--node-id", self.name, "--listen", self.address, "--metrics-port", "-1",
+            "--node-id", self.name, "--listen", self.address, "--metrics-port", str(self.metrics_port),
             "--data", str(self.data), "--seeds", ",".join(seeds),
             "--log-level", "WARNING", "--repair-interval-ms", "2000",
         ]  # fmt: skip
@@ -154,6 +207,14 @@ class Node:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not healthy after {timeout_s}s")
 
+    def metric(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def stub(self) -> dht_pb2_grpc.DhtStub:
         assert self.channel is not None
         return dht_pb2_grpc.DhtStub(self.channel)
@@ -170,8 +231,8 @@ class Node:
                 self.proc.wait()
 
 
-def _cluster(root: pathlib.Path, count: int) -> list[Node]:
-    nodes = [Node(f"n{i}", root) for i in range(count)]
+def _cluster(root: pathlib.Path, count: int, metrics: bool = False) -> list[Node]:
+    nodes = [Node(f"n{i}", root, metrics) for i in range(count)]
     try:
         for node in nodes:
             node.start([n.address for n in nodes if n is not node])
@@ -226,19 +287,45 @@ def grpc_put_get(root: pathlib.Path) -> tuple[list[float], list[float]]:
     return puts, gets
 
 
-def spread_seconds(root: pathlib.Path, count: int, seed: int) -> float:
-    nodes = _cluster(root / f"spread{count}-{seed}", count)
+@dataclass
+class Spread:
+    """One spread run: the total, and per node (n0 is where the Put landed)."""
+
+    seconds: float
+    done_s: list[float]  # when each node's Pin returned, from the start of the Put
+    served_mib: list[float]  # payload bytes each node sent to peers
+    cpu_s: list[float]  # CPU seconds each node's process used
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc; 0 elsewhere)."""
     try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread_run(root: pathlib.Path, count: int, seed: int) -> Spread:
+    nodes = _cluster(root / f"spread{count}-{seed}", count, metrics=True)
+    try:
+        pids = [n.proc.pid for n in nodes if n.proc is not None]
+        cpu0 = [_cpu_seconds(pid) for pid in pids]
         data = os.urandom(SPREAD_BYTES)
         start = time.perf_counter()
         assert nodes[0].channel is not None
         cid = _put(nodes[0].channel, data)
-        pin: Callable[[Node], object] = lambda n: n.stub().Pin(  # noqa: E731
-            dht_pb2.BlobPinRequest(content_id=cid), timeout=600
-        )
+
+        def pin(node: Node) -> float:
+            node.stub().Pin(dht_pb2.BlobPinRequest(content_id=cid), timeout=600)
+            return time.perf_counter() - start
+
         with ThreadPoolExecutor(max_workers=count) as pool:
-            list(pool.map(pin, nodes))
-        return time.perf_counter() - start
+            done = list(pool.map(pin, nodes))
+        seconds = time.perf_counter() - start
+        served = [n.metric("fleetsuit_dht_bytes_out_total") / MIB for n in nodes]
+        cpu = [_cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        return Spread(seconds, done, served, cpu)
     finally:
         for node in nodes:
             node.stop()
@@ -253,21 +340,43 @@ def main(results_dir: pathlib.Path) -> dict[str, object]:
         root = pathlib.Path(tmp)
         tcp = statistics.median(raw_tcp_mb_s() for _ in range(RUNS))
         disk = statistics.median(disk_read_mb_s(root) for _ in range(RUNS))
+        ceiling = statistics.median(grpc_stream_ceiling_mb_s())
         puts, gets = grpc_put_get(root)
-        spread_runs = {n: [spread_seconds(root, n, run) for run in range(2)] for n in SPREAD_SIZES}
-    spread = {n: statistics.median(v) for n, v in spread_runs.items()}
+        spread_runs = {n: [spread_run(root, n, run) for run in range(2)] for n in SPREAD_SIZES}
+    spread = {n: statistics.median(r.seconds for r in v) for n, v in spread_runs.items()}
     get = statistics.median(gets)
-    # log-n check: time per log2(n) should not grow from the smallest cluster to the largest
+    # log-n check: time per log2(n) should not grow from the smallest cluster to the largest.
+    # On a machine with fewer cores than nodes the spread is CPU-bound (every
+    # node hashes and stores 64 MiB), so the per-node figures say more: how
+    # the upload was shared and how much CPU the whole cluster used.
     per_log = {n: s / math.log2(n) for n, s in spread.items()}
+    cluster_cpu = {n: statistics.median(sum(r.cpu_s) for r in v) for n, v in spread_runs.items()}
+    max_served = {
+        n: statistics.median(max(r.served_mib) for r in v) / (SPREAD_BYTES / MIB)
+        for n, v in spread_runs.items()
+    }
     result: dict[str, object] = {
         "raw_tcp_mb_s": round(tcp, 1),
         "disk_read_mb_s": round(disk, 1),
+        "grpc_stream_ceiling_mb_s": round(ceiling, 1),
         "grpc_put_mb_s": round(statistics.median(puts), 1),
         "grpc_get_mb_s": round(get, 1),
         "get_vs_tcp": round(get / tcp, 3),
+        "get_vs_grpc_ceiling": round(get / ceiling, 3),
         "goal_get_half_of_tcp": get >= 0.5 * tcp,
         "spread_64mib_s": {str(n): round(s, 2) for n, s in spread.items()},
         "spread_s_per_log2n": {str(n): round(v, 2) for n, v in per_log.items()},
+        "spread_cluster_cpu_s": {str(n): round(v, 1) for n, v in cluster_cpu.items()},
+        "spread_max_served_blobs": {str(n): round(v, 2) for n, v in max_served.items()},
+        "spread_per_node": {
+            str(n): [
+                {"done_s": [round(x, 2) for x in r.done_s]}
+                | {"served_mib": [round(x) for x in r.served_mib]}
+                | {"cpu_s": [round(x, 1) for x in r.cpu_s]}
+                for r in v
+            ]
+            for n, v in spread_runs.items()
+        },
         "goal_spread_log_n": per_log[SPREAD_SIZES[-1]] <= 1.25 * per_log[SPREAD_SIZES[0]],
         "runs": RUNS,
         "blob_bytes": BLOB_BYTES,
@@ -277,14 +386,31 @@ def main(results_dir: pathlib.Path) -> dict[str, object]:
     print(f"{'dht on loopback':32s} {'figure':>12s}")
     print(f"{'raw loopback TCP':32s} {tcp:9.1f} MB/s")
     print(f"{'local disk read':32s} {disk:9.1f} MB/s")
+    print(f"{'gRPC stream from memory':32s} {ceiling:9.1f} MB/s  (no store: gRPC's own limit)")
     print(f"{'gRPC Put 256 MiB':32s} {statistics.median(puts):9.1f} MB/s")
-    print(f"{'gRPC Get 256 MiB':32s} {get:9.1f} MB/s  ({100 * get / tcp:.0f}% of TCP)")
+    print(
+        f"{'gRPC Get 256 MiB':32s} {get:9.1f} MB/s  "
+        f"({100 * get / tcp:.0f}% of TCP, {100 * get / ceiling:.0f}% of the gRPC stream)"
+    )
     for n, s in spread.items():
-        print(f"{f'spread 64 MiB to {n} nodes':32s} {s:9.2f} s    ({per_log[n]:.2f} s per log2 n)")
+        print(
+            f"{f'spread 64 MiB to {n} nodes':32s} {s:9.2f} s    ({per_log[n]:.2f} s per log2 n; "
+            f"cluster CPU {cluster_cpu[n]:.1f} s on {os.cpu_count()} cores; "
+            f"busiest node sent {max_served[n]:.2f}x the blob)"
+        )
+        last = spread_runs[n][-1]
+        for i in range(n):
+            print(
+                f"    n{i:<3d} done {last.done_s[i]:6.2f} s  sent {last.served_mib[i]:6.0f} MiB"
+                f"  cpu {last.cpu_s[i]:5.1f} s"
+            )
     (results_dir / "dht.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 if __name__ == "__main__":
-    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "bench" / "results"
-    main(out)
+    if sys.argv[1:] == ["--stream-server"]:
+        _stream_server()
+    else:
+        out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "bench" / "results"
+        main(out)

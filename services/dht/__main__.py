@@ -25,6 +25,7 @@ def parse_args(argv: Sequence[str] | None, base: DhtConfig) -> DhtConfig:
     p.add_argument("--max-blob-bytes", type=int, default=base.max_blob_bytes)
     p.add_argument("--chunk-bytes", type=int, default=base.chunk_bytes)
     p.add_argument("--repair-interval-ms", type=int, default=base.repair_interval_ms)
+    p.add_argument("--max-uploads", type=int, default=base.max_uploads)
     p.add_argument("--provider-ttl-ms", type=int, default=base.provider_ttl_ms)
     p.add_argument("--scrub-interval-ms", type=int, default=base.scrub_interval_ms)
     p.add_argument("--scrub-bytes-per-s", type=int, default=base.scrub_bytes_per_s)
@@ -42,6 +43,7 @@ def parse_args(argv: Sequence[str] | None, base: DhtConfig) -> DhtConfig:
         max_blob_bytes=args.max_blob_bytes,
         chunk_bytes=args.chunk_bytes,
         repair_interval_ms=args.repair_interval_ms,
+        max_uploads=args.max_uploads,
         provider_ttl_ms=args.provider_ttl_ms,
         scrub_interval_ms=args.scrub_interval_ms,
         scrub_bytes_per_s=args.scrub_bytes_per_s,

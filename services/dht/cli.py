@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 def _stub(endpoint: str) -> tuple[grpc.Channel, dht_pb2_grpc.DhtStub]:
     channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-    return channel, dht_pb2_grpc.DhtStub(channel)
+    return channel, dht_pb2_grpc.DhtStub(channel)  # type: ignore[no-untyped-call]
 
 
 def get_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:

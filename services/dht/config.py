@@ -33,6 +33,7 @@ class DhtConfig:
     rpc_timeout_ms: int = 2_000
     fetch_timeout_ms: int = 30_000
     fetch_parallelism: int = 8  # chunks in flight per blob fetch
+    max_uploads: int = 4  # chunks served to peers at once; more are told Busy
     provider_ttl_ms: int = 30_000  # provider records expire unless re-announced
     scrub_interval_ms: int = 600_000  # pause between scrub passes
     scrub_bytes_per_s: int = 32 * MIB  # scrub read rate limit
@@ -61,6 +62,7 @@ class DhtConfig:
             rpc_timeout_ms=env_int("FLEETSUIT_DHT_RPC_TIMEOUT_MS", d.rpc_timeout_ms, env),
             fetch_timeout_ms=env_int("FLEETSUIT_DHT_FETCH_TIMEOUT_MS", d.fetch_timeout_ms, env),
             fetch_parallelism=env_int("FLEETSUIT_DHT_FETCH_PARALLELISM", d.fetch_parallelism, env),
+            max_uploads=env_int("FLEETSUIT_DHT_MAX_UPLOADS", d.max_uploads, env),
             provider_ttl_ms=env_int("FLEETSUIT_DHT_PROVIDER_TTL_MS", d.provider_ttl_ms, env),
             scrub_interval_ms=env_int("FLEETSUIT_DHT_SCRUB_INTERVAL_MS", d.scrub_interval_ms, env),
             scrub_bytes_per_s=env_int("FLEETSUIT_DHT_SCRUB_BYTES_PER_S", d.scrub_bytes_per_s, env),
@@ -87,13 +89,14 @@ class DhtConfig:
             "rpc_timeout_ms": self.rpc_timeout_ms,
             "fetch_timeout_ms": self.fetch_timeout_ms,
             "fetch_parallelism": self.fetch_parallelism,
+            "max_uploads": self.max_uploads,
             "provider_ttl_ms": self.provider_ttl_ms,
             "scrub_interval_ms": self.scrub_interval_ms,
             "scrub_bytes_per_s": self.scrub_bytes_per_s,
         }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
+        for field_name, number in positive.items():
+            if number <= 0:
+                raise ConfigError(f"{field_name} must be positive, got {number}")
         if self.chunk_bytes > 4 * MIB:
             raise ConfigError("chunk_bytes must be at most 4 MiB (gRPC message limit)")
         if self.provider_ttl_ms <= self.repair_interval_ms:

@@ -155,7 +155,7 @@ class Chunker:
         self._whole = hashlib.sha256()
         self.total_size = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         self._whole.update(data)
         self.total_size += len(data)
         self._buffer += data

@@ -24,6 +24,7 @@ STATUS_OF: dict[type[errors.DhtError], grpc.StatusCode] = {
     errors.ChunkCorrupt: grpc.StatusCode.DATA_LOSS,
     errors.DigestMismatch: grpc.StatusCode.DATA_LOSS,
     errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 _ERROR_OF_CODE: dict[str, type[errors.DhtError]] = {
@@ -34,7 +35,7 @@ _ERROR_OF_CODE: dict[str, type[errors.DhtError]] = {
 def status_of(exc: errors.DhtError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return grpc.StatusCode.INTERNAL
 
 

@@ -21,6 +21,7 @@ class ErrorCode(enum.Enum):
     DIGEST_MISMATCH = "DHT_DIGEST_MISMATCH"
     PEER_UNAVAILABLE = "DHT_PEER_UNAVAILABLE"
     INVALID_ARGUMENT = "DHT_INVALID_ARGUMENT"
+    BUSY = "DHT_BUSY"
 
 
 class DhtError(Exception):
@@ -83,3 +84,9 @@ class DigestMismatch(BadRemoteData):
 
 class PeerUnavailable(DhtError):
     code = ErrorCode.PEER_UNAVAILABLE
+
+
+class Busy(DhtError):
+    """A peer already serves ``max_uploads`` chunks; ask another holder."""
+
+    code = ErrorCode.BUSY

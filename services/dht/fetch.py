@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.dht.content import Digest, Root
@@ -33,11 +34,28 @@ from services.dht.routing import Contact, NodeId
 from services.dht.store import PendingBlob
 
 
+def encode_have(held: Iterable[int], count: int) -> bytes:
+    """Bit i of the result (byte i // 8, bit i % 8) is set when i is held."""
+    bitmap = bytearray((count + 7) // 8)
+    for index in held:
+        if 0 <= index < count:
+            bitmap[index // 8] |= 1 << (index % 8)
+    return bytes(bitmap)
+
+
+def decode_have(bitmap: bytes, count: int) -> set[int]:
+    """The chunk indices set in ``bitmap`` (bits beyond ``count`` ignored)."""
+    return {i for i in range(min(count, 8 * len(bitmap))) if bitmap[i // 8] >> (i % 8) & 1}
+
+
 @dataclass
 class _Source:
     contact: Contact
     in_flight: int = 0
+    has: set[int] | None = None  # chunks it said it holds; None: all, or not asked
+    asked: bool = False  # its have-map was requested at least once
     lacks: set[int] = field(default_factory=set)  # chunks it said it does not hold
+    busy: set[int] = field(default_factory=set)  # chunks it was too busy to serve
     failures: int = 0
 
 
@@ -61,14 +79,36 @@ class SourcePicker:
                 known.lacks.clear()
         return new
 
+    def to_ask(self) -> list[Contact]:
+        """Sources whose have-map is worth (re)asking: partial or never asked."""
+        return [s.contact for s in self.sources.values() if s.has is not None or not s.asked]
+
+    def learn_have(self, contact: Contact, has: set[int] | None) -> None:
+        """What ``contact`` holds (None: everything); its NotFounds are forgotten."""
+        source = self.sources.get(contact.node_id)
+        if source is not None:
+            source.has = has
+            source.asked = True
+            source.lacks.clear()
+
     def pick(self, index: int, tried: set[NodeId]) -> Contact | None:
-        candidates = [
+        usable = [
             s
             for s in self.sources.values()
             if s.contact.node_id not in tried
             and s.failures < self.max_failures
             and index not in s.lacks
+            and index not in s.busy
         ]
+        # Partial holders known to have the chunk first (nobody else knows to
+        # ask them, so they are the least loaded), then complete holders (or
+        # not yet asked); one whose have-map lacks it may have received it
+        # since, so it is still tried, last.
+        candidates = (
+            [s for s in usable if s.has is not None and index in s.has]
+            or [s for s in usable if s.has is None]
+            or usable
+        )
         if not candidates:
             return None
         least = min(s.in_flight for s in candidates)
@@ -81,6 +121,20 @@ class SourcePicker:
         if source is not None:
             source.in_flight -= 1
             source.failures = 0 if ok else source.failures + 1
+
+    def busy(self, contact: Contact, index: int) -> None:
+        source = self.sources.get(contact.node_id)
+        if source is not None:
+            source.in_flight -= 1
+            source.busy.add(index)
+
+    def busy_for(self, index: int) -> bool:
+        """Some holder that may have chunk ``index`` only said it was busy."""
+        return any(index in s.busy for s in self.sources.values())
+
+    def clear_busy(self, index: int) -> None:
+        for source in self.sources.values():
+            source.busy.discard(index)
 
     def lacks(self, contact: Contact, index: int) -> None:
         source = self.sources.get(contact.node_id)

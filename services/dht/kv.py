@@ -73,15 +73,17 @@ class RocksKeyValue:
 
     def scan_keys(self, prefix: bytes) -> Iterator[bytes]:
         for key in self._db.keys(from_key=prefix):
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
             if not key.startswith(prefix):
                 return
-            yield bytes(key)
+            yield key
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if not key.startswith(prefix):
                 return
-            yield bytes(key), bytes(value)
+            yield key, value
 
     def close(self) -> None:
         self._db.flush()

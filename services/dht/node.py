@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from services.dht.config import DhtConfig
 from services.dht.content import (
@@ -44,13 +46,14 @@ from services.dht.content import (
 )
 from services.dht.errors import (
     BlobTooLarge,
+    Busy,
     ChunkCorrupt,
     DhtError,
     InvalidArgument,
     NotFound,
     PeerUnavailable,
 )
-from services.dht.fetch import BlobFetch, SourcePicker
+from services.dht.fetch import BlobFetch, SourcePicker, decode_have, encode_have
 from services.dht.metrics import DhtMetrics
 from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
 from services.dht.store import BlobStore
@@ -61,6 +64,8 @@ log = logging.getLogger("fleetsuit.dht.node")
 MAX_PROVIDERS_PER_KEY = 32
 READ_AHEAD_CHUNKS = 2  # chunks read and verified ahead of the one being sent
 PROVIDER_REFRESH_CHUNKS = 8  # a fetch looks for new holders after this many chunks
+MAX_BUSY_ROUNDS = 200  # back-offs (5 ms growing to 200 ms) before a chunk gives up
+REFRESH_MIN_S = 0.1  # a fetch re-reads providers and have-maps at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,7 @@ class DhtNode:
         self.providers: dict[bytes, dict[NodeId, tuple[Contact, float]]] = {}
         self._fetches: dict[Digest, asyncio.Task[Root]] = {}
         self._active: dict[Digest, BlobFetch] = {}  # fetches whose root is known
+        self._uploads = 0  # FetchChunk requests being served
         self._fetch_started = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self.repair_passes = 0
@@ -508,22 +514,42 @@ class DhtNode:
         from the least-loaded holder; the holder list is refreshed as the
         fetch goes so that nodes which started fetching later join in."""
         landed = 0
-        refresh: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        refreshing: asyncio.Task[None] | None = None
+        last_refresh = -math.inf
+
+        async def have(source: Contact) -> None:
+            complete, bitmap = await self.transport.have(source, fetch.blob)
+            has = None if complete else decode_have(bitmap, len(fetch.root.chunks))
+            picker.learn_have(source, has)
 
         async def rediscover() -> None:
-            found, _closest = await self.find_providers(fetch.blob)
-            picker.add([c for c in found if c.node_id != self.contact.node_id])
+            """New holders from a provider lookup, and what each one holds."""
+            with contextlib.suppress(DhtError):
+                found, _closest = await self.find_providers(fetch.blob)
+                picker.add([c for c in found if c.node_id != self.contact.node_id])
+            await asyncio.gather(*(have(c) for c in picker.to_ask()), return_exceptions=True)
+
+        async def refresh() -> None:
+            """One rediscovery shared by every worker, at most every REFRESH_MIN_S."""
+            nonlocal refreshing, last_refresh
+            if refreshing is None or refreshing.done():
+                if loop.time() - last_refresh < REFRESH_MIN_S:
+                    return
+                last_refresh = loop.time()
+                refreshing = asyncio.ensure_future(rediscover())
+            await asyncio.shield(refreshing)
 
         async def worker() -> None:
-            nonlocal landed, refresh
+            nonlocal landed
             while fetch.queue:
                 index = fetch.queue.popleft()
-                data, digest = await self._fetch_one(fetch, picker, index, rediscover)
+                data, digest = await self._fetch_one(fetch, picker, index, refresh)
                 fetch.pending.add_chunk(data, index=index, digest=digest)
                 fetch.notify()
                 landed += 1
-                if landed % PROVIDER_REFRESH_CHUNKS == 0 and (refresh is None or refresh.done()):
-                    refresh = asyncio.ensure_future(rediscover())
+                if landed % PROVIDER_REFRESH_CHUNKS == 0:
+                    self._spawn(refresh())
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -532,8 +558,8 @@ class DhtNode:
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
         finally:
-            if refresh is not None:
-                refresh.cancel()
+            if refreshing is not None:
+                refreshing.cancel()
 
     async def _fetch_one(
         self,
@@ -545,24 +571,36 @@ class DhtNode:
         """Chunk ``index`` from some holder, verified against the root."""
         tried: set[NodeId] = set()
         rediscovered = False
+        busy_rounds = 0
         expected = fetch.root.chunks[index]
         while True:
             holder = picker.pick(index, tried)
             if holder is None:
+                if busy_rounds < MAX_BUSY_ROUNDS and picker.busy_for(index):
+                    # Every holder known to have it is busy: learn who else has
+                    # it meanwhile (others fetched it), back off, ask again.
+                    busy_rounds += 1
+                    await rediscover()
+                    await asyncio.sleep(min(0.2, 0.005 * busy_rounds) * (0.5 + self.rng.random()))
+                    picker.clear_busy(index)
+                    tried.clear()
+                    continue
                 if rediscovered:
                     raise NotFound(
                         f"no holder could supply chunk {index} of {format_id(fetch.blob)}"
                     )
                 rediscovered = True
                 tried.clear()
-                with contextlib.suppress(DhtError):
-                    await rediscover()
+                await rediscover()
                 continue
             tried.add(holder.node_id)
             try:
                 data = await self.transport.fetch_chunk(holder, fetch.blob, index)
             except NotFound:
                 picker.lacks(holder, index)
+                continue
+            except Busy:
+                picker.busy(holder, index)
                 continue
             except PeerUnavailable:
                 picker.done(holder, ok=False)
@@ -704,11 +742,34 @@ class DhtNode:
             return encode_root(fetch.root)  # a partial holder: the fetcher checks it too
         return self.store.encoded_root(Digest(key))
 
-    async def handle_fetch_chunk(self, sender: Contact, key: bytes, index: int) -> bytes:
-        """A chunk of a blob held here, complete or still being fetched; read
-        and verified in a worker thread."""
+    def handle_have(self, sender: Contact, key: bytes) -> tuple[bool, bytes]:
+        """(complete, have-bitmap): which chunks of ``key`` are held here."""
         self.observe(sender)
         blob = Digest(key)
+        if self.store.is_complete(blob):
+            return True, b""
+        fetch = self._active.get(blob)
+        if fetch is None:
+            return False, b""
+        return False, encode_have(fetch.pending.held, len(fetch.root.chunks))
+
+    async def handle_fetch_chunk(self, sender: Contact, key: bytes, index: int) -> bytes:
+        """A chunk of a blob held here, complete or still being fetched; read
+        and verified in a worker thread. At most ``max_uploads`` at once: the
+        rest are told ``Busy`` and ask another holder, which spreads the
+        upload over every node holding the chunk (epidemic, not star)."""
+        self.observe(sender)
+        if self._uploads >= self.config.max_uploads:
+            raise Busy(f"{self.config.max_uploads} chunk uploads in progress")
+        self._uploads += 1
+        try:
+            data = await self._chunk_for_peer(Digest(key), index)
+        finally:
+            self._uploads -= 1
+        self.metrics.bytes_out.inc(len(data))
+        return data
+
+    async def _chunk_for_peer(self, blob: Digest, index: int) -> bytes:
         fetch = self._active.get(blob)
         if fetch is not None and not self.store.has_root(blob):
             if not 0 <= index < len(fetch.root.chunks) or not fetch.has(index):
@@ -716,17 +777,16 @@ class DhtNode:
             data = await asyncio.to_thread(self.store.read_held, fetch.root.chunks[index])
             if data is None:
                 raise NotFound(f"chunk {index} of {format_id(blob)} is not readable here")
-        else:
-            data = await asyncio.to_thread(self.store.peek_chunk, blob, index)
-            if data is None:
-                try:
-                    data = self.store.read_chunk(blob, index)  # raises, dropping a corrupt chunk
-                except ChunkCorrupt:
-                    self.metrics.corrupt_chunks.labels("disk").inc()
-                    self._spawn(self._replicate_in(blob, []))  # get it back from another holder
-                    raise
-        self.metrics.bytes_out.inc(len(data))
-        return data
+            return data
+        data = await asyncio.to_thread(self.store.peek_chunk, blob, index)
+        if data is not None:
+            return data
+        try:
+            return self.store.read_chunk(blob, index)  # raises, dropping a corrupt chunk
+        except ChunkCorrupt:
+            self.metrics.corrupt_chunks.labels("disk").inc()
+            self._spawn(self._replicate_in(blob, []))  # get it back from another holder
+            raise
 
     # ------------------------------------------------------------ scrub
 
@@ -782,8 +842,9 @@ def _slice(data: bytes, start: int, stop: int) -> bytes | memoryview:
 
 async def _first_of(waiter: Awaitable[object], task: asyncio.Future[Root]) -> None:
     """Wait until ``waiter`` finishes or ``task`` is done, whichever is first."""
-    other = asyncio.ensure_future(waiter)
+    other: asyncio.Future[object] = asyncio.ensure_future(waiter)
+    either: set[asyncio.Future[Any]] = {other, task}
     try:
-        await asyncio.wait([other, task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         other.cancel()

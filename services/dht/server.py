@@ -225,6 +225,17 @@ class DhtPeerServicer(dht_pb2_grpc.DhtPeerServicer):
 
         return await self._run(context, run)
 
+    async def Have(
+        self, request: dht_pb2.DhtHaveRequest, context: grpc.aio.ServicerContext
+    ) -> dht_pb2.DhtHaveResponse:
+        def run() -> dht_pb2.DhtHaveResponse:
+            complete, chunks = self.node.handle_have(
+                convert.contact_from_pb(request.sender), convert.key_from_pb(request.key)
+            )
+            return dht_pb2.DhtHaveResponse(complete=complete, chunks=chunks)
+
+        return await self._run(context, run)
+
     async def FetchChunk(
         self, request: dht_pb2.DhtFetchChunkRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
@@ -352,14 +363,14 @@ async def serve(config: DhtConfig, *, shutdown: asyncio.Event | None = None) -> 
         await server.start()
         node = deps.node
         assert node is not None
-        await grpcutil.mark_serving(deps.health, SERVICE_NAMES)  # type: ignore[arg-type]
+        await grpcutil.mark_serving(deps.health, SERVICE_NAMES)
         log.info("dht %s listening on port %d", config.node_id, port)
         # Machine-readable line for supervisors and tests that bind port 0.
         print(f"DHT_LISTENING {node.contact.address}", flush=True)
         maintenance = asyncio.ensure_future(node.maintenance(stop))
         scrub = asyncio.ensure_future(node.scrub(stop))
         await stop.wait()
-        await grpcutil.graceful_stop(server, deps.health, config.grace_ms / 1000)  # type: ignore[arg-type]
+        await grpcutil.graceful_stop(server, deps.health, config.grace_ms / 1000)
         maintenance.cancel()
         scrub.cancel()
         await asyncio.gather(maintenance, scrub, return_exceptions=True)

@@ -38,6 +38,10 @@ class PeerTransport(Protocol):
 
     async def fetch_chunk(self, to: Contact, key: bytes, index: int) -> bytes: ...
 
+    async def have(self, to: Contact, key: bytes) -> tuple[bool, bytes]:
+        """(complete, have-bitmap) of ``key`` at ``to`` (see fetch.encode_have)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -55,7 +59,7 @@ class GrpcTransport:
         if stub is None:
             channel = grpcutil.insecure_channel(address)
             self._channels[address] = channel
-            stub = self._stubs[address] = dht_pb2_grpc.DhtPeerStub(channel)
+            stub = self._stubs[address] = dht_pb2_grpc.DhtPeerStub(channel)  # type: ignore[no-untyped-call]
             # The chunk reply is decoded by hand: no copy through upb (wire.py).
             self._fetch_chunk[address] = channel.unary_unary(
                 "/fleetsuit.v1.DhtPeer/FetchChunk",
@@ -136,6 +140,15 @@ class GrpcTransport:
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         return data
+
+    async def have(self, to: Contact, key: bytes) -> tuple[bool, bytes]:
+        try:
+            reply = await self._stub(to.address).Have(
+                dht_pb2.DhtHaveRequest(sender=self._sender, key=key), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        return bool(reply.complete), bytes(reply.chunks)
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -21,8 +21,10 @@ from services.dht.content import content_id_of, parse_id
 from services.dht.kv import MemoryKeyValue
 from services.dht.metrics import DhtMetrics
 from services.dht.node import DhtNode
+from services.dht.routing import Contact
 from services.dht.server import DhtDeps, build_server
 from services.dht.store import BlobStore
+from services.dht.transport import PeerTransport
 
 CHUNK = 64 * 1024
 
@@ -34,7 +36,11 @@ class Cluster:
         self.kvs: list[MemoryKeyValue] = []
         self.channels: list[grpc.aio.Channel] = []
 
-    async def add(self, max_disk_bytes: int = 64 * 1024 * 1024) -> DhtNode:
+    async def add(
+        self,
+        max_disk_bytes: int = 64 * 1024 * 1024,
+        transport_factory: Callable[[Contact], PeerTransport] | None = None,
+    ) -> DhtNode:
         i = len(self.nodes)
         seeds = tuple(n.contact.address for n in self.nodes[:1])
         config = DhtConfig(
@@ -51,6 +57,7 @@ class Cluster:
             store=BlobStore(kv, max_disk_bytes),
             metrics=DhtMetrics(CollectorRegistry()),
             rng=random.Random(i),
+            transport_factory=transport_factory,
         )
         server, _port = build_server(config, deps)
         await server.start()
