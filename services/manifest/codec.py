@@ -234,8 +234,10 @@ class Decoder:
         for code, arg in zip(it, it, strict=True):
             if type(code) is not int:
                 raise StructureError("command code must be an integer")
-            if code in _REP_POLICY_CODES and type(arg) is int and arg >= 0:
-                append(SuitCommand(code, arg))  # the common case, fast
+            if type(arg) is int and 0 <= arg < 24 and code in _POLICY_COMMANDS:
+                append(_POLICY_COMMANDS[code][arg])  # the common case: a shared instance
+            elif code in _REP_POLICY_CODES and type(arg) is int and arg >= 0:
+                append(SuitCommand(code, arg))
             else:
                 append(SuitCommand(code, argument(code, arg, depth)))
         return CommandSequence(tuple(commands), raw)
@@ -336,6 +338,13 @@ def component_id(value: Any) -> ComponentId:
 
 _MANIFEST_KEYS = frozenset({1, 2, 3, 4, 7, 8, 9, 16, 20, 23})
 _REP_POLICY_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 18, 21, 22, 23, 24, 25, 31, 33})
+
+# Conditions and directives with a small SUIT_Rep_Policy argument are most of
+# every sequence; the commands are immutable, so one instance of each serves
+# every envelope (a flyweight table, 17 codes x 24 policies).
+_POLICY_COMMANDS: dict[int, tuple[SuitCommand, ...]] = {
+    code: tuple(SuitCommand(code, policy) for policy in range(24)) for code in _REP_POLICY_CODES
+}
 
 _PARAMETER_TYPES: dict[int, type] = {
     Parameter.VENDOR_IDENTIFIER: bytes,
