@@ -269,7 +269,10 @@ def build_server(
     pb_grpc.add_RaftPeerServicer_to_server(RaftPeerServicer(node, config.cluster_id), server)
     pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = server.add_insecure_port(config.listen)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:  # grpc's way of saying the address is taken
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     return server, port, health
