@@ -4,14 +4,21 @@ Chaos: clients keep proposing on random nodes while the network drops,
 delays, duplicates and reorders messages, partitions come and go (random
 splits, an isolated leader, three-way splits), nodes crash (also in the middle
 of handling a Ready) and restart, and the leader is sometimes asked to hand
-over. Then every fault stops: the network heals and quiets, every node
-restarts, and a new proposal must commit on every node within a bound.
+over. Meanwhile nodes compact their logs at random applied indexes (so lagging
+nodes need InstallSnapshot), the membership changes (a new server is added as
+a learner and promoted by the leader once caught up; voters, learners and the
+leader itself are removed), and clients issue ReadIndex reads. Then every
+fault stops: the network heals and quiets, every server restarts (from its
+snapshot and log; removed servers too, which must not disrupt the others),
+and a new proposal must commit on every member within a bound.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from services.consensus.raft.membership import ConfChange, ConfChangeKind
 
 from .cluster import BEFORE_APPLY, BEFORE_SAVE, Cluster
 
@@ -28,6 +35,11 @@ class Plan:
     transfer_rate: float = 0.004
     submit_rate: float = 0.35
     max_pending: int = 4
+    compact_rate: float = 0.05  # per tick: one random node snapshots
+    conf_change_rate: float = 0.015
+    max_members: int = 7
+    read_rate: float = 0.15
+    max_reads: int = 2
 
 
 class LivenessFailure(AssertionError):
@@ -53,6 +65,15 @@ def run(seed: int, plan: Plan) -> Cluster:
         _inject_faults(cluster, rng, plan, ids)
         if len(cluster.pending) < plan.max_pending and rng.random() < plan.submit_rate:
             cluster.submit()
+        if len(cluster.reads) < plan.max_reads and rng.random() < plan.read_rate:
+            cluster.read()
+        if rng.random() < plan.compact_rate:
+            live = cluster.live()
+            if live:
+                cluster.compact(rng.choice(live).node_id)
+        if rng.random() < plan.conf_change_rate:
+            _change_membership(cluster, rng, plan)
+        cluster.expire_reads()
         cluster.tick()
 
     _heal(cluster, plan, restart_all=rng.random() < 0.5)
@@ -93,6 +114,26 @@ def _inject_faults(cluster: Cluster, rng: random.Random, plan: Plan, ids: list[s
             leader.raft.transfer_leadership(rng.choice(ids))
 
 
+def _change_membership(cluster: Cluster, rng: random.Random, plan: Plan) -> None:
+    leader = cluster.leader()
+    if leader is None or leader.raft is None:
+        return
+    voters, learners = leader.raft.voters, leader.raft.learners
+    if rng.random() < 0.5:
+        if len(voters | learners) < plan.max_members:
+            nid = f"n{len(cluster.nodes) + 1}"
+            cluster.change_membership(ConfChange(ConfChangeKind.ADD_LEARNER, nid))
+        return
+    # Keep at least three voters, so a crash or partition can still be survived.
+    removable = sorted(learners | (voters if len(voters) > 3 else frozenset()))
+    if not removable:
+        return
+    target = rng.choice(removable)
+    if len(voters) > 3 and rng.random() < 0.3:
+        target = leader.node_id  # the leader removes itself and steps down
+    cluster.change_membership(ConfChange(ConfChangeKind.REMOVE, target))
+
+
 def _heal(cluster: Cluster, plan: Plan, *, restart_all: bool) -> None:
     cluster.network.heal()
     cluster.network.quiet()
@@ -107,15 +148,17 @@ def _heal(cluster: Cluster, plan: Plan, *, restart_all: bool) -> None:
         cluster.tick()
         if probe not in cluster.acked:
             continue
-        # Every node must also catch up with entries acknowledged after the probe.
+        # Every member must also catch up with entries acknowledged after the probe.
         index = max(cluster.acked.values())
-        if all(cluster.checker.applied_index(n) >= index for n in cluster.nodes):
-            for n in cluster.nodes:
+        members = cluster.members
+        if all(cluster.checker.applied_index(n) >= index for n in members):
+            for n in members:
                 cluster.checker.check_all_acknowledged_applied(n)
             return
     leader = cluster.leader()
     raise LivenessFailure(
         f"no progress {plan.heal_ticks} ticks after faults stopped: leader="
         f"{leader.node_id if leader else None}, pending={len(cluster.pending)}, "
-        f"applied={ {n: cluster.checker.applied_index(n) for n in cluster.nodes} }"
+        f"applied={ {n: cluster.checker.applied_index(n) for n in cluster.nodes} }, "
+        f"members={sorted(cluster.members)}"
     )
