@@ -88,6 +88,7 @@ def start_cluster(
     nodes = plan_nodes(count, data_dir, base_port)
     procs: list[subprocess.Popen[bytes]] = []
     doc_nodes = []
+    anchors = write_anchors(nodes, data_dir, cluster_id)
     for node in nodes:
         node.data_dir.mkdir(parents=True, exist_ok=True)
         pids: dict[str, int] = {}
@@ -114,7 +115,19 @@ def start_cluster(
                 "commands": commands,
             }
         )
-    return {"cluster_id": cluster_id, "nodes": doc_nodes}, procs
+    return {"cluster_id": cluster_id, "anchors": str(anchors), "nodes": doc_nodes}, procs
+
+
+def write_anchors(nodes: list[NodePlan], data_dir: Path, cluster_id: str) -> Path:
+    """Create (or reuse) each node's block-signing key and write the
+    cluster's anchors file, which ``fleetsuit ledger verify --anchors`` and
+    devices use to check certificates offline."""
+    from services.consensus.ledger.certify import Anchors, NodeKey
+
+    keys = {node.node_id: NodeKey.load_or_create(node.data_dir / "node.key").public for node in nodes}
+    path = data_dir / "anchors.json"
+    path.write_text(Anchors(cluster_id=cluster_id, keys=keys).to_json())
+    return path
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:

@@ -20,7 +20,9 @@ from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 from .convert import block_from_pb
 from .ledger.block import ChainError, verify_chain
+from .ledger.certify import Anchors, verify_certified_chain
 from .ledger.export import ExportFormatError, read_blocks, write_blocks
+from .ledger.proof import ProofError, verify_entry_proof
 
 RPC_TIMEOUT_S = 10.0
 
@@ -85,10 +87,11 @@ def cmd_append(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _export(endpoint: str, out: Path) -> int:
+async def _export(endpoint: str, out: Path, certified_only: bool) -> int:
     async with insecure_channel(endpoint) as channel:
         stub = pb_grpc.LedgerStub(channel)
-        blocks = [block_from_pb(b) async for b in stub.ExportBlocks(pb.ExportRequest(from_height=1))]
+        request = pb.ExportRequest(from_height=1, certified_only=certified_only)
+        blocks = [block_from_pb(b) async for b in stub.ExportBlocks(request)]
     tmp = out.with_name(out.name + ".part")
     with open(tmp, "wb") as f:
         count = write_blocks(f, blocks)
@@ -98,28 +101,75 @@ async def _export(endpoint: str, out: Path) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     try:
-        count = asyncio.run(_export(args.endpoint, Path(args.output)))
+        count = asyncio.run(_export(args.endpoint, Path(args.output), not args.all))
     except grpc.RpcError as exc:
         raise _rpc_error(args.endpoint, exc) from None
     print(f"exported {count} blocks to {args.output}", file=sys.stderr)
     return 0
 
 
+def _load_anchors(path: str) -> Anchors:
+    try:
+        return Anchors.from_json(Path(path).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    anchors = _load_anchors(args.anchors) if args.anchors else None
     try:
         with open(args.file, "rb") as f:
             blocks = list(read_blocks(f))
         head = verify_chain(blocks)
+        if anchors is not None:
+            verify_certified_chain(blocks, anchors)
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
     except ExportFormatError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     except ChainError as exc:
         raise CliError(f"{args.file}: bad block at height {exc.height}: {exc.reason}") from None
+    certified = anchors is not None
     if args.json:
-        print(json.dumps({"ok": True, "blocks": len(blocks), "head": head.hex()}))
+        print(json.dumps({"ok": True, "blocks": len(blocks), "head": head.hex(), "certificates_checked": certified}))
     else:
-        print(f"ok: {len(blocks)} blocks, head {head.hex()}")
+        note = "every certificate has a majority" if certified else "certificates not checked (no --anchors)"
+        print(f"ok: {len(blocks)} blocks, head {head.hex()}; {note}")
+    return 0
+
+
+async def _prove(endpoint: str, height: int, position: int) -> pb.EntryProof:
+    async with insecure_channel(endpoint) as channel:
+        return await pb_grpc.LedgerStub(channel).GetProof(
+            pb.ProofRequest(height=height, position=position), timeout=RPC_TIMEOUT_S
+        )
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    try:
+        proof = asyncio.run(_prove(args.endpoint, args.height, args.position))
+    except grpc.RpcError as exc:
+        raise _rpc_error(args.endpoint, exc) from None
+    Path(args.output).write_bytes(proof.SerializeToString())
+    print(f"proof of entry {args.position} in block {args.height}: {proof.ByteSize()} bytes "
+          f"({len(proof.path)} path hashes, {len(proof.certificate)} signatures)", file=sys.stderr)
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    anchors = _load_anchors(args.anchors)
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        entry = verify_entry_proof(raw, anchors)
+    except ProofError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    kind = entry.WhichOneof("kind")
+    print(json.dumps({"ok": True, "kind": kind, "client_id": entry.client_id, "request_id": entry.request_id}))
     return 0
 
 
@@ -145,14 +195,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--request-id", type=int, default=1, help="idempotency: request id")
     p.add_argument("text")
     p.set_defaults(func=cmd_append)
-    p = lsub.add_parser("export", help="write the whole chain to a file")
+    p = lsub.add_parser("export", help="write the certified chain, with its certificates, to a file")
     p.add_argument("--endpoint", required=True)
+    p.add_argument("--all", action="store_true", help="include blocks not yet certified")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
     p = lsub.add_parser("verify", help="check an exported chain offline")
     p.add_argument("file")
+    p.add_argument("--anchors", help="anchors.json: also check every block's quorum certificate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+    p = lsub.add_parser("prove", help="write a compact proof that one entry is in a certified block")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--position", type=int, default=0, help="which entry of the block (from 0)")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_prove)
+    p = lsub.add_parser("verify-proof", help="check an entry proof offline against the anchors")
+    p.add_argument("file")
+    p.add_argument("--anchors", required=True)
+    p.set_defaults(func=cmd_verify_proof)
 
     cluster = sub.add_parser("cluster", help="local clusters")
     csub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND")

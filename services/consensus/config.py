@@ -37,6 +37,7 @@ class ConsensusConfig:
     max_batch_entries: int = 1_024
     max_batch_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    key_file: str = ""  # the node's block-signing key; default DATA/node.key
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -53,6 +54,10 @@ class ConsensusConfig:
             raise ConfigError("submit_timeout_ms must be >= 1")
         if not self.data_dir:
             raise ConfigError("data_dir is required")
+
+    @property
+    def key_path(self) -> str:
+        return self.key_file or f"{self.data_dir}/node.key"
 
     @property
     def peer_addresses(self) -> dict[str, str]:
@@ -76,6 +81,8 @@ class ConsensusConfig:
         p.add_argument("--submit-timeout-ms", type=int,
                        default=env_int("FLEETSUIT_SUBMIT_TIMEOUT_MS", 5_000, env))
         p.add_argument("--log-level", default=env_str("FLEETSUIT_LOG_LEVEL", "INFO", env))
+        p.add_argument("--key-file", default=env_str("FLEETSUIT_NODE_KEY_FILE", "", env),
+                       help="Ed25519 block-signing key (PEM); created if missing; default DATA/node.key")
         a = p.parse_args(argv)
         peers = parse_peers(a.peers) if a.peers else ((a.node_id, a.listen),)
         config = cls(
@@ -90,6 +97,7 @@ class ConsensusConfig:
             heartbeat_ticks=a.heartbeat_ticks,
             submit_timeout_ms=a.submit_timeout_ms,
             log_level=a.log_level,
+            key_file=a.key_file,
         )
         config.validate()
         return config

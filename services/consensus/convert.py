@@ -73,6 +73,7 @@ def block_to_pb(block: BlockData) -> pb.Block:
         entries=list(block.entries),
         hash=block.hash,
         term=block.term,
+        certificate=[pb.BlockSignature(node_id=n, signature=sig) for n, sig in block.certificate],
     )
 
 
@@ -85,4 +86,5 @@ def block_from_pb(msg: pb.Block) -> BlockData:
         term=msg.term,
         entries=tuple(msg.entries),
         hash=msg.hash,
+        certificate=tuple((c.node_id, c.signature) for c in msg.certificate),
     )

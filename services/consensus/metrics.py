@@ -48,6 +48,17 @@ class ConsensusMetrics:
             "fleetsuit_network_peer_round_trip_time_seconds", "Round-trip time to a peer.", ["to"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.certified_height = Gauge(
+            "fleetsuit_ledger_certified_height",
+            "Every block up to this height has signatures of a majority.", registry=r,
+        )
+        self.certificate_lag = Gauge(
+            "fleetsuit_ledger_certificate_lag_blocks", "Applied blocks not yet certified.", registry=r
+        )
+        self.certificate_conflicts = Counter(
+            "fleetsuit_ledger_certificate_conflicts",
+            "Peer signatures that did not verify or signed a different block.", registry=r,
+        )
         self.peer_sent_failures = Counter(
             "fleetsuit_network_peer_sent_failures", "Failed stream sends to a peer.", ["to"], registry=r
         )

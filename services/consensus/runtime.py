@@ -26,14 +26,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleetsuit.v1 import consensus_pb2 as pb
+
+from .certifier import Certifier
 from .errors import CommitTimeout, InvalidEntry, NoLeader, ShuttingDown, StorageError
 from .ledger.block import BlockData
+from .ledger.certify import NodeKey
 from .ledger.machine import Applied, LedgerMachine, encode_batch
 from .metrics import ConsensusMetrics
 from .raft.node import RaftNode
 from .raft.roles import RequestKey, Transport
 from .raft.types import Message, MessageType, ProposalDropped, RaftConfig, Role
 from .storage import RocksStorage
+from .transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ class ConsensusNode:
         max_batch_entries: int = 1_024,
         max_batch_bytes: int = 4 * 1024 * 1024,
         on_fatal: Callable[[BaseException], None] | None = None,
+        cluster_id: str = "",
+        node_key: NodeKey | None = None,
+        certify_interval_s: float = 0.25,
     ) -> None:
         self.config = raft_config
         self._storage = storage
@@ -69,7 +77,14 @@ class ConsensusNode:
         self._max_batch_entries = max_batch_entries
         self._max_batch_bytes = max_batch_bytes
         self._on_fatal = on_fatal
-        self.machine = LedgerMachine(storage, on_block=self._block_applied)
+        self._new_blocks: list[BlockData] = []
+        self.machine = LedgerMachine(storage, on_block=self._new_blocks.append, cluster_id=cluster_id)
+        self.certifier: Certifier | None = None
+        if node_key is not None and isinstance(transport, GrpcTransport):
+            self.certifier = Certifier(
+                raft_config.node_id, cluster_id, node_key, storage, self.machine, raft_config.peers, metrics
+            )
+        self._certify_interval_s = certify_interval_s
         hard_state, entries = storage.load()
         self._core = RaftNode(
             raft_config, rng, hard_state=hard_state, log=entries, applied=self.machine.applied_index()
@@ -92,6 +107,8 @@ class ConsensusNode:
             asyncio.create_task(self._loop(), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="raft-ticker"),
         ]
+        if self.certifier is not None:
+            self._tasks.append(asyncio.create_task(self._certify_loop(), name="certify"))
 
     async def hand_over_leadership(self, timeout_s: float) -> bool:
         """Before a graceful stop: if leader, transfer leadership to another
@@ -327,11 +344,38 @@ class ConsensusNode:
         self._metrics.applied_index.set(self.machine.applied_index())
         self._metrics.block_height.set(self.machine.height)
         self._metrics.proposals_pending.set(len(self._waiting))
+        if self._new_blocks:
+            blocks, self._new_blocks[:] = list(self._new_blocks), []
+            if self.certifier is not None and isinstance(self._transport, GrpcTransport):
+                self._transport.share_signatures(self.certifier.sign_blocks(blocks))
+            asyncio.get_running_loop().create_task(self._notify_block())
 
-    # ------------------------------------------------------------ blocks
+    # ------------------------------------------------------------ certificates
 
-    def _block_applied(self, block: BlockData) -> None:
-        asyncio.get_running_loop().create_task(self._notify_block())
+    async def _certify_loop(self) -> None:
+        """Record this node's key in the ledger once, then pull the signatures
+        of blocks that still lack a majority (pushes can be lost)."""
+        assert self.certifier is not None and isinstance(self._transport, GrpcTransport)
+        certifier, transport = self.certifier, self._transport
+        registered = False
+        request_id = int.from_bytes(certifier.public_key[:7], "big")
+        while not self._stopped:
+            await asyncio.sleep(self._certify_interval_s)
+            if not registered:
+                registered = self.machine.member_key(self.config.node_id) is not None
+                if not registered and self._core.leader_id:
+                    entry = pb.LedgerEntry(
+                        client_id=f"node/{self.config.node_id}", request_id=request_id,
+                        membership_changed=pb.MembershipChanged(members=[certifier.key_registration()]),
+                    )
+                    fut = self.submit_future(
+                        entry.SerializeToString(), RequestKey(entry.client_id, request_id), 5.0
+                    )
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retried next round
+            certifier.on_applied()
+            gap = certifier.missing()
+            if gap is not None:
+                certifier.receive(await transport.fetch_signatures(*gap))
 
     async def _notify_block(self) -> None:
         async with self._new_block:

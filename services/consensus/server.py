@@ -16,6 +16,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -27,6 +28,8 @@ from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from .config import ConsensusConfig
 from .convert import block_to_pb, message_from_pb
 from .errors import BlockNotFound, ConsensusError, InvalidEntry
+from .ledger.block import merkle_path
+from .ledger.certify import NodeKey
 from .ledger.machine import Applied
 from .metrics import ConsensusMetrics
 from .raft.roles import RequestKey
@@ -36,6 +39,9 @@ from .storage import RocksStorage
 from .transport import CLUSTER_HEADER, GrpcTransport
 
 log = logging.getLogger(__name__)
+
+# Entry kinds only the cluster itself may write.
+RESERVED_KINDS = frozenset({"membership_changed"})
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Ledger"].full_name,
@@ -81,6 +87,24 @@ class RaftPeerServicer(pb_grpc.RaftPeerServicer):
     async def Ping(self, request: pb.PeerAck, context: grpc.aio.ServicerContext) -> pb.PeerAck:  # noqa: N802
         await self._check_cluster(context)
         return pb.PeerAck()
+
+    async def ShareSignatures(  # noqa: N802
+        self, request: pb.SignatureBatch, context: grpc.aio.ServicerContext
+    ) -> pb.PeerAck:
+        await self._check_cluster(context)
+        if self._node.certifier is not None:
+            self._node.certifier.receive(request.signatures)
+        return pb.PeerAck()
+
+    async def GetSignatures(  # noqa: N802
+        self, request: pb.SignatureRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SignatureBatch:
+        await self._check_cluster(context)
+        if self._node.certifier is None:
+            return pb.SignatureBatch()
+        return pb.SignatureBatch(
+            signatures=self._node.certifier.signatures_between(request.from_height, request.to_height)
+        )
 
 
 class LedgerServicer(pb_grpc.LedgerServicer):
@@ -169,8 +193,11 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     def _prepare(self, request: pb.SubmitRequest) -> tuple[bytes, float]:
         """Validate an entry: (encoded payload, timeout in seconds) or InvalidEntry."""
         entry = request.entry
-        if entry.WhichOneof("kind") is None:
+        kind = entry.WhichOneof("kind")
+        if kind is None:
             raise InvalidEntry("entry has no kind (app, release_published, ...)")
+        if kind in RESERVED_KINDS:
+            raise InvalidEntry(f"{kind} entries are written by the nodes themselves, not by clients")
         if entry.request_id == 0:
             raise InvalidEntry("request_id is required on a stream (unique per client)")
         payload = entry.SerializeToString()
@@ -193,6 +220,8 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             block_height=int(s["block_height"]),  # type: ignore[call-overload]
             cluster_id=self._config.cluster_id,
             members=[pb.Member(node_id=nid, address=addr, voter=True) for nid, addr in self._config.peers],
+            public_key=self._node.certifier.public_key if self._node.certifier else b"",
+            certified_height=self._node.certifier.certified_height if self._node.certifier else 0,
         )
 
     async def GetBlock(  # noqa: N802
@@ -207,12 +236,44 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     async def ExportBlocks(  # noqa: N802
         self, request: pb.ExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Block]:
+        certifier = self._node.certifier
         head = self._node.machine.height
+        if request.certified_only and certifier is not None:
+            head = certifier.certified_height
         for height in range(max(1, request.from_height), head + 1):
             block = self._node.machine.get_block(height)
             if block is None:
                 break
-            yield block_to_pb(block)
+            msg = block_to_pb(block)
+            if certifier is not None:
+                msg.certificate.extend(
+                    pb.BlockSignature(node_id=n, signature=sig) for n, sig in certifier.certificate(height)
+                )
+            yield msg
+
+    async def GetProof(  # noqa: N802
+        self, request: pb.ProofRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EntryProof:
+        block = self._node.machine.get_block(request.height)
+        if block is None or request.position >= len(block.entries):
+            await _abort(context, BlockNotFound(f"no entry {request.position} in block {request.height}"))
+            raise AssertionError("unreachable")
+        certifier = self._node.certifier
+        return pb.EntryProof(
+            cluster_id=self._config.cluster_id,
+            height=block.height,
+            prev_hash=block.prev_hash,
+            first_index=block.first_index,
+            last_index=block.last_index,
+            term=block.term,
+            entry_count=len(block.entries),
+            entry=block.entries[request.position],
+            path=[pb.MerkleStep(sibling_is_left=left, hash=h)
+                  for left, h in merkle_path(block.entries, request.position)],
+            block_hash=block.hash,
+            certificate=[pb.BlockSignature(node_id=n, signature=sig)
+                         for n, sig in (certifier.certificate(block.height) if certifier else [])],
+        )
 
     async def WatchBlocks(  # noqa: N802
         self, request: pb.WatchBlocksRequest, context: grpc.aio.ServicerContext
@@ -233,6 +294,7 @@ class Deps:
     storage: RocksStorage
     metrics: ConsensusMetrics
     rng: random.Random
+    node_key: NodeKey | None = None
 
 
 def build_node(
@@ -258,6 +320,8 @@ def build_node(
         max_batch_entries=config.max_batch_entries,
         max_batch_bytes=config.max_batch_bytes,
         on_fatal=on_fatal,
+        cluster_id=config.cluster_id,
+        node_key=deps.node_key,
     )
     return node, transport
 
@@ -284,7 +348,10 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
         os.path.join(config.data_dir, "consensus"), node_id=config.node_id, cluster_id=config.cluster_id
     )
     metrics = ConsensusMetrics()
-    deps = Deps(storage=storage, metrics=metrics, rng=random.Random())
+    deps = Deps(
+        storage=storage, metrics=metrics, rng=random.Random(),
+        node_key=NodeKey.load_or_create(Path(config.key_path)),
+    )
     stop = shutdown or asyncio.Event()
     fatal: list[BaseException] = []
 

@@ -10,6 +10,9 @@ On-disk format, version 1 (all integers big-endian):
     a/applied      -> u64 applied index
     b/<u64 height> -> record(encoded Block protobuf)
     r/<client_id>\\x00<u64 request_id> -> u64 index | u64 height
+    k/<node_id>    -> raw Ed25519 public key recorded in the ledger (applied state)
+    s/<u64 height><node_id> -> a node's signature over that block's hash
+    a/certified    -> u64 height up to which every block has a majority certificate
 
 where record(x) = u32 crc32(x) | x. A record whose checksum does not match
 stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
@@ -46,6 +49,9 @@ K_APPLIED = b"a/applied"
 P_LOG = b"l/"
 P_BLOCK = b"b/"
 P_REQUEST = b"r/"
+P_KEY = b"k/"
+P_SIGNATURE = b"s/"
+K_CERTIFIED = b"a/certified"
 
 
 def _record(payload: bytes) -> bytes:
@@ -234,19 +240,56 @@ class RocksStorage:
         index, height = struct.unpack(">QQ", raw)
         return int(index), int(height)
 
+    def member_key(self, node_id: str) -> bytes | None:
+        raw = self._db.get(P_KEY + node_id.encode())
+        return None if raw is None else bytes(raw)
+
     def write_applied(
         self,
         applied: int,
         blocks: Sequence[tuple[int, bytes]],
         requests: Sequence[tuple[str, int, int, int]],
+        member_keys: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        """Atomically record new blocks, request answers and the applied index."""
+        """Atomically record new blocks, request answers, member keys and the applied index."""
         batch = WriteBatch(raw_mode=True)
         for height, encoded in blocks:
             batch.put(block_key(height), _record(encoded))
         for client_id, request_id, index, height in requests:
             batch.put(request_key(client_id, request_id), struct.pack(">QQ", index, height))
+        for node_id, public_key in member_keys:
+            batch.put(P_KEY + node_id.encode(), public_key)
         batch.put(K_APPLIED, _U64.pack(applied))
+        self._write(batch, sync=False)
+
+    # ------------------------------------------------------------ certificates
+
+    def put_signatures(self, items: Sequence[tuple[int, str, bytes]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for height, node_id, signature in items:
+            batch.put(P_SIGNATURE + _U64.pack(height) + node_id.encode(), signature)
+        self._write(batch, sync=False)
+
+    def signatures(self, height: int) -> list[tuple[str, bytes]]:
+        prefix = P_SIGNATURE + _U64.pack(height)
+        it = self._db.iter()
+        it.seek(prefix)
+        out = []
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            out.append((key[len(prefix) :].decode(), bytes(it.value())))
+            it.next()
+        return out
+
+    def certified_height(self) -> int:
+        raw = self._db.get(K_CERTIFIED)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+    def set_certified_height(self, height: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(K_CERTIFIED, _U64.pack(height))
         self._write(batch, sync=False)
 
     # ------------------------------------------------------------ plumbing

@@ -38,6 +38,9 @@ class _Peer:
         self.address = address
         self.queue: deque[Message] = deque()
         self.ready = asyncio.Event()
+        # A channel for unary calls (ping, signatures), apart from the stream.
+        self.channel = insecure_channel(address)
+        self.stub = pb_grpc.RaftPeerStub(self.channel)
         # Bumped for every new stream: a failed stream's request iterator can
         # outlive its call inside grpc, and must not take messages meant for
         # the next stream (they would be lost on a dead connection).
@@ -53,6 +56,7 @@ class GrpcTransport:
         self._metrics = metrics
         self._peers = {pid: _Peer(pid, addr) for pid, addr in peers.items() if pid != node_id}
         self._tasks: list[asyncio.Task[None]] = []
+        self._oneshots: set[asyncio.Task[None]] = set()
         self._closing = False
 
     def start(self) -> None:
@@ -64,9 +68,12 @@ class GrpcTransport:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._oneshots]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for peer in self._peers.values():
+            await peer.channel.close(grace=None)
 
     def send(self, messages: Sequence[Message]) -> None:
         for msg in messages:
@@ -107,16 +114,42 @@ class GrpcTransport:
             await asyncio.sleep(RECONNECT_DELAY_S)
 
     async def _measure_rtt(self, peer: _Peer) -> None:
-        channel = insecure_channel(peer.address)
-        stub = pb_grpc.RaftPeerStub(channel)
-        try:
-            while not self._closing:
-                start = time.perf_counter()
-                try:
-                    await stub.Ping(pb.PeerAck(), timeout=1.0, metadata=self._metadata)
-                    self._metrics.peer_rtt.labels(peer.node_id).observe(time.perf_counter() - start)
-                except grpc.RpcError:
-                    pass
-                await asyncio.sleep(RTT_INTERVAL_S)
-        finally:
-            await channel.close(grace=None)
+        while not self._closing:
+            start = time.perf_counter()
+            try:
+                await peer.stub.Ping(pb.PeerAck(), timeout=1.0, metadata=self._metadata)
+                self._metrics.peer_rtt.labels(peer.node_id).observe(time.perf_counter() - start)
+            except grpc.RpcError:
+                pass
+            await asyncio.sleep(RTT_INTERVAL_S)
+
+    # ------------------------------------------------------------ signatures
+
+    def share_signatures(self, signatures: Sequence[pb.SignedBlock]) -> None:
+        """Push block signatures to every peer; best effort (peers also pull)."""
+        if not signatures or self._closing:
+            return
+        batch = pb.SignatureBatch(signatures=list(signatures))
+        for peer in self._peers.values():
+            task = asyncio.create_task(self._share(peer, batch))
+            self._oneshots.add(task)
+            task.add_done_callback(self._oneshots.discard)
+
+    async def _share(self, peer: _Peer, batch: pb.SignatureBatch) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            await peer.stub.ShareSignatures(batch, timeout=2.0, metadata=self._metadata)
+
+    async def fetch_signatures(self, first: int, last: int) -> list[pb.SignedBlock]:
+        """Ask every peer for its signatures of heights first..last."""
+        async def ask(peer: _Peer) -> list[pb.SignedBlock]:
+            try:
+                batch = await peer.stub.GetSignatures(
+                    pb.SignatureRequest(from_height=first, to_height=last), timeout=2.0,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError:
+                return []
+            return list(batch.signatures)
+
+        results = await asyncio.gather(*(ask(p) for p in self._peers.values()))
+        return [s for batch in results for s in batch]

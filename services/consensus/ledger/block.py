@@ -3,10 +3,14 @@ exporter and the offline verifier.
 
 A block's hash is SHA-256 over a canonical header (all integers big-endian):
 
-    b"fleetsuit/block/v1" | u64 height | prev_hash (32 bytes) | u64 first_index
-    | u64 last_index | u64 term | u32 count | (u32 len | entry bytes) * count
+    b"fleetsuit/block/v2" | u64 height | prev_hash (32 bytes) | u64 first_index
+    | u64 last_index | u64 term | u32 count | entries_root (32 bytes)
 
-The first block (height 1) links to ``GENESIS_HASH`` (32 zero bytes).
+where ``entries_root`` is the Merkle root of the block's entries (RFC 6962
+style: a leaf is SHA-256(0x00 | entry), an inner node SHA-256(0x01 | left |
+right), an odd node is promoted), so one entry's membership in a block can be
+proven with a path of log2(count) hashes instead of the whole block. The
+first block (height 1) links to ``GENESIS_HASH`` (32 zero bytes).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-DOMAIN = b"fleetsuit/block/v1"
+DOMAIN = b"fleetsuit/block/v2"
 GENESIS_HASH = bytes(32)
 _HEAD = struct.Struct(">QQQQ")
 _LEN = struct.Struct(">I")
@@ -31,6 +35,74 @@ class BlockData:
     term: int
     entries: tuple[bytes, ...]
     hash: bytes
+    # (node id, signature) pairs over the hash; not covered by the hash.
+    certificate: tuple[tuple[str, bytes], ...] = ()
+
+
+def leaf_hash(entry: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def _node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle_root(entries: Sequence[bytes]) -> bytes:
+    level = [leaf_hash(e) for e in entries]
+    if not level:
+        return hashlib.sha256(b"").digest()
+    while len(level) > 1:
+        nxt = [_node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def merkle_path(entries: Sequence[bytes], position: int) -> list[tuple[bool, bytes]]:
+    """The sibling hashes from leaf ``position`` up to the root; each item is
+    (sibling_is_left, hash)."""
+    if not 0 <= position < len(entries):
+        raise IndexError(f"no entry {position} in a block of {len(entries)}")
+    level = [leaf_hash(e) for e in entries]
+    path: list[tuple[bool, bytes]] = []
+    pos = position
+    while len(level) > 1:
+        sibling = pos ^ 1
+        if sibling < len(level):
+            path.append((sibling < pos, level[sibling]))
+        nxt = [_node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+        pos //= 2
+    return path
+
+
+def root_from_path(entry: bytes, path: Sequence[tuple[bool, bytes]]) -> bytes:
+    node = leaf_hash(entry)
+    for sibling_is_left, sibling in path:
+        node = _node_hash(sibling, node) if sibling_is_left else _node_hash(node, sibling)
+    return node
+
+
+def header_hash(
+    height: int,
+    prev_hash: bytes,
+    first_index: int,
+    last_index: int,
+    term: int,
+    count: int,
+    entries_root: bytes,
+) -> bytes:
+    h = hashlib.sha256()
+    h.update(DOMAIN)
+    h.update(struct.pack(">Q", height))
+    h.update(prev_hash)
+    h.update(struct.pack(">QQQ", first_index, last_index, term))
+    h.update(_LEN.pack(count))
+    h.update(entries_root)
+    return h.digest()
 
 
 def block_hash(
@@ -41,16 +113,9 @@ def block_hash(
     term: int,
     entries: Sequence[bytes],
 ) -> bytes:
-    h = hashlib.sha256()
-    h.update(DOMAIN)
-    h.update(struct.pack(">Q", height))
-    h.update(prev_hash)
-    h.update(struct.pack(">QQQ", first_index, last_index, term))
-    h.update(_LEN.pack(len(entries)))
-    for entry in entries:
-        h.update(_LEN.pack(len(entry)))
-        h.update(entry)
-    return h.digest()
+    return header_hash(
+        height, prev_hash, first_index, last_index, term, len(entries), merkle_root(entries)
+    )
 
 
 def make_block(

@@ -24,6 +24,7 @@ from ..raft.roles import RequestKey
 from ..raft.types import Entry, EntryType
 from ..storage import RocksStorage
 from .block import GENESIS_HASH, BlockData, make_block
+from .certify import key_message, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,10 @@ class LedgerMachine:
         self,
         storage: RocksStorage,
         on_block: Callable[[BlockData], None] | None = None,
+        cluster_id: str = "",
     ) -> None:
         self._storage = storage
+        self._cluster_id = cluster_id
         self._inspector = ProtoRequestInspector()
         self._applied = storage.applied_index()
         self._height = storage.last_block_height()
@@ -90,6 +93,7 @@ class LedgerMachine:
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
         requests: list[tuple[str, int, int, int]] = []
+        member_keys: dict[str, bytes] = {}
         seen_now: dict[RequestKey, tuple[int, int]] = {}
         for entry in entries:
             if entry.index <= self._applied:
@@ -111,6 +115,7 @@ class LedgerMachine:
                     seen_now[key] = (entry.index, 0)  # height filled below
                 included.append(payload)
                 pending.append(key)
+                self._register_keys(payload, member_keys)
             if not included:
                 continue
             block = make_block(
@@ -125,11 +130,32 @@ class LedgerMachine:
                     seen_now[key] = (entry.index, block.height)
                     requests.append((key.client_id, key.request_id, entry.index, block.height))
                 results.append(Applied(key, entry.index, block.height, False))
-        self._storage.write_applied(self._applied, blocks, requests)
+        self._storage.write_applied(self._applied, blocks, requests, list(member_keys.items()))
         if self._on_block is not None:
             for block in new_blocks:
                 self._on_block(block)
         return results
+
+    def _register_keys(self, payload: bytes, registered: dict[str, bytes]) -> None:
+        """A MembershipChanged entry records member keys that carry a valid
+        proof of possession; the first key recorded for a node stands."""
+        try:
+            entry = pb.LedgerEntry.FromString(payload)
+        except DecodeError:
+            return
+        if entry.WhichOneof("kind") != "membership_changed":
+            return
+        for member in entry.membership_changed.members:
+            if not member.public_key or member.node_id in registered:
+                continue
+            if self._storage.member_key(member.node_id) is not None:
+                continue
+            message = key_message(self._cluster_id, member.node_id, member.public_key)
+            if verify(member.public_key, message, member.key_proof):
+                registered[member.node_id] = member.public_key
+
+    def member_key(self, node_id: str) -> bytes | None:
+        return self._storage.member_key(node_id)
 
     def get_block(self, height: int) -> BlockData | None:
         raw = self._storage.get_block(height)
