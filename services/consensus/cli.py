@@ -42,6 +42,8 @@ def status_dict(resp: pb.StatusResponse) -> dict[str, Any]:
         "applied_index": resp.applied_index,
         "last_log_index": resp.last_log_index,
         "block_height": resp.block_height,
+        "certified_height": resp.certified_height,
+        "public_key": resp.public_key.hex(),
         "cluster_id": resp.cluster_id,
         "members": [{"id": m.node_id, "address": m.address, "voter": m.voter} for m in resp.members],
     }
@@ -61,7 +63,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     else:
-        for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index", "block_height"):
+        for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index", "block_height",
+                    "certified_height"):
             print(f"{key:14} {doc[key]}")
         print(f"{'members':14} {', '.join(m['id'] + '@' + m['address'] for m in doc['members'])}")
     return 0

@@ -121,16 +121,21 @@ def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
         assert again[0]["duplicate"] is False and again[1]["duplicate"] is True
         assert again[0]["index"] == again[1]["index"]
 
+        def certified() -> bool:
+            status = json.loads(_run("status", "--endpoint", endpoints[0], "--json").stdout)
+            return bool(status["certified_height"] >= again[0]["block_height"])
+
+        _wait(certified, 30, "the blocks certified")
         ledger = tmp_path / "ledger.bin"
         _run("ledger", "export", "--endpoint", endpoints[0], "-o", str(ledger))
-        ok = json.loads(_run("ledger", "verify", str(ledger), "--json").stdout)
+        ok = json.loads(_run("ledger", "verify", str(ledger), "--json", "--anchors", doc["anchors"]).stdout)
         assert ok["ok"] is True and ok["blocks"] >= 3
 
         raw = bytearray(ledger.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         bad = tmp_path / "bad.bin"
         bad.write_bytes(bytes(raw))
-        out = _run("ledger", "verify", str(bad), check=False)
+        out = _run("ledger", "verify", str(bad), "--anchors", doc["anchors"], check=False)
         assert out.returncode != 0
         assert "Traceback" not in out.stderr
         assert "block" in out.stderr or "record" in out.stderr
