@@ -2,14 +2,23 @@
 
 Measures, in one run and on this machine:
 
-- the limits: raw loopback TCP throughput (one socket, 1 MiB sends) and local
+- the limits: raw loopback TCP throughput (one socket, 1 MiB sends), local
   disk read speed (a file written, dropped from the page cache where the OS
-  allows, read back);
+  allows, read back), and the gRPC stream ceiling: the same Get client
+  against a server that streams one pre-encoded 1 MiB message from memory
+  (no store, no hashing) -- what Python gRPC itself manages here;
 - Put and Get MB/s of a 256 MiB blob over gRPC to one ``python -m services.dht``
-  process (Get verifies every chunk on the server side);
+  process, with the client ``fleetsuit blob`` uses (services/dht/cli.py:
+  bulk messages encoded by services/dht/wire.py). Get verifies every chunk
+  against its id on the server side;
 - the time to spread one 64 MiB payload to every node of 3-, 6- and 12-node
   clusters of real processes: Put on one node, then every node is asked to
-  Pin it at once; the clock stops when the last node holds it.
+  Pin it at once; the clock stops when the last node holds it. Per node: when
+  its Pin returned, how much it sent to peers, the CPU it used. With fewer
+  cores than nodes the spread is CPU-bound (every node receives, hashes and
+  stores the whole payload), so the total time grows with n whatever the
+  topology; how the upload is shared (the busiest node's share) shows
+  whether the spread is epidemic or a star.
 
 Figures are medians of ``RUNS`` runs. ``main(results_dir)`` returns them and
 writes ``results_dir/dht.json``; run standalone with

@@ -252,6 +252,7 @@ class DhtNode:
                 chunker.total_size,
                 tuple(pending.held[i] for i in range(len(pending.held))),
             )
+            await asyncio.to_thread(self.store.persist)
             pending.commit(blob, root)
         except BaseException:
             pending.abort()
@@ -483,6 +484,7 @@ class DhtNode:
         try:
             await self._fetch_chunks(fetch, picker)
             await asyncio.to_thread(fetch.pending.verify_whole, blob)
+            await asyncio.to_thread(self.store.persist)
             fetch.pending.commit(blob, root)
         except BaseException as exc:
             fetch.fail(exc)

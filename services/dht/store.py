@@ -23,6 +23,11 @@ Rules this module keeps:
   damages what it holds.
 - Chunks written by an unfinished upload are held by a ``PendingBlob``; if
   the process dies they are orphans, removed when the store next opens.
+- Chunk values are written without the write-ahead log (``write_unlogged``)
+  and made durable (``persist``) before the root that lists them is
+  written, so a root on disk still means its chunks are on disk. A chunk
+  re-fetched for a blob already here is not persisted at once: lost in a
+  crash, it is simply missing when the store reopens and fetched again.
 
 Blocking I/O; the runtime calls it from its event loop (values are at most a
 few MiB).
@@ -312,9 +317,14 @@ class BlobStore:
         if digest in self._present:
             return
         self._make_room(len(data))
-        self._kv.write([(_CHUNK + digest, data)])
+        self._kv.write_unlogged([(_CHUNK + digest, data)])
         self._present[digest] = len(data)
         self.used_bytes += len(data)
+
+    def persist(self) -> None:
+        """Make the chunks written so far durable (``commit`` does it too);
+        safe to call from a worker thread, so the event loop need not wait."""
+        self._kv.persist()
 
     def set_pinned(self, blob: Digest, pinned: bool) -> None:
         if blob not in self._roots:
@@ -343,7 +353,7 @@ class BlobStore:
     def _hold_chunk(self, digest: Digest, data: bytes) -> None:
         if digest not in self._present:
             self._make_room(len(data))
-            self._kv.write([(_CHUNK + digest, data)])
+            self._kv.write_unlogged([(_CHUNK + digest, data)])
             self._present[digest] = len(data)
             self.used_bytes += len(data)
         self._refs[digest] = self._refs.get(digest, 0) + 1
@@ -391,6 +401,7 @@ class BlobStore:
         except StoreFull:
             self._release(list(pending.held.values()))
             raise
+        self._kv.persist()  # the chunks are durable before the root names them
         self._roots[blob] = root  # refs move from the pending blob to the root
         self._seq += 1
         self._lru[blob] = self._seq

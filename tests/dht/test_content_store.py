@@ -193,3 +193,54 @@ def test_rocksdb_store_survives_reopen_and_drops_orphans(tmp_path: pathlib.Path)
         store.read_chunk(digest_of(b"nothing"), 0)
     store.close()
     assert format_id(blob).startswith("sha256:")
+
+
+class CrashingKeyValue(MemoryKeyValue):
+    """Unlogged writes live in a 'memtable' until persist; ``crash`` loses them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memtable: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.memtable.get(key, self.data.get(key))
+
+    def write(self, puts, deletes=()):  # type: ignore[no-untyped-def]
+        for key in deletes:
+            self.memtable.pop(key, None)
+        super().write(puts, deletes)
+
+    def write_unlogged(self, puts):  # type: ignore[no-untyped-def]
+        for key, value in puts:
+            self.memtable[key] = bytes(value)
+
+    def persist(self) -> None:
+        self.data.update(self.memtable)
+        self.memtable.clear()
+
+    def scan_keys(self, prefix: bytes):  # type: ignore[no-untyped-def]
+        return iter(sorted(k for k in {**self.data, **self.memtable} if k.startswith(prefix)))
+
+    def crash(self) -> None:
+        self.memtable.clear()
+
+
+def test_unlogged_chunks_are_durable_before_their_root() -> None:
+    kv = CrashingKeyValue()
+    store = BlobStore(kv, 1 << 20)
+    root, digest, chunks = split(random.Random(8).randbytes(10_000), 4096)
+    pending = store.begin()
+    for chunk in chunks:
+        pending.add_chunk(chunk)
+    kv.crash()  # before commit: the chunks vanish, no root was written
+    reopened = BlobStore(kv, 1 << 20)
+    assert reopened.blobs() == [] and not kv.data.keys() - {b"!format"}
+    store = BlobStore(kv, 1 << 20)
+    pending = store.begin()
+    for chunk in chunks:
+        pending.add_chunk(chunk)
+    pending.commit(digest, root)
+    kv.crash()  # after commit: everything the root lists survives
+    reopened = BlobStore(kv, 1 << 20)
+    assert reopened.is_complete(digest)
+    assert b"".join(reopened.iter_chunks(digest)) == b"".join(chunks)

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht.config import DhtConfig
 from services.dht.content import encode_root, parse_id
-from services.dht.fetch import SourcePicker
+from services.dht.errors import Busy
+from services.dht.fetch import SourcePicker, decode_have, encode_have
 from services.dht.kv import MemoryKeyValue
 from services.dht.metrics import DhtMetrics
 from services.dht.node import DhtNode
@@ -260,3 +261,37 @@ def test_source_picker_spreads_requests_and_skips_holders_that_lack_a_chunk() ->
     assert picker.pick(7, {c.node_id}) is None  # everyone tried or lacking
     picker.add([a])  # rediscovered: a gets a new chance
     assert picker.pick(7, {c.node_id}) == a
+
+
+@pytest.mark.parametrize("held", [set(), {0}, {0, 7, 8, 12}, set(range(13))])
+def test_have_bitmap_round_trips(held: set[int]) -> None:
+    bitmap = encode_have(held, 13)
+    assert len(bitmap) == 2
+    assert decode_have(bitmap, 13) == held
+    assert decode_have(bitmap + b"\xff", 13) == held  # bits past the count are ignored
+
+
+@pytest.mark.asyncio
+async def test_have_reports_a_partial_holder_and_busy_caps_uploads(cluster: Cluster) -> None:
+    holder = await cluster.add()
+    data = payload(6 * CHUNK, seed=26)
+    blob = parse_id(await put(cluster.stub(holder), data))
+    partial, gated = await frozen_fetcher(cluster, allowed=2)
+    fetching = partial._start_fetch(blob, [holder.contact], first=0)
+
+    async def two_held() -> bool:
+        fetch = partial._active.get(blob)
+        return fetch is not None and len(fetch.pending.held) == 2
+
+    await wait_for(two_held, 10, "the frozen fetch to hold chunks 0-1")
+    asker = Contact(node_id_from_name("asker"), "127.0.0.1:1")
+    assert partial.handle_have(asker, blob) == (False, encode_have({0, 1}, 6))
+    assert holder.handle_have(asker, blob) == (True, b"")
+    # Every upload slot taken: the next request is told Busy, not queued.
+    holder._uploads = holder.config.max_uploads
+    with pytest.raises(Busy):
+        await holder.handle_fetch_chunk(asker, blob, 0)
+    holder._uploads = 0
+    assert await holder.handle_fetch_chunk(asker, blob, 0) == data[:CHUNK]
+    gated.gate.set()
+    await asyncio.wait_for(fetching, 10)
