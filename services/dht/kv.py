@@ -77,7 +77,8 @@ class RocksKeyValue:
         # ``persist`` flushes the memtable to a table file (synced by RocksDB)
         # before a root that lists those chunks is written (store.py).
         self._unlogged = rocksdict.WriteOptions()
-        self._unlogged.disable_wal = True
+        # A property at run time; rocksdict's stub wrongly declares a method.
+        self._unlogged.disable_wal = True  # type: ignore[method-assign,assignment]
 
     def get(self, key: bytes) -> bytes | None:
         value = self._db.get(key)
