@@ -53,6 +53,14 @@ class DhtMetrics:
             "Unpinned blobs evicted under disk pressure",
             registry=registry,
         )
+        self.chunk_requests = Counter(
+            "fleetsuit_dht_chunk_requests",
+            "Chunk requests this node sent to peers while fetching, by outcome "
+            "(ok, busy: the peer's upload slots were full, missing: a partial "
+            "holder lacked it, failed: unreachable or bad data)",
+            ["outcome"],
+            registry=registry,
+        )
         self.scrub_chunks = Counter(
             "fleetsuit_dht_scrub_chunks",
             "Stored chunks re-verified by the background scrub, by result",

@@ -65,7 +65,8 @@ MAX_PROVIDERS_PER_KEY = 32
 READ_AHEAD_CHUNKS = 2  # chunks read and verified ahead of the one being sent
 PROVIDER_REFRESH_CHUNKS = 8  # a fetch looks for new holders after this many chunks
 MAX_BUSY_ROUNDS = 200  # back-offs (5 ms growing to 200 ms) before a chunk gives up
-REFRESH_MIN_S = 0.1  # a fetch re-reads providers and have-maps at most this often
+REFRESH_MIN_S = 0.25  # a fetch re-reads have-maps at most this often
+LOOKUP_MIN_S = 1.0  # and looks providers up again at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,27 +520,33 @@ class DhtNode:
         loop = asyncio.get_running_loop()
         refreshing: asyncio.Task[None] | None = None
         last_refresh = -math.inf
+        last_lookup = -math.inf
 
         async def have(source: Contact) -> None:
             complete, bitmap = await self.transport.have(source, fetch.blob)
             has = None if complete else decode_have(bitmap, len(fetch.root.chunks))
             picker.learn_have(source, has)
 
-        async def rediscover() -> None:
-            """New holders from a provider lookup, and what each one holds."""
-            with contextlib.suppress(DhtError):
-                found, _closest = await self.find_providers(fetch.blob)
-                picker.add([c for c in found if c.node_id != self.contact.node_id])
+        async def rediscover(force: bool) -> None:
+            """New holders from a provider lookup (not too often: it is an
+            iterative lookup), and what each partial holder holds now."""
+            nonlocal last_lookup
+            if force or loop.time() - last_lookup >= LOOKUP_MIN_S:
+                last_lookup = loop.time()
+                with contextlib.suppress(DhtError):
+                    found, _closest = await self.find_providers(fetch.blob)
+                    picker.add([c for c in found if c.node_id != self.contact.node_id])
             await asyncio.gather(*(have(c) for c in picker.to_ask()), return_exceptions=True)
 
-        async def refresh() -> None:
-            """One rediscovery shared by every worker, at most every REFRESH_MIN_S."""
+        async def refresh(force: bool = False) -> None:
+            """One rediscovery shared by every worker, at most every
+            REFRESH_MIN_S unless ``force`` (a chunk is about to give up)."""
             nonlocal refreshing, last_refresh
             if refreshing is None or refreshing.done():
-                if loop.time() - last_refresh < REFRESH_MIN_S:
+                if not force and loop.time() - last_refresh < REFRESH_MIN_S:
                     return
                 last_refresh = loop.time()
-                refreshing = asyncio.ensure_future(rediscover())
+                refreshing = asyncio.ensure_future(rediscover(force))
             await asyncio.shield(refreshing)
 
         async def worker() -> None:
@@ -568,7 +575,7 @@ class DhtNode:
         fetch: BlobFetch,
         picker: SourcePicker,
         index: int,
-        rediscover: Callable[[], Awaitable[None]],
+        rediscover: Callable[[bool], Awaitable[None]],
     ) -> tuple[bytes, Digest]:
         """Chunk ``index`` from some holder, verified against the root."""
         tried: set[NodeId] = set()
@@ -582,7 +589,7 @@ class DhtNode:
                     # Every holder known to have it is busy: learn who else has
                     # it meanwhile (others fetched it), back off, ask again.
                     busy_rounds += 1
-                    await rediscover()
+                    await rediscover(False)  # shared and rate-limited
                     await asyncio.sleep(min(0.2, 0.005 * busy_rounds) * (0.5 + self.rng.random()))
                     picker.clear_busy(index)
                     tried.clear()
@@ -593,22 +600,26 @@ class DhtNode:
                     )
                 rediscovered = True
                 tried.clear()
-                await rediscover()
+                await rediscover(True)
                 continue
             tried.add(holder.node_id)
             try:
                 data = await self.transport.fetch_chunk(holder, fetch.blob, index)
             except NotFound:
+                self.metrics.chunk_requests.labels("missing").inc()
                 picker.lacks(holder, index)
                 continue
             except Busy:
+                self.metrics.chunk_requests.labels("busy").inc()
                 picker.busy(holder, index)
                 continue
             except PeerUnavailable:
+                self.metrics.chunk_requests.labels("failed").inc()
                 picker.done(holder, ok=False)
                 self._peer_failed(holder)
                 continue
             except DhtError:
+                self.metrics.chunk_requests.labels("failed").inc()
                 picker.done(holder, ok=False)
                 self.metrics.corrupt_chunks.labels("wire").inc()
                 continue
@@ -619,6 +630,7 @@ class DhtNode:
                 self.metrics.corrupt_chunks.labels("wire").inc()
                 continue
             picker.done(holder, ok=True)
+            self.metrics.chunk_requests.labels("ok").inc()
             return data, digest
 
     # ------------------------------------------------------------ replication
