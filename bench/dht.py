@@ -202,7 +202,7 @@ class Node:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
 
-    def wait_healthy(self, timeout_s: float = 30) -> None:
+    def wait_healthy(self, timeout_s: float = 90) -> None:
         assert self.channel is not None
         stub = health_pb2_grpc.HealthStub(self.channel)
         deadline = time.monotonic() + timeout_s

@@ -369,24 +369,34 @@ class DhtNode:
         return await self._refetch_chunk(blob, index)
 
     async def _refetch_chunk(self, blob: Digest, index: int) -> bytes:
+        """Chunk ``index`` of a blob whose root is here, from any holder; holders
+        that are only busy are asked again after a back-off."""
         holders, _closest = await self.find_providers(blob)
-        self.rng.shuffle(holders)
-        for holder in holders:
-            try:
-                data = await self.transport.fetch_chunk(holder, blob, index)
-                self.metrics.bytes_in.inc(len(data))
-                self.store.put_chunk(blob, index, data)
-            except ChunkCorrupt:
-                self.metrics.corrupt_chunks.labels("wire").inc()
-                continue
-            except PeerUnavailable:
-                self._peer_failed(holder)
-                continue
-            except DhtError:
-                continue
-            self.metrics.repair_actions.labels("chunk").inc()
-            self._refresh()
-            return data
+        for busy_round in range(MAX_BUSY_ROUNDS):
+            self.rng.shuffle(holders)
+            busy = False
+            for holder in holders:
+                try:
+                    data = await self.transport.fetch_chunk(holder, blob, index)
+                    self.metrics.bytes_in.inc(len(data))
+                    self.store.put_chunk(blob, index, data)
+                except ChunkCorrupt:
+                    self.metrics.corrupt_chunks.labels("wire").inc()
+                    continue
+                except Busy:
+                    busy = True
+                    continue
+                except PeerUnavailable:
+                    self._peer_failed(holder)
+                    continue
+                except DhtError:
+                    continue
+                self.metrics.repair_actions.labels("chunk").inc()
+                self._refresh()
+                return data
+            if not busy:
+                break
+            await asyncio.sleep(min(0.2, 0.005 * (busy_round + 1)) * (0.5 + self.rng.random()))
         raise NotFound(f"no holder could supply chunk {index} of {format_id(blob)}")
 
     async def stat(self, blob: Digest, lookup: bool) -> StatResult:

@@ -295,3 +295,44 @@ async def test_have_reports_a_partial_holder_and_busy_caps_uploads(cluster: Clus
     assert await holder.handle_fetch_chunk(asker, blob, 0) == data[:CHUNK]
     gated.gate.set()
     await asyncio.wait_for(fetching, 10)
+
+
+class BusyCounting(GrpcTransport):
+    def __init__(self, contact: Contact) -> None:
+        super().__init__(contact, 1.0, 10.0)
+        self.busy = 0
+
+    async def fetch_chunk(self, to: Contact, key: bytes, index: int) -> bytes:
+        try:
+            return await super().fetch_chunk(to, key, index)
+        except Busy:
+            self.busy += 1
+            raise
+
+
+@pytest.mark.asyncio
+async def test_a_chunk_repair_waits_for_a_busy_holder(cluster: Cluster) -> None:
+    holder = await cluster.add()
+    data = payload(3 * CHUNK, seed=27)
+    blob = parse_id(await put(cluster.stub(holder), data))
+    counting: list[BusyCounting] = []
+
+    def factory(contact: Contact) -> PeerTransport:
+        counting.append(BusyCounting(contact))
+        return counting[0]
+
+    victim = await cluster.add(transport_factory=factory)
+    await victim.ensure_local(blob)
+    root = victim.store.root(blob)
+    assert root is not None
+    cluster.kvs[1].data[b"c" + root.chunks[1]] = bytes(CHUNK)  # bit rot
+    holder._uploads = holder.config.max_uploads  # every upload slot taken
+    repair = asyncio.ensure_future(victim._local_chunk(blob, 1))
+
+    async def told_busy() -> bool:
+        return counting[0].busy > 0
+
+    await wait_for(told_busy, 10, "the holder to answer Busy")
+    assert not repair.done()
+    holder._uploads = 0
+    assert await asyncio.wait_for(repair, 10) == data[CHUNK : 2 * CHUNK]
