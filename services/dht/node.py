@@ -5,19 +5,29 @@ It turns client and peer requests into store operations and network calls:
 - iterative lookups (``routing.Lookup``) run with alpha requests in flight;
 - a blob lives on the k closest live nodes to its digest; after a Put the
   receiving node asks them to pull it (``Replicate``) and every holder
-  announces itself to them with provider records (``Store``);
+  announces itself to them with provider records (``Store``), which expire
+  after ``provider_ttl_ms`` unless announced again (every repair pass does);
 - fetches take the root from one holder and the chunks from several holders
-  in parallel, each chunk verified on receipt, the whole digest checked
-  before the root is committed;
+  in parallel (fetch.py picks the least-loaded holder that has the chunk,
+  using the holders' have-maps), each chunk verified on receipt, the whole
+  digest checked before the root is committed. A node that is fetching
+  announces itself at once and serves the chunks it holds, and a peer
+  serving ``max_uploads`` chunks already answers Busy, so a blob spreads
+  epidemically instead of everyone pulling from the first holders;
+- a Get on a node that lacks the blob streams chunk by chunk as they land,
+  withholding the last piece until the whole digest has been checked;
 - a corrupt chunk met on read is dropped by the store and fetched again from
   a peer before any byte of it is served;
 - ``maintenance`` (the repair loop) re-bootstraps from seeds when needed,
   repairs missing chunks and asks the k closest live nodes of every local
   blob to hold a replica, which both restores k after a loss and hands data
-  to a node that joined closer to a blob.
+  to a node that joined closer to a blob;
+- ``scrub`` re-verifies every stored chunk in the background, at most
+  ``scrub_bytes_per_s``, and repairs corrupt ones from peers.
 
 Everything runs on one asyncio loop; only this module's tasks touch the
-routing table and the store, so no locks.
+routing table and the store, so no locks. Worker threads only read the
+store and hash (RocksDB reads and hashlib release the GIL).
 """
 
 from __future__ import annotations
