@@ -72,7 +72,7 @@ from services.dht.transport import PeerTransport
 log = logging.getLogger("fleetsuit.dht.node")
 
 MAX_PROVIDERS_PER_KEY = 32
-READ_AHEAD_CHUNKS = 2  # chunks read and verified ahead of the one being sent
+READ_AHEAD_CHUNKS = 4  # chunks read and verified ahead of the one being sent
 PROVIDER_REFRESH_CHUNKS = 8  # a fetch looks for new holders after this many chunks
 MAX_BUSY_ROUNDS = 200  # back-offs (5 ms growing to 200 ms) before a chunk gives up
 REFRESH_MIN_S = 0.25  # a fetch re-reads have-maps at most this often
