@@ -54,6 +54,12 @@ class Certifier:
             self._signers[height] = {nid for nid, _ in storage.signatures(height)}
         self._advance()
 
+    def set_voters(self, voters: Iterable[str]) -> None:
+        """The configuration changed: certificates need a majority of the new voters."""
+        self._voters = frozenset(voters)
+        self._quorum = quorum(len(self._voters))
+        self._advance()
+
     @property
     def public_key(self) -> bytes:
         return self._key.public

@@ -38,12 +38,25 @@ class ConsensusConfig:
     max_batch_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     key_file: str = ""  # the node's block-signing key; default DATA/node.key
+    # Raft §7: snapshot the ledger every this many applied entries, then
+    # compact the log behind it once this many more are applied (a tail for
+    # followers only a little behind).
+    snapshot_entries: int = 10_000
+    snapshot_keep_entries: int = 1_000
+    snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot chunk size
+    max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
+    # Join a running cluster: start as a learner; peers = its current voters.
+    join: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         ids = [p[0] for p in self.peers]
-        if self.node_id not in ids:
+        if not self.node_id:
+            raise ConfigError("node_id is required")
+        if self.node_id not in ids and not self.join:
             raise ConfigError(f"node_id {self.node_id!r} is not among peers {ids}")
+        if self.join and not [i for i in ids if i != self.node_id]:
+            raise ConfigError("join needs peers: the voters of the cluster to join")
         if len(set(ids)) != len(ids):
             raise ConfigError(f"peers has duplicate ids: {ids}")
         if self.tick_ms < 1:
@@ -54,6 +67,12 @@ class ConsensusConfig:
             raise ConfigError("submit_timeout_ms must be >= 1")
         if not self.data_dir:
             raise ConfigError("data_dir is required")
+        if self.snapshot_entries < 1:
+            raise ConfigError("snapshot_entries must be >= 1")
+        if not 0 <= self.snapshot_keep_entries < self.snapshot_entries:
+            raise ConfigError("snapshot_keep_entries must be >= 0 and below snapshot_entries")
+        if not 1024 <= self.snapshot_chunk_bytes <= 16 * 1024 * 1024:
+            raise ConfigError("snapshot_chunk_bytes must be between 1 KiB and 16 MiB")
 
     @property
     def key_path(self) -> str:
@@ -83,6 +102,17 @@ class ConsensusConfig:
         p.add_argument("--log-level", default=env_str("FLEETSUIT_LOG_LEVEL", "INFO", env))
         p.add_argument("--key-file", default=env_str("FLEETSUIT_NODE_KEY_FILE", "", env),
                        help="Ed25519 block-signing key (PEM); created if missing; default DATA/node.key")
+        p.add_argument("--snapshot-entries", type=int,
+                       default=env_int("FLEETSUIT_SNAPSHOT_ENTRIES", 10_000, env),
+                       help="snapshot the ledger every N applied Raft entries")
+        p.add_argument("--snapshot-keep-entries", type=int,
+                       default=env_int("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", 1_000, env),
+                       help="log entries kept behind a snapshot for slightly lagging followers")
+        p.add_argument("--snapshot-chunk-bytes", type=int,
+                       default=env_int("FLEETSUIT_SNAPSHOT_CHUNK_BYTES", 1024 * 1024, env))
+        p.add_argument("--join", action="store_true",
+                       help="join a running cluster as a learner (peers = its voters); "
+                            "add it first with `fleetsuit cluster add`")
         a = p.parse_args(argv)
         peers = parse_peers(a.peers) if a.peers else ((a.node_id, a.listen),)
         config = cls(
@@ -98,6 +128,10 @@ class ConsensusConfig:
             submit_timeout_ms=a.submit_timeout_ms,
             log_level=a.log_level,
             key_file=a.key_file,
+            snapshot_entries=a.snapshot_entries,
+            snapshot_keep_entries=a.snapshot_keep_entries,
+            snapshot_chunk_bytes=a.snapshot_chunk_bytes,
+            join=a.join,
         )
         config.validate()
         return config

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fleetsuit.v1 import consensus_pb2 as pb
 
 from .ledger.block import BlockData
-from .raft.types import Entry, EntryType, Message, MessageType
+from .raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
 
 
 def entry_to_pb(entry: Entry) -> pb.RaftEntry:
@@ -15,6 +15,16 @@ def entry_to_pb(entry: Entry) -> pb.RaftEntry:
 
 def entry_from_pb(msg: pb.RaftEntry) -> Entry:
     return Entry(term=msg.term, index=msg.index, type=EntryType(msg.type), data=msg.data)
+
+
+def snapshot_meta_to_pb(meta: SnapshotMeta) -> pb.SnapshotMeta:
+    return pb.SnapshotMeta(
+        index=meta.index, term=meta.term, voters=list(meta.voters), learners=list(meta.learners)
+    )
+
+
+def snapshot_meta_from_pb(msg: pb.SnapshotMeta) -> SnapshotMeta:
+    return SnapshotMeta(msg.index, msg.term, tuple(msg.voters), tuple(msg.learners))
 
 
 def message_to_pb(msg: Message) -> pb.RaftMessage:
@@ -32,19 +42,23 @@ def message_to_pb(msg: Message) -> pb.RaftMessage:
         conflict_index=msg.conflict_index,
         match_index=msg.match_index,
         proposals=list(msg.proposals),
+        force=msg.force,
+        context=msg.context,
+        read_id=msg.read_id,
     )
     if msg.entries:
         out.entries.extend(entry_to_pb(e) for e in msg.entries)
-    if getattr(msg, "force", False):
-        out.force = True
+    if msg.snapshot is not None:
+        out.snapshot.CopyFrom(snapshot_meta_to_pb(msg.snapshot))
+        out.offset = msg.offset
+        out.data = msg.data
+        out.last = msg.done
     return out
 
 
 def message_from_pb(msg: pb.RaftMessage) -> Message:
     """Raises ValueError on an unknown message or entry type."""
-    kwargs = {}
-    if msg.force:
-        kwargs["force"] = True
+    snapshot = snapshot_meta_from_pb(msg.snapshot) if msg.HasField("snapshot") else None
     return Message(
         type=MessageType(msg.type),
         src=msg.src,
@@ -60,7 +74,14 @@ def message_from_pb(msg: pb.RaftMessage) -> Message:
         conflict_index=msg.conflict_index,
         match_index=msg.match_index,
         proposals=tuple(msg.proposals),
-        **kwargs,
+        force=msg.force,
+        snapshot=snapshot,
+        offset=msg.offset,
+        data=msg.data,
+        # proto3 bools default to false; only a snapshot chunk can be "not last".
+        done=msg.last if snapshot is not None else True,
+        context=msg.context,
+        read_id=msg.read_id,
     )
 
 

@@ -59,3 +59,41 @@ class BlockNotFound(ConsensusError):
 class ShuttingDown(ConsensusError):
     code = "SHUTTING_DOWN"
     status = grpc.StatusCode.UNAVAILABLE
+
+
+class SnapshotRejected(ConsensusError):
+    """A snapshot chunk or a received snapshot that is refused (bad offset,
+    size, format or checksum); the sender starts over."""
+
+    code = "SNAPSHOT_REJECTED"
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotLeader(ConsensusError):
+    """Only the leader takes this request."""
+
+    code = "NOT_LEADER"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, leader_hint: str = "") -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint
+
+
+class MembershipRefused(ConsensusError):
+    """A membership change that does not apply, or one while another is pending."""
+
+    code = "MEMBERSHIP_REFUSED"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ReadTimeout(ConsensusError):
+    code = "READ_TIMEOUT"
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ChangePending(ConsensusError):
+    """Another membership change (or the leader's first commit) is pending; retry."""
+
+    code = "CHANGE_PENDING"
+    status = grpc.StatusCode.UNAVAILABLE

@@ -59,6 +59,31 @@ class ConsensusMetrics:
             "fleetsuit_ledger_certificate_conflicts",
             "Peer signatures that did not verify or signed a different block.", registry=r,
         )
+        self.snapshots = Counter(
+            "fleetsuit_snapshot", "Snapshots saved, sent, received and installed.", ["kind"], registry=r
+        )
+        self.snapshot_failures = Counter(
+            "fleetsuit_snapshot_failures", "Snapshots that failed to save, send or install.", ["kind"],
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            "fleetsuit_snapshot_size_bytes", "Size of the latest snapshot saved or installed.", registry=r
+        )
+        self.snapshot_duration = Histogram(
+            "fleetsuit_snapshot_duration_seconds", "Time to save, send or install one snapshot.", ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0), registry=r,
+        )
+        self.snapshot_index = Gauge(
+            "fleetsuit_snapshot_index", "The log starts after this index (latest compaction).", registry=r
+        )
+        self.voters = Gauge("fleetsuit_server_voters", "Voting members in the configuration.", registry=r)
+        self.learners = Gauge("fleetsuit_server_learners", "Learners (non-voting members).", registry=r)
+        self.promotions = Counter(
+            "fleetsuit_server_learner_promotions", "Learners promoted to voters (applied).", registry=r
+        )
+        self.membership_changes = Counter(
+            "fleetsuit_server_membership_changes", "Membership changes applied.", ["kind"], registry=r
+        )
         self.peer_sent_failures = Counter(
             "fleetsuit_network_peer_sent_failures", "Failed stream sends to a peer.", ["to"], registry=r
         )

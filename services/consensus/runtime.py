@@ -13,6 +13,19 @@ forwards its batch to the leader and learns the outcome by applying it. When
 the leader changes, every submission still in flight is proposed again:
 idempotency keys make the retry harmless, and a failover costs one election
 instead of a client timeout.
+
+Snapshots (Raft §7): every ``snapshot_entries`` applied entries the loop
+takes a consistent RocksDB view of the applied state and a task writes it to
+a snapshot file; once that is durable and ``snapshot_keep_entries`` more
+entries are applied (a tail for followers that are only a little behind), the
+core and the stored log are compacted up to it. A SNAPSHOT message from the
+core is streamed to its peer in chunks by a task of its own, which reports
+back with ``snapshot_status`` exactly once. A snapshot received from a leader
+is installed (one atomic RocksDB batch) before anything else of its Ready.
+
+Membership: the address of every member comes with the CONFIG entry that
+added it; the transport and the certifier follow the configuration in
+effect (the core's voters and learners), never the static peer list.
 """
 
 from __future__ import annotations
@@ -24,20 +37,51 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from fleetsuit.v1 import consensus_pb2 as pb
 
 from .certifier import Certifier
-from .errors import CommitTimeout, InvalidEntry, NoLeader, ShuttingDown, StorageError
+from .errors import (
+    ChangePending,
+    CommitTimeout,
+    InvalidEntry,
+    MembershipRefused,
+    NoLeader,
+    NotLeader,
+    ShuttingDown,
+    StorageError,
+)
 from .ledger.block import BlockData
 from .ledger.certify import NodeKey
-from .ledger.machine import Applied, LedgerMachine, encode_batch
+from .ledger.machine import Applied, LedgerMachine, decode_member_context, encode_batch
+from .ledger.snapshot import read_snapshot
 from .metrics import ConsensusMetrics
+from .raft import types as raft_types
+from .raft.membership import (
+    ConfChange,
+    ConfChangeInvalid,
+    ConfChangeKind,
+    ConfChangePending,
+    ConfigDecodeError,
+    decode_config,
+)
 from .raft.node import RaftNode
 from .raft.roles import RequestKey, Transport
-from .raft.types import Message, MessageType, ProposalDropped, RaftConfig, Role
-from .storage import RocksStorage
+from .raft.types import (
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ProposalDropped,
+    RaftConfig,
+    Role,
+    SnapshotMeta,
+)
+from .reads import ReadTracker
+from .snapshots import FileSnapshotStore
+from .storage import RocksStorage, StateView
 from .transport import GrpcTransport
 
 log = logging.getLogger(__name__)
@@ -67,28 +111,55 @@ class ConsensusNode:
         cluster_id: str = "",
         node_key: NodeKey | None = None,
         certify_interval_s: float = 0.25,
+        snapshots: FileSnapshotStore | None = None,
+        snapshot_entries: int = 10_000,
+        snapshot_keep_entries: int = 1_000,
+        snapshot_chunk_bytes: int = 1024 * 1024,
+        addresses: dict[str, str] | None = None,
     ) -> None:
         self.config = raft_config
         self._storage = storage
         self._transport = transport
         self._metrics = metrics
+        self.snapshots = snapshots
+        self._snapshot_entries = snapshot_entries
+        self._snapshot_keep = snapshot_keep_entries
+        self._chunk_bytes = snapshot_chunk_bytes
+        self._cluster_id = cluster_id
+        self._node_key = node_key
         self._tick_s = tick_s
         self._stale_after_s = tick_s * raft_config.election_ticks * 2
         self._max_batch_entries = max_batch_entries
         self._max_batch_bytes = max_batch_bytes
         self._on_fatal = on_fatal
         self._new_blocks: list[BlockData] = []
-        self.machine = LedgerMachine(storage, on_block=self._new_blocks.append, cluster_id=cluster_id)
-        self.certifier: Certifier | None = None
-        if node_key is not None and isinstance(transport, GrpcTransport):
-            self.certifier = Certifier(
-                raft_config.node_id, cluster_id, node_key, storage, self.machine, raft_config.peers, metrics
-            )
+        self.machine = LedgerMachine(
+            storage, on_block=self._new_blocks.append, cluster_id=cluster_id, on_config=self._on_config
+        )
         self._certify_interval_s = certify_interval_s
+        snapshot = self._restore_snapshot()
         hard_state, entries = storage.load()
         self._core = RaftNode(
-            raft_config, rng, hard_state=hard_state, log=entries, applied=self.machine.applied_index()
+            raft_config, rng, hard_state=hard_state, log=entries, applied=self.machine.applied_index(),
+            snapshot=snapshot,
         )
+        # Peer addresses: the static ones, those recorded by applied CONFIG
+        # entries, and those of CONFIG entries in the log not yet applied.
+        self.addresses: dict[str, str] = dict(addresses or {})
+        self.addresses.update(storage.addresses())
+        self._learn_addresses(entries)
+        self._membership: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self.certifier: Certifier | None = None
+        self._build_certifier()
+        self._last_snapshot_index = snapshot.index if snapshot else 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._compact_at: SnapshotMeta | None = None
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._sending_meta: dict[str, SnapshotMeta] = {}
+        self._snapshot_results: list[tuple[str, bool]] = []
+        self._calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._reads = ReadTracker(tick_s * raft_config.election_ticks * 2)
+        self._applied_event = asyncio.Event()
         self._inbox: list[Message] = []
         self._ticks = 0
         self._wake = asyncio.Event()
@@ -115,7 +186,7 @@ class ConsensusNode:
         voter (the core first catches it up, then sends TimeoutNow) and wait
         until another node leads, so a rolling restart costs no election
         timeout. True if handed over."""
-        others = sorted(p for p in self.config.peers if p != self.config.node_id)
+        others = sorted(p for p in self._core.voters if p != self.config.node_id)
         if self._core.role != Role.LEADER or not others:
             return False
         self._core.transfer_leadership(others[0])
@@ -130,11 +201,16 @@ class ConsensusNode:
     async def stop(self) -> None:
         self._stopped = True
         self._wake.set()
-        for task in self._tasks:
+        extra = [*self._sending.values(), *([self._snapshot_task] if self._snapshot_task else [])]
+        for task in [*self._tasks, *extra]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in [*self._tasks, *extra]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._reads.fail_all(ShuttingDown("node is shutting down"))
+        for _, fut in self._calls:
+            if not fut.done():
+                fut.set_exception(ShuttingDown("node is shutting down"))
         for waiting in self._waiting.values():
             for fut in waiting.futures:
                 if not fut.done():
@@ -233,13 +309,19 @@ class ConsensusNode:
         inbox, self._inbox = self._inbox, []
         for msg in inbox:
             core.step(msg)
+        self._run_calls()
         self._track_leader()
         if ticks and self._waiting:
             self._repropose_stale()
+        if ticks:
+            self._reads.retry_stale()
         self._propose_queued()
+        self._ask_reads()
         while core.has_ready():
             rd = core.ready()
             started = time.perf_counter()
+            if rd.snapshot is not None:
+                await self._install_snapshot(rd.snapshot)
             messages = rd.messages
             if rd.entries and core.role == Role.LEADER:
                 # Raft §10.2.1: a leader may send AppendEntries before its own
@@ -252,10 +334,19 @@ class ConsensusNode:
                 self._metrics.fsync_duration.observe(time.perf_counter() - started)
             else:
                 self._storage.save(rd.hard_state, rd.entries)
+            if rd.entries:
+                self._learn_addresses(rd.entries)
+            snapshots = [m for m in messages if m.type == MessageType.SNAPSHOT]
+            if snapshots:
+                messages = [m for m in messages if m.type != MessageType.SNAPSHOT]
+                for m in snapshots:
+                    self._start_snapshot_send(m)
             self._transport.send(messages)
             if rd.committed:
                 self._apply(rd.committed)
             core.advance(rd)
+            if rd.read_states:
+                self._reads.confirmed(rd.read_states, self.machine.applied_index())
             self._metrics.append_duration.observe(time.perf_counter() - started)
             self._track_leader()
             # Inputs that arrived during the sync go into the next round at once.
@@ -266,10 +357,38 @@ class ConsensusNode:
                 ticks, self._ticks = self._ticks, 0
                 for _ in range(ticks):
                     core.tick()
+            self._run_calls()
             self._propose_queued()
+            self._ask_reads()
+        self._sync_membership()
+        self._maybe_snapshot()
         status = core.status()
         self._metrics.term.set(status.term)
         self._metrics.commit_index.set(status.commit_index)
+
+    def _run_calls(self) -> None:
+        """Requests that need the core (membership changes, transfers) and
+        snapshot stream results, run here so that one task touches the core."""
+        results, self._snapshot_results = self._snapshot_results, []
+        for peer, ok in results:
+            self._core.snapshot_status(peer, ok)
+        calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            if fut.done():
+                continue
+            try:
+                fut.set_result(fn())
+            except Exception as exc:  # handed to the caller, who maps it to an error
+                fut.set_exception(exc)
+
+    def _call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._stopped:
+            fut.set_exception(ShuttingDown("node is shutting down"))
+            return fut
+        self._calls.append((fn, fut))
+        self._wake.set()
+        return fut
 
     def _track_leader(self) -> None:
         leader = self._core.leader_id
@@ -344,11 +463,309 @@ class ConsensusNode:
         self._metrics.applied_index.set(self.machine.applied_index())
         self._metrics.block_height.set(self.machine.height)
         self._metrics.proposals_pending.set(len(self._waiting))
+        self._reads.applied(self.machine.applied_index())
+        self._applied_event.set()
         if self._new_blocks:
             blocks, self._new_blocks[:] = list(self._new_blocks), []
             if self.certifier is not None and isinstance(self._transport, GrpcTransport):
                 self._transport.share_signatures(self.certifier.sign_blocks(blocks))
             asyncio.get_running_loop().create_task(self._notify_block())
+
+    # ------------------------------------------------------------ snapshots
+
+    def _restore_snapshot(self) -> SnapshotMeta | None:
+        """At start: the newest snapshot file the applied state covers. Files
+        beyond the applied index were received but never installed (a crash
+        in between): dropped, the leader sends again. The stored log it
+        covers is deleted (a compaction cut short by a crash)."""
+        if self.snapshots is None:
+            return None
+        applied = self._storage.applied_index()
+        meta = self.snapshots.latest(max_index=applied)
+        self.snapshots.prune([meta.index] if meta else [])
+        if meta is not None:
+            self._storage.delete_log_through(meta.index)
+            self._metrics.snapshot_index.set(meta.index)
+        return meta
+
+    def _maybe_snapshot(self) -> None:
+        if self.snapshots is None:
+            return
+        core = self._core
+        applied = core.status().applied_index
+        pending = self._compact_at
+        if pending is not None and applied >= pending.index + self._snapshot_keep:
+            # Raft §7: compact behind a durable snapshot, keeping a tail.
+            self._compact_at = None
+            core.compact(pending.index)
+            self._storage.delete_log_through(pending.index)
+            self._metrics.snapshot_index.set(pending.index)
+            keep = {pending.index} | {m.index for m in self._sending_metas()}
+            self.snapshots.prune(keep)
+        if (
+            self._snapshot_task is None
+            and self._compact_at is None
+            and applied - self._last_snapshot_index >= self._snapshot_entries
+        ):
+            self.take_snapshot()
+
+    def take_snapshot(self) -> None:
+        """Snapshot the applied state as of now (a consistent RocksDB view);
+        a task writes the file and then schedules the compaction."""
+        assert self.snapshots is not None
+        applied = self._core.status().applied_index
+        if applied < 1 or self._snapshot_task is not None:
+            return
+        meta = self._core.snapshot_meta(applied)
+        self._storage.sync()  # the applied state the view holds is durable
+        view = self._storage.state_view()
+        self._last_snapshot_index = applied
+        self._snapshot_task = asyncio.create_task(self._write_snapshot(meta, view), name="snapshot")
+
+    async def _write_snapshot(self, meta: SnapshotMeta, view: StateView) -> None:
+        assert self.snapshots is not None
+        started = time.perf_counter()
+        try:
+            size = await asyncio.to_thread(self.snapshots.save, meta, self._storage.state_records(view))
+        except Exception as exc:  # a full disk: retried at the next threshold
+            log.error("snapshot at %d failed: %s", meta.index, exc)
+            self._metrics.snapshot_failures.labels("save").inc()
+            self._last_snapshot_index = self._core.status().snapshot_index
+            return
+        finally:
+            self._snapshot_task = None
+        self._metrics.snapshots.labels("saved").inc()
+        self._metrics.snapshot_bytes.set(size)
+        self._metrics.snapshot_duration.labels("save").observe(time.perf_counter() - started)
+        log.info("snapshot at index %d: %d bytes", meta.index, size)
+        self._compact_at = meta
+        self._wake.set()
+
+    def _sending_metas(self) -> list[SnapshotMeta]:
+        return list(self._sending_meta.values())
+
+    def _start_snapshot_send(self, msg: Message) -> None:
+        """Stream the snapshot a SNAPSHOT message names to its peer; the core
+        hears back exactly once (``snapshot_status``)."""
+        assert msg.snapshot is not None
+        old = self._sending.get(msg.dst)
+        if old is not None and not old.done():
+            old.cancel()  # its status is reported by its own finally
+        self._sending_meta[msg.dst] = msg.snapshot
+        self._sending[msg.dst] = asyncio.create_task(self._send_snapshot(msg), name=f"snap-{msg.dst}")
+
+    async def _send_snapshot(self, msg: Message) -> None:
+        assert msg.snapshot is not None
+        meta, ok = msg.snapshot, False
+        started = time.perf_counter()
+        try:
+            if self.snapshots is None or not self.snapshots.has(meta) or not isinstance(
+                self._transport, GrpcTransport
+            ):
+                log.warning("snapshot %d for %s is not stored; taking a new one", meta.index, msg.dst)
+                if self.snapshots is not None:
+                    self._force_snapshot()
+                return
+            store, size = self.snapshots, self.snapshots.size_of(meta)
+
+            async def chunks() -> Any:
+                offset = 0
+                while True:
+                    data = await asyncio.to_thread(store.read_chunk, meta, offset, self._chunk_bytes)
+                    done = offset + len(data) >= size
+                    yield replace(msg, offset=offset, data=data, done=done)
+                    offset += len(data)
+                    if done:
+                        return
+
+            ok = await self._transport.send_snapshot(msg.dst, chunks())
+            if ok:
+                self._metrics.snapshots.labels("sent").inc()
+                self._metrics.snapshot_duration.labels("send").observe(time.perf_counter() - started)
+                log.info("snapshot %d sent to %s (%d bytes)", meta.index, msg.dst, size)
+            else:
+                self._metrics.snapshot_failures.labels("send").inc()
+        finally:
+            self._snapshot_results.append((msg.dst, ok))
+            self._sending_meta.pop(msg.dst, None)
+            self._wake.set()
+
+    def snapshot_received(self, msg: Message, seconds: float) -> None:
+        """The receiver stored a complete, verified snapshot: the core decides
+        whether to take it (the final chunk, without its data)."""
+        self._metrics.snapshots.labels("received").inc()
+        self._metrics.snapshot_duration.labels("receive").observe(seconds)
+        self.deliver([replace(msg, data=b"", offset=0, done=True)])
+
+    def _force_snapshot(self) -> None:
+        self._last_snapshot_index = 0
+        self._wake.set()
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Ready.snapshot: replace the applied state and the log with the
+        received snapshot (verified and stored by the receiver), atomically."""
+        if self.snapshots is None:
+            raise StorageError("a snapshot arrived but this node keeps no snapshots")
+        store, storage = self.snapshots, self._storage
+        started = time.perf_counter()
+        if self._snapshot_task is not None:
+            # Our own snapshot reads the state being replaced: let it finish.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._snapshot_task)
+
+        def install() -> None:
+            with open(store.path_of(meta), "rb") as f:
+                got, records = read_snapshot(f, store.max_snapshot_bytes)
+                if got != meta:
+                    raise StorageError(f"stored snapshot holds {got}, not {meta}")
+                storage.install_snapshot(meta, records)
+
+        await asyncio.to_thread(install)
+        self.machine.reload()
+        self._build_certifier()
+        self.addresses.update(storage.addresses())
+        self._last_snapshot_index = meta.index
+        self._compact_at = None
+        store.prune([meta.index])
+        self._metrics.snapshots.labels("installed").inc()
+        self._metrics.snapshot_bytes.set(store.size_of(meta))
+        self._metrics.snapshot_duration.labels("install").observe(time.perf_counter() - started)
+        self._metrics.snapshot_index.set(meta.index)
+        self._metrics.applied_index.set(self.machine.applied_index())
+        self._metrics.block_height.set(self.machine.height)
+        log.info("installed snapshot at index %d (term %d)", meta.index, meta.term)
+        # Submissions the snapshot covers get their first answer now.
+        for key in list(self._waiting):
+            earlier = storage.get_request(key.client_id, key.request_id)
+            if earlier is not None:
+                for fut in self._waiting.pop(key).futures:
+                    if not fut.done():
+                        fut.set_result(Applied(key, earlier[0], earlier[1], True))
+        self._reads.applied(self.machine.applied_index())
+        self._applied_event.set()
+        asyncio.get_running_loop().create_task(self._notify_block())
+
+    # ------------------------------------------------------------ membership
+
+    def _learn_addresses(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            if entry.type is not EntryType.CONFIG:
+                continue
+            try:
+                _, change = decode_config(entry.data)
+            except ConfigDecodeError:
+                continue
+            address = decode_member_context(change.context)
+            if change.kind is ConfChangeKind.ADD_LEARNER and address:
+                self.addresses[change.node_id] = address
+
+    def _on_config(self, change: ConfChange) -> None:
+        self._metrics.membership_changes.labels(change.kind.value).inc()
+        if change.kind is ConfChangeKind.PROMOTE:
+            self._metrics.promotions.inc()
+
+    def members(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(voters, learners) of the configuration in effect here."""
+        s = self._core.status()
+        return s.voters, s.learners
+
+    def knows(self, node_id: str) -> bool:
+        voters, learners = self._membership
+        return node_id in voters or node_id in learners or node_id in self.addresses
+
+    def _sync_membership(self) -> None:
+        current = self.members()
+        if current == self._membership:
+            return
+        self._membership = current
+        voters, learners = current
+        self._metrics.voters.set(len(voters))
+        self._metrics.learners.set(len(learners))
+        if self.certifier is not None:
+            self.certifier.set_voters(voters)
+        if isinstance(self._transport, GrpcTransport):
+            me = self.config.node_id
+            wanted = {n: self.addresses[n] for n in (*voters, *learners) if n != me and n in self.addresses}
+            missing = [n for n in (*voters, *learners) if n != me and n not in self.addresses]
+            if missing:
+                log.warning("no address known for members %s", missing)
+            self._transport.set_peers(wanted)
+
+    def _build_certifier(self) -> None:
+        if self._node_key is None or not isinstance(self._transport, GrpcTransport):
+            return
+        self.certifier = Certifier(
+            self.config.node_id, self._cluster_id, self._node_key, self._storage, self.machine,
+            self._core.voters, self._metrics,
+        )
+
+    async def change_membership(self, change: ConfChange, address: str = "") -> int:
+        """Leader only: append a CONFIG entry and wait for it to be applied here."""
+        def propose() -> int:
+            core = self._core
+            if core.role is not Role.LEADER:
+                raise NotLeader(f"not the leader (leader: {core.leader_id or 'unknown'})", core.leader_id)
+            if address:
+                self.addresses[change.node_id] = address
+            try:
+                return core.propose_conf_change(change)
+            except ConfChangePending as exc:
+                raise ChangePending(str(exc)) from exc
+            except ConfChangeInvalid as exc:
+                raise MembershipRefused(str(exc)) from exc
+            except raft_types.ProposalDropped as exc:
+                raise ChangePending(str(exc)) from exc
+
+        index: int = await self._call(propose)
+        if not await self.wait_applied(index, self._stale_after_s * 10):
+            raise CommitTimeout(f"membership change at index {index} not applied in time; check status")
+        return index
+
+    async def transfer_leader(self, target: str, timeout_s: float) -> str:
+        def start() -> None:
+            core = self._core
+            if core.role is not Role.LEADER:
+                raise NotLeader(f"not the leader (leader: {core.leader_id or 'unknown'})", core.leader_id)
+            if target not in core.voters:
+                raise MembershipRefused(f"{target} is not a voter")
+            core.transfer_leadership(target)
+
+        await self._call(start)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._core.leader_id != target:
+            await asyncio.sleep(self._tick_s)
+        return self._core.leader_id
+
+    async def wait_applied(self, index: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.machine.applied_index() < index:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopped:
+                return False
+            self._applied_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._applied_event.wait(), remaining)
+        return True
+
+    # ------------------------------------------------------------ reads
+
+    async def read_barrier(self, timeout_s: float) -> int:
+        """Dissertation §6.4: returns once this node applied everything that
+        was committed when the call was made (a linearizable read point)."""
+        if self._stopped:
+            raise ShuttingDown("node is shutting down")
+        fut = self._reads.add(timeout_s)
+        self._wake.set()
+        return await fut
+
+    def _ask_reads(self) -> None:
+        for context, fut in self._reads.take_queued():
+            try:
+                self._core.read_index(context)
+            except ProposalDropped:
+                self._reads.queued.append(fut)  # no leader yet: asked again next round
+                continue
+            self._reads.asked(context, fut)
 
     # ------------------------------------------------------------ certificates
 
@@ -356,13 +773,21 @@ class ConsensusNode:
         """Record this node's key in the ledger once, then pull the signatures
         of blocks that still lack a majority (pushes can be lost)."""
         assert self.certifier is not None and isinstance(self._transport, GrpcTransport)
-        certifier, transport = self.certifier, self._transport
+        transport = self._transport
         registered = False
-        request_id = int.from_bytes(certifier.public_key[:7], "big")
         while not self._stopped:
             await asyncio.sleep(self._certify_interval_s)
+            certifier = self.certifier
+            # A key registration already applied (before a removal) would be
+            # answered as a duplicate: take the first request id not used yet.
+            request_id = int.from_bytes(certifier.public_key[:6], "big") << 8
+            while self._storage.get_request(f"node/{self.config.node_id}", request_id) is not None:
+                request_id += 1
+            registered = registered and self.machine.member_key(self.config.node_id) == certifier.public_key
             if not registered:
-                registered = self.machine.member_key(self.config.node_id) is not None
+                # Registered once the ledger holds our key; a node removed and
+                # added again (its key forgotten) registers anew.
+                registered = self.machine.member_key(self.config.node_id) == certifier.public_key
                 if not registered and self._core.leader_id:
                     entry = pb.LedgerEntry(
                         client_id=f"node/{self.config.node_id}", request_id=request_id,
@@ -403,4 +828,8 @@ class ConsensusNode:
             "applied_index": self.machine.applied_index(),
             "last_log_index": s.last_index,
             "block_height": self.machine.height,
+            "voters": s.voters,
+            "learners": s.learners,
+            "snapshot_index": s.snapshot_index,
+            "pending_conf_index": s.pending_conf_index,
         }

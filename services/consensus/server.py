@@ -9,6 +9,8 @@ is set (SIGINT/SIGTERM in ``__main__``), then drains gracefully.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -27,15 +29,18 @@ from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 from .config import ConsensusConfig
 from .convert import block_to_pb, message_from_pb
-from .errors import BlockNotFound, ConsensusError, InvalidEntry
+from .errors import BlockNotFound, ConsensusError, InvalidEntry, NotLeader, SnapshotRejected
 from .ledger.block import merkle_path
 from .ledger.certify import NodeKey
-from .ledger.machine import Applied
+from .ledger.machine import Applied, encode_member_context
 from .metrics import ConsensusMetrics
+from .raft.membership import ConfChange, ConfChangeKind
 from .raft.roles import RequestKey
-from .raft.types import RaftConfig
+from .raft.types import MessageType, RaftConfig
 from .runtime import ConsensusNode
+from .snapshots import FileSnapshotStore
 from .storage import RocksStorage
+from .synchronizer import advertised_address, plan_rejoin, rejoin
 from .transport import CLUSTER_HEADER, GrpcTransport
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,7 @@ class RaftPeerServicer(pb_grpc.RaftPeerServicer):
     def __init__(self, node: ConsensusNode, cluster_id: str) -> None:
         self._node = node
         self._cluster_id = cluster_id
-        self._members = set(node.config.peers)
+        self._receiving = asyncio.Lock()  # one snapshot staged at a time
 
     async def _check_cluster(self, context: grpc.aio.ServicerContext) -> None:
         got = dict(context.invocation_metadata() or ()).get(CLUSTER_HEADER)
@@ -74,7 +79,7 @@ class RaftPeerServicer(pb_grpc.RaftPeerServicer):
         async for batch in request_iterator:
             messages = []
             for raw in batch.messages:
-                if raw.src not in self._members:
+                if not self._node.knows(raw.src):
                     continue  # an unknown peer: ignored, never stepped
                 try:
                     messages.append(message_from_pb(raw))
@@ -82,6 +87,40 @@ class RaftPeerServicer(pb_grpc.RaftPeerServicer):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BAD_MESSAGE: unknown type")
             if messages:
                 self._node.deliver(messages)
+        return pb.PeerAck()
+
+    async def InstallSnapshot(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.RaftMessage], context: grpc.aio.ServicerContext
+    ) -> pb.PeerAck:
+        """Raft §7: stage the chunks; only the complete, verified snapshot is
+        handed to the core (as the final SNAPSHOT message, without data)."""
+        await self._check_cluster(context)
+        store = self._node.snapshots
+        if store is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "NO_SNAPSHOTS: this node keeps none")
+            raise AssertionError("unreachable")
+        async with self._receiving:
+            started = asyncio.get_running_loop().time()
+            async for raw in request_iterator:
+                try:
+                    msg = message_from_pb(raw)
+                except ValueError:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BAD_MESSAGE: unknown type")
+                    raise AssertionError("unreachable") from None
+                if msg.type is not MessageType.SNAPSHOT or msg.snapshot is None or not self._node.knows(msg.src):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BAD_MESSAGE: not a snapshot chunk")
+                try:
+                    complete = await asyncio.to_thread(
+                        store.receive, msg.snapshot, msg.offset, msg.data, msg.done
+                    )
+                except SnapshotRejected as exc:
+                    await _abort(context, exc)
+                    raise AssertionError("unreachable") from exc
+                if complete:
+                    self._node.snapshot_received(
+                        msg, asyncio.get_running_loop().time() - started
+                    )
+                    return pb.PeerAck()
         return pb.PeerAck()
 
     async def Ping(self, request: pb.PeerAck, context: grpc.aio.ServicerContext) -> pb.PeerAck:  # noqa: N802
@@ -205,9 +244,27 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             raise InvalidEntry(f"entry is {len(payload)} bytes; the limit is {self._config.max_entry_bytes}")
         return payload, (request.timeout_ms or self._config.submit_timeout_ms) / 1000
 
+    async def _consistent(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self._node.read_barrier(self._config.submit_timeout_ms / 1000)
+        except ConsensusError as exc:
+            await _abort(context, exc)
+
+    def _members(self) -> list[pb.Member]:
+        voters, learners = self._node.members()
+        out = []
+        for nid in sorted({*voters, *learners}):
+            out.append(pb.Member(
+                node_id=nid, address=self._node.addresses.get(nid, ""), voter=nid in voters,
+                public_key=self._node.machine.member_key(nid) or b"",
+            ))
+        return out
+
     async def Status(  # noqa: N802
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusResponse:
+        if request.consistent:
+            await self._consistent(context)
         s = self._node.status()
         return pb.StatusResponse(
             node_id=str(s["node_id"]),
@@ -219,14 +276,58 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             last_log_index=int(s["last_log_index"]),  # type: ignore[call-overload]
             block_height=int(s["block_height"]),  # type: ignore[call-overload]
             cluster_id=self._config.cluster_id,
-            members=[pb.Member(node_id=nid, address=addr, voter=True) for nid, addr in self._config.peers],
+            members=self._members(),
             public_key=self._node.certifier.public_key if self._node.certifier else b"",
             certified_height=self._node.certifier.certified_height if self._node.certifier else 0,
+            snapshot_index=int(s["snapshot_index"]),  # type: ignore[call-overload]
+            pending_conf_index=int(s["pending_conf_index"]),  # type: ignore[call-overload]
         )
+
+    async def _membership(
+        self, context: grpc.aio.ServicerContext, change: ConfChange, address: str = ""
+    ) -> pb.MembershipResponse:
+        if not change.node_id or (change.kind is ConfChangeKind.ADD_LEARNER and ":" not in address):
+            await _abort(context, InvalidEntry("node_id and, to add, address host:port are required"))
+        try:
+            index = await self._node.change_membership(change, address)
+        except ConsensusError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.MembershipResponse(
+            index=index, members=self._members(), leader_id=str(self._node.status()["leader_id"])
+        )
+
+    async def AddMember(  # noqa: N802
+        self, request: pb.AddMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MembershipResponse:
+        change = ConfChange(
+            ConfChangeKind.ADD_LEARNER, request.node_id, encode_member_context(request.address)
+        )
+        return await self._membership(context, change, request.address)
+
+    async def RemoveMember(  # noqa: N802
+        self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MembershipResponse:
+        return await self._membership(context, ConfChange(ConfChangeKind.REMOVE, request.node_id))
+
+    async def TransferLeader(  # noqa: N802
+        self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MembershipResponse:
+        timeout_s = self._config.election_ticks * 2 * self._config.tick_ms / 1000
+        try:
+            leader = await self._node.transfer_leader(request.target, timeout_s)
+        except ConsensusError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        if leader != request.target:
+            await _abort(context, NotLeader(f"leadership did not move to {request.target} (leader: {leader})"))
+        return pb.MembershipResponse(members=self._members(), leader_id=leader)
 
     async def GetBlock(  # noqa: N802
         self, request: pb.GetBlockRequest, context: grpc.aio.ServicerContext
     ) -> pb.Block:
+        if request.consistent:
+            await self._consistent(context)
         block = self._node.machine.get_block(request.height)
         if block is None:
             await _abort(context, BlockNotFound(f"no block at height {request.height}"))
@@ -295,6 +396,7 @@ class Deps:
     metrics: ConsensusMetrics
     rng: random.Random
     node_key: NodeKey | None = None
+    snapshots: FileSnapshotStore | None = None
 
 
 def build_node(
@@ -302,14 +404,20 @@ def build_node(
     deps: Deps,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> tuple[ConsensusNode, GrpcTransport]:
+    ids = tuple(p[0] for p in config.peers)
     raft_config = RaftConfig(
         node_id=config.node_id,
-        peers=tuple(p[0] for p in config.peers),
+        # A joining node starts as a learner: it never campaigns, so its
+        # bootstrap view of the voters does no harm until it learns the real one.
+        peers=tuple(i for i in ids if i != config.node_id) if config.join else ids,
+        learners=(config.node_id,) if config.join else (),
         election_ticks=config.election_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
     )
     raft_config.validate()
-    transport = GrpcTransport(config.node_id, config.cluster_id, config.peer_addresses, deps.metrics)
+    addresses = dict(config.peer_addresses)
+    addresses.setdefault(config.node_id, config.listen)
+    transport = GrpcTransport(config.node_id, config.cluster_id, addresses, deps.metrics)
     node = ConsensusNode(
         raft_config,
         deps.storage,
@@ -322,6 +430,11 @@ def build_node(
         on_fatal=on_fatal,
         cluster_id=config.cluster_id,
         node_key=deps.node_key,
+        snapshots=deps.snapshots,
+        snapshot_entries=config.snapshot_entries,
+        snapshot_keep_entries=config.snapshot_keep_entries,
+        snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+        addresses=addresses,
     )
     return node, transport
 
@@ -348,10 +461,25 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
         os.path.join(config.data_dir, "consensus"), node_id=config.node_id, cluster_id=config.cluster_id
     )
     metrics = ConsensusMetrics()
+    snapshots = FileSnapshotStore(
+        os.path.join(config.data_dir, "snapshots"),
+        max_snapshot_bytes=config.max_snapshot_bytes,
+        max_chunk_bytes=max(config.snapshot_chunk_bytes, 4 * 1024 * 1024),
+    )
     deps = Deps(
         storage=storage, metrics=metrics, rng=random.Random(),
-        node_key=NodeKey.load_or_create(Path(config.key_path)),
+        node_key=NodeKey.load_or_create(Path(config.key_path)), snapshots=snapshots,
     )
+    rejoining = False
+    advertise = advertised_address(config)
+    if storage.is_blank() and not config.join:
+        # Synchronizer: a wiped node of a running cluster comes back as a
+        # learner and has itself removed and added again (see synchronizer.py).
+        voters = await plan_rejoin(config)
+        if voters is not None:
+            log.info("data directory is empty but the cluster knows this node: rejoining")
+            config = dataclasses.replace(config, join=True, peers=voters)
+            rejoining = True
     stop = shutdown or asyncio.Event()
     fatal: list[BaseException] = []
 
@@ -368,11 +496,18 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
     node.start()
     await mark_serving(health, SERVICE_NAMES)  # type: ignore[arg-type]
     log.info("consensus %s serving on port %d, peers %s", config.node_id, port, config.peers)
+    rejoin_task = (
+        asyncio.create_task(rejoin(config, advertise, node)) if rejoining else None
+    )
     try:
         await stop.wait()
         if not fatal and await node.hand_over_leadership(timeout_s=config.election_ticks * config.tick_ms / 1000):
             log.info("leadership handed over before shutdown")
     finally:
+        if rejoin_task is not None:
+            rejoin_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rejoin_task
         await graceful_stop(server, health, grace_s=1.0)  # type: ignore[arg-type]
         await node.stop()
         await transport.stop()

@@ -13,6 +13,11 @@ On-disk format, version 1 (all integers big-endian):
     k/<node_id>    -> raw Ed25519 public key recorded in the ledger (applied state)
     s/<u64 height><node_id> -> a node's signature over that block's hash
     a/certified    -> u64 height up to which every block has a majority certificate
+    p/<node_id>    -> a member's peer address (applied state, from CONFIG entries)
+
+The applied state (a/, b/, r/, k/, s/, p/) is what a snapshot holds
+(``ledger/snapshot.py``); ``install_snapshot`` replaces it and the whole log
+in one atomic batch, so a crash leaves either the old state or the new one.
 
 where record(x) = u32 crc32(x) | x. A record whose checksum does not match
 stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
@@ -30,12 +35,14 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import StorageCorrupt, StorageError, StorageFull, WrongDataDirectory
-from .raft.types import Entry, EntryType, HardState
+from .ledger.snapshot import ALLOWED_KEYS, ALLOWED_PREFIXES
+from .raft.types import Entry, EntryType, HardState, SnapshotMeta
 
 FORMAT_VERSION = b"1"
 _U64 = struct.Struct(">Q")
@@ -52,6 +59,11 @@ P_REQUEST = b"r/"
 P_KEY = b"k/"
 P_SIGNATURE = b"s/"
 K_CERTIFIED = b"a/certified"
+P_ADDRESS = b"p/"
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def _record(payload: bytes) -> bytes:
@@ -97,6 +109,13 @@ def decode_entry(index: int, raw: bytes) -> Entry:
 def _is_disk_full(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "no space" in text or "enospc" in text or "disk full" in text
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    applied: int
+    height: int
+    small: list[tuple[bytes, bytes]]
 
 
 class RocksStorage:
@@ -212,6 +231,10 @@ class RocksStorage:
         if hard_state is not None:
             self._durable_term_vote = (hard_state.term, hard_state.vote)
 
+    def is_blank(self) -> bool:
+        """Nothing stored yet: no term, no vote, no log, nothing applied."""
+        return self.load_hard_state() == HardState() and self._last_index == 0 and self.applied_index() == 0
+
     @property
     def last_index(self) -> int:
         return self._last_index
@@ -244,23 +267,115 @@ class RocksStorage:
         raw = self._db.get(P_KEY + node_id.encode())
         return None if raw is None else bytes(raw)
 
+    def addresses(self) -> dict[str, str]:
+        it = self._db.iter()
+        it.seek(P_ADDRESS)
+        out = {}
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(P_ADDRESS):
+                break
+            out[key[len(P_ADDRESS) :].decode()] = bytes(it.value()).decode()
+            it.next()
+        return out
+
     def write_applied(
         self,
         applied: int,
         blocks: Sequence[tuple[int, bytes]],
         requests: Sequence[tuple[str, int, int, int]],
-        member_keys: Sequence[tuple[str, bytes]] = (),
+        member_keys: Sequence[tuple[str, bytes | None]] = (),
+        addresses: Sequence[tuple[str, str | None]] = (),
     ) -> None:
-        """Atomically record new blocks, request answers, member keys and the applied index."""
+        """Atomically record new blocks, request answers, member keys, peer
+        addresses (None: removed) and the applied index."""
         batch = WriteBatch(raw_mode=True)
+        for node_id, address in addresses:
+            if address is None:
+                batch.delete(P_ADDRESS + node_id.encode())
+            else:
+                batch.put(P_ADDRESS + node_id.encode(), address.encode())
         for height, encoded in blocks:
             batch.put(block_key(height), _record(encoded))
         for client_id, request_id, index, height in requests:
             batch.put(request_key(client_id, request_id), struct.pack(">QQ", index, height))
         for node_id, public_key in member_keys:
-            batch.put(P_KEY + node_id.encode(), public_key)
+            if public_key is None:
+                batch.delete(P_KEY + node_id.encode())
+            else:
+                batch.put(P_KEY + node_id.encode(), public_key)
         batch.put(K_APPLIED, _U64.pack(applied))
         self._write(batch, sync=False)
+
+    # ------------------------------------------------------------ snapshots
+
+    def state_view(self) -> StateView:
+        """A consistent view of the applied state as of now, readable later
+        from another thread with ``state_records`` while the ledger moves on.
+
+        (rocksdict's iterators ignore a RocksDB snapshot, so the view relies
+        on what the ledger never rewrites instead: blocks and request answers
+        are written once, under a height and an index, so the view keeps the
+        bounds and filters by them; the few mutable records (member keys,
+        addresses, the applied and certified heights) are copied now.)"""
+        small: list[tuple[bytes, bytes]] = []
+        for key in (K_APPLIED, K_CERTIFIED):
+            raw = self._db.get(key)
+            if raw is not None:
+                small.append((key, bytes(raw)))
+        for prefix in (P_KEY, P_ADDRESS):
+            small.extend(self._scan(prefix))
+        return StateView(self.applied_index(), self.last_block_height(), small)
+
+    def _scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(start or prefix)
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            yield key, bytes(it.value())
+            it.next()
+
+    def state_records(self, view: StateView) -> Iterator[tuple[bytes, bytes]]:
+        """Every applied-state record of ``view``."""
+        yield from view.small
+        for key, value in self._scan(P_BLOCK):
+            if _U64.unpack(key[len(P_BLOCK) :])[0] > view.height:
+                break
+            yield key, value
+        for key, value in self._scan(P_SIGNATURE):
+            if _U64.unpack(key[len(P_SIGNATURE) : len(P_SIGNATURE) + 8])[0] > view.height:
+                break
+            yield key, value
+        for key, value in self._scan(P_REQUEST):
+            if struct.unpack(">QQ", value)[0] <= view.applied:
+                yield key, value
+
+    def install_snapshot(self, meta: SnapshotMeta, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Replace the applied state and the whole log with a snapshot, in one
+        atomic, synced batch. ``records`` is consumed entirely before anything
+        is written: if it raises (a bad snapshot), nothing changes."""
+        batch = WriteBatch(raw_mode=True)
+        for prefix in (*ALLOWED_PREFIXES, P_LOG):
+            batch.delete_range(prefix, _prefix_end(prefix))
+        for key in ALLOWED_KEYS:
+            batch.delete(key)
+        for key, value in records:
+            batch.put(key, value)
+        batch.put(K_APPLIED, _U64.pack(meta.index))
+        self._write(batch, sync=True)
+        self._last_index = meta.index
+
+    def delete_log_through(self, index: int) -> None:
+        """Compaction: the log up to ``index`` is covered by a durable snapshot."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(log_key(0), log_key(index + 1))
+        self._write(batch, sync=False)
+
+    def sync(self) -> None:
+        """Make every write so far durable (before a snapshot is taken of it)."""
+        self._write(WriteBatch(raw_mode=True), sync=True)
 
     # ------------------------------------------------------------ certificates
 

@@ -3,6 +3,10 @@ peer carries batches of Raft messages; answers come back on the peer's own
 stream to us. Sending never blocks the Raft loop: messages queue per peer
 (bounded: when a peer is unreachable the oldest are dropped, which Raft
 tolerates) and a task per peer drains the queue, reconnecting quickly.
+
+Peers follow the configuration: ``set_peers`` adds and removes them as
+membership changes. Snapshots travel on a stream of their own
+(``InstallSnapshot``), so a large one never delays heartbeats.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
 
@@ -30,6 +34,7 @@ CLUSTER_HEADER = "x-fleetsuit-cluster"
 MAX_QUEUED_PER_PEER = 4_096
 RECONNECT_DELAY_S = 0.05
 RTT_INTERVAL_S = 5.0
+SNAPSHOT_TIMEOUT_S = 600.0
 
 
 class _Peer:
@@ -55,25 +60,76 @@ class GrpcTransport:
         self._metadata = ((CLUSTER_HEADER, cluster_id),)
         self._metrics = metrics
         self._peers = {pid: _Peer(pid, addr) for pid, addr in peers.items() if pid != node_id}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._oneshots: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         for peer in self._peers.values():
-            self._tasks.append(asyncio.create_task(self._run_peer(peer), name=f"peer-{peer.node_id}"))
-            self._tasks.append(asyncio.create_task(self._measure_rtt(peer), name=f"rtt-{peer.node_id}"))
+            self._start_peer(peer)
+
+    def _start_peer(self, peer: _Peer) -> None:
+        self._tasks[peer.node_id] = [
+            asyncio.create_task(self._run_peer(peer), name=f"peer-{peer.node_id}"),
+            asyncio.create_task(self._measure_rtt(peer), name=f"rtt-{peer.node_id}"),
+        ]
+
+    def peers(self) -> dict[str, str]:
+        return {pid: p.address for pid, p in self._peers.items()}
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """Follow the configuration: connect to new members (or new
+        addresses), disconnect from removed ones."""
+        peers = {pid: addr for pid, addr in peers.items() if pid != self._node_id}
+        for pid in list(self._peers):
+            if peers.get(pid) != self._peers[pid].address:
+                self._drop_peer(pid)
+        for pid, addr in peers.items():
+            if pid not in self._peers:
+                peer = _Peer(pid, addr)
+                self._peers[pid] = peer
+                if self._started and not self._closing:
+                    self._start_peer(peer)
+
+    def _drop_peer(self, pid: str) -> None:
+        peer = self._peers.pop(pid)
+        for task in self._tasks.pop(pid, []):
+            task.cancel()
+        closing = asyncio.create_task(peer.channel.close(grace=None))
+        self._oneshots.add(closing)
+        closing.add_done_callback(self._oneshots.discard)
 
     async def stop(self) -> None:
         self._closing = True
-        for task in self._tasks:
+        tasks = [t for ts in self._tasks.values() for t in ts]
+        for task in [*tasks, *self._oneshots]:
             task.cancel()
-        for task in [*self._tasks, *self._oneshots]:
-            task.cancel()
+        for task in [*tasks, *self._oneshots]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for peer in self._peers.values():
             await peer.channel.close(grace=None)
+
+    async def send_snapshot(self, node_id: str, chunks: AsyncIterable[Message]) -> bool:
+        """Stream one snapshot's chunks to a peer; True if it took all of them."""
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return False
+
+        async def messages() -> AsyncIterator[pb.RaftMessage]:
+            async for chunk in chunks:
+                yield message_to_pb(chunk)
+
+        try:
+            await peer.stub.InstallSnapshot(
+                messages(), timeout=SNAPSHOT_TIMEOUT_S, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            log.warning("snapshot stream to %s failed: %s", node_id, exc.code())
+            return False
+        return True
 
     def send(self, messages: Sequence[Message]) -> None:
         for msg in messages:
@@ -130,7 +186,7 @@ class GrpcTransport:
         if not signatures or self._closing:
             return
         batch = pb.SignatureBatch(signatures=list(signatures))
-        for peer in self._peers.values():
+        for peer in list(self._peers.values()):
             task = asyncio.create_task(self._share(peer, batch))
             self._oneshots.add(task)
             task.add_done_callback(self._oneshots.discard)
@@ -151,5 +207,5 @@ class GrpcTransport:
                 return []
             return list(batch.signatures)
 
-        results = await asyncio.gather(*(ask(p) for p in self._peers.values()))
+        results = await asyncio.gather(*(ask(p) for p in list(self._peers.values())))
         return [s for batch in results for s in batch]

@@ -8,10 +8,17 @@ the log and every node builds the same chain. A ledger entry whose
 answered with the first application's index and height (the
 RequestInspector's at-most-once rule). Everything here is deterministic: the
 same log gives the same blocks on every node.
+
+CONFIG entries (membership changes) make no block; the machine records what
+they carry for the runtime: the address of an added member (the change's
+context, ``encode_member_context``), and on a removal it forgets the member's
+address and key, so a node that is removed and added again may register a
+new key (the first key recorded while a node is a member stands).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +27,7 @@ from google.protobuf.message import DecodeError
 from fleetsuit.v1 import consensus_pb2 as pb
 
 from ..convert import block_from_pb, block_to_pb
+from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
 from ..raft.roles import RequestKey
 from ..raft.types import Entry, EntryType
 from ..storage import RocksStorage
@@ -35,6 +43,24 @@ class Applied:
     index: int
     block_height: int
     duplicate: bool
+
+
+MAX_CONTEXT_BYTES = 1024
+
+
+def encode_member_context(address: str) -> bytes:
+    return json.dumps({"address": address}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_member_context(context: bytes) -> str:
+    """The address in a CONFIG change's context ("" when absent or malformed)."""
+    if not context or len(context) > MAX_CONTEXT_BYTES:
+        return ""
+    try:
+        address = json.loads(context).get("address", "")
+    except (ValueError, AttributeError):
+        return ""
+    return address if isinstance(address, str) and ":" in address else ""
 
 
 class ProtoRequestInspector:
@@ -67,15 +93,22 @@ class LedgerMachine:
         storage: RocksStorage,
         on_block: Callable[[BlockData], None] | None = None,
         cluster_id: str = "",
+        on_config: Callable[[ConfChange], None] | None = None,
     ) -> None:
         self._storage = storage
         self._cluster_id = cluster_id
         self._inspector = ProtoRequestInspector()
+        self._on_block = on_block
+        self._on_config = on_config
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the applied state again (after a snapshot was installed)."""
+        storage = self._storage
         self._applied = storage.applied_index()
         self._height = storage.last_block_height()
         head = storage.get_block(self._height) if self._height else None
         self._head_hash = pb.Block.FromString(head).hash if head else GENESIS_HASH
-        self._on_block = on_block
 
     def applied_index(self) -> int:
         return self._applied
@@ -93,12 +126,17 @@ class LedgerMachine:
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
         requests: list[tuple[str, int, int, int]] = []
-        member_keys: dict[str, bytes] = {}
+        member_keys: dict[str, bytes | None] = {}
+        addresses: dict[str, str | None] = {}
+        changes: list[ConfChange] = []
         seen_now: dict[RequestKey, tuple[int, int]] = {}
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
             self._applied = entry.index
+            if entry.type == EntryType.CONFIG:
+                self._apply_config(entry, addresses, member_keys, changes)
+                continue
             if entry.type != EntryType.NORMAL:
                 continue
             included: list[bytes] = []
@@ -130,13 +168,38 @@ class LedgerMachine:
                     seen_now[key] = (entry.index, block.height)
                     requests.append((key.client_id, key.request_id, entry.index, block.height))
                 results.append(Applied(key, entry.index, block.height, False))
-        self._storage.write_applied(self._applied, blocks, requests, list(member_keys.items()))
+        self._storage.write_applied(
+            self._applied, blocks, requests, list(member_keys.items()), list(addresses.items())
+        )
         if self._on_block is not None:
             for block in new_blocks:
                 self._on_block(block)
+        if self._on_config is not None:
+            for change in changes:
+                self._on_config(change)
         return results
 
-    def _register_keys(self, payload: bytes, registered: dict[str, bytes]) -> None:
+    def _apply_config(
+        self,
+        entry: Entry,
+        addresses: dict[str, str | None],
+        member_keys: dict[str, bytes | None],
+        changes: list[ConfChange],
+    ) -> None:
+        try:
+            _, change = decode_config(entry.data)
+        except ConfigDecodeError:
+            return  # the core refused to append such an entry; nothing to record
+        changes.append(change)
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            address = decode_member_context(change.context)
+            if address:
+                addresses[change.node_id] = address
+        elif change.kind is ConfChangeKind.REMOVE:
+            addresses[change.node_id] = None
+            member_keys[change.node_id] = None
+
+    def _register_keys(self, payload: bytes, registered: dict[str, bytes | None]) -> None:
         """A MembershipChanged entry records member keys that carry a valid
         proof of possession; the first key recorded for a node stands."""
         try:
@@ -146,9 +209,9 @@ class LedgerMachine:
         if entry.WhichOneof("kind") != "membership_changed":
             return
         for member in entry.membership_changed.members:
-            if not member.public_key or member.node_id in registered:
+            if not member.public_key or registered.get(member.node_id) is not None:
                 continue
-            if self._storage.member_key(member.node_id) is not None:
+            if member.node_id not in registered and self._storage.member_key(member.node_id) is not None:
                 continue
             message = key_message(self._cluster_id, member.node_id, member.public_key)
             if verify(member.public_key, message, member.key_proof):
