@@ -42,7 +42,7 @@ fuzz: install
 
 lint: install
 	$(VENV)/bin/ruff check fleetsuit services tests bench
-	$(VENV)/bin/mypy services/consensus/raft
+	$(VENV)/bin/mypy services/consensus/raft services/dht services/manifest
 
 # The consensus bench runs a 3-member etcd beside fleetsuit: Debian's etcd-server,
 # and the etcd API .proto files from golang-etcd-server-dev for an honest client.
