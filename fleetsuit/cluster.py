@@ -81,6 +81,23 @@ def command_for(spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluste
     ]
 
 
+def join_command(
+    node_id: str, listen: str, data_dir: Path, voters: dict[str, str], cluster_id: str, metrics_port: int = 0
+) -> list[str]:
+    """The command of a consensus process joining a running cluster as a
+    learner (add it with ``fleetsuit cluster add`` first, or after: until it
+    is added nobody talks to it). ``voters``: id -> address of the current
+    voters. Restarting it with the same command, even with its data
+    directory wiped, brings it back."""
+    peers = ",".join(f"{nid}={addr}" for nid, addr in sorted(voters.items()) if nid != node_id)
+    return [
+        sys.executable, "-m", "services.consensus",
+        "--node-id", node_id, "--listen", listen, "--metrics-port", str(metrics_port),
+        "--data", str(data_dir), "--peers", f"{peers},{node_id}={listen}", "--cluster-id", cluster_id,
+        "--join",
+    ]
+
+
 def start_cluster(
     count: int, data_dir: Path, base_port: int, cluster_id: str = "local"
 ) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:

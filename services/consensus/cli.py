@@ -1,5 +1,6 @@
 """Sub-commands of the consensus service: ``status``, ``ledger append |
-export | verify`` and ``cluster up``."""
+export | verify``, ``cluster up`` and the membership changes ``cluster add |
+remove | transfer-leader``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,71 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id)
 
 
+MEMBERSHIP_DEADLINE_S = 60.0
+
+
+async def change_membership(
+    endpoint: str, call: str, request: Any, deadline_s: float = MEMBERSHIP_DEADLINE_S
+) -> pb.MembershipResponse:
+    """Send a membership RPC to the leader (found through ``endpoint``'s
+    status), retrying while there is no leader or another change is pending."""
+    deadline = time.monotonic() + deadline_s
+    last: grpc.RpcError | None = None
+    while time.monotonic() < deadline:
+        try:
+            target = await _leader_address(endpoint)
+            if target:
+                async with insecure_channel(target) as channel:
+                    rpc = getattr(pb_grpc.LedgerStub(channel), call)
+                    return await rpc(request, timeout=RPC_TIMEOUT_S * 3)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            last = exc
+            retry = exc.code() == grpc.StatusCode.UNAVAILABLE or "NOT_LEADER" in (exc.details() or "")
+            if not retry:
+                raise
+        await asyncio.sleep(0.2)
+    if last is not None:
+        raise last
+    raise CliError(f"{endpoint}: no leader within {deadline_s:.0f}s")
+
+
+async def _leader_address(endpoint: str) -> str:
+    status = await _status(endpoint)
+    if status.role == "leader":
+        return endpoint
+    return next((m.address for m in status.members if m.node_id == status.leader_id and m.address), "")
+
+
+def _members_line(resp: pb.MembershipResponse) -> str:
+    return ", ".join(f"{m.node_id}{'' if m.voter else ' (learner)'}@{m.address}" for m in resp.members)
+
+
+def _run_membership(args: argparse.Namespace, call: str, request: Any) -> int:
+    try:
+        resp = asyncio.run(change_membership(args.endpoint, call, request))
+    except grpc.RpcError as exc:
+        raise _rpc_error(args.endpoint, exc) from None
+    if args.json:
+        print(json.dumps({"index": resp.index, "leader_id": resp.leader_id,
+                          "members": [{"id": m.node_id, "address": m.address, "voter": m.voter}
+                                      for m in resp.members]}))
+    else:
+        print(f"ok (index {resp.index}, leader {resp.leader_id}); members: {_members_line(resp)}")
+    return 0
+
+
+def cmd_cluster_add(args: argparse.Namespace) -> int:
+    return _run_membership(args, "AddMember", pb.AddMemberRequest(node_id=args.node_id, address=args.address))
+
+
+def cmd_cluster_remove(args: argparse.Namespace) -> int:
+    return _run_membership(args, "RemoveMember", pb.RemoveMemberRequest(node_id=args.node_id))
+
+
+def cmd_cluster_transfer(args: argparse.Namespace) -> int:
+    return _run_membership(args, "TransferLeader", pb.TransferLeaderRequest(target=args.target))
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="a node's Raft and ledger status")
     p.add_argument("--endpoint", required=True, help="HOST:PORT of a consensus service")
@@ -228,3 +295,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--base-port", type=int, default=7100)
     p.add_argument("--cluster-id", default="local")
     p.set_defaults(func=cmd_cluster_up)
+    p = csub.add_parser("add", help="add a node as a learner (promoted to voter once caught up)")
+    p.add_argument("--endpoint", required=True, help="HOST:PORT of any consensus service of the cluster")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--address", required=True, help="HOST:PORT of the new node's consensus service")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster_add)
+    p = csub.add_parser("remove", help="remove a voter or a learner")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster_remove)
+    p = csub.add_parser("transfer-leader", help="hand leadership to another voter")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster_transfer)

@@ -472,7 +472,7 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
     )
     rejoining = False
     advertise = advertised_address(config)
-    if storage.is_blank() and not config.join:
+    if storage.is_blank():
         # Synchronizer: a wiped node of a running cluster comes back as a
         # learner and has itself removed and added again (see synchronizer.py).
         voters = await plan_rejoin(config)

@@ -22,7 +22,7 @@ from .test_consensus_failover import _leader
 
 pytestmark = pytest.mark.slow
 
-SNAPSHOT_ENTRIES = 200
+SNAPSHOT_ENTRIES = 150
 
 
 @pytest.fixture
@@ -66,9 +66,11 @@ async def test_lagging_follower_catches_up_through_a_snapshot(cluster: LocalClus
         cluster.kill(lagging, sig=signal.SIGTERM)
         behind = (await stubs[leader].Status(pb.StatusRequest(), timeout=2)).commit_index
 
-        await write_entries(stubs[leader], "writer", 3 * SNAPSHOT_ENTRIES)
+        rounds = iter(range(100))
 
         async def compacted() -> pb.StatusResponse | None:
+            # Few concurrent writers: batches stay small, so many Raft entries.
+            await write_entries(stubs[leader], f"writer-{next(rounds)}", SNAPSHOT_ENTRIES // 2, workers=3)
             s = await stubs[leader].Status(pb.StatusRequest(), timeout=2)
             return s if s.snapshot_index > behind + 1 else None
 
