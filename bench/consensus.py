@@ -107,6 +107,36 @@ class Fleetsuit:
         stop_processes(self.procs)
 
 
+class Noop:
+    """A Ledger server that commits nothing (bench/noop_ledger.py): Python gRPC's own ceiling."""
+
+    name = "noop"
+    stub_dir = ""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_base_port(1)
+        self.log = open(root / "noop.log", "ab")  # noqa: SIM115
+        self.procs = [subprocess.Popen([sys.executable, "-m", "bench.noop_ledger", str(self.port)],
+                                       stdout=self.log, stderr=subprocess.STDOUT)]
+        self.channel = insecure_channel(self.address(0))
+        self.stub = pb_grpc.LedgerStub(self.channel)
+
+    def address(self, i: int) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def leader(self) -> int | None:
+        try:
+            await self.stub.Status(pb.StatusRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return None
+        return 0
+
+    async def close(self) -> None:
+        await self.channel.close()
+        stop_processes(self.procs)
+        self.log.close()
+
+
 class Etcd:
     name = "etcd"
 
@@ -287,11 +317,11 @@ async def load_round(
     }
 
 
-async def measure_load(system: Any, kind: str) -> list[dict[str, Any]]:
+async def measure_load(system: Any, kind: str, sizes: tuple[int, ...] = SIZES) -> list[dict[str, Any]]:
     rows = []
     pool = ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn"))
     try:
-        for size in SIZES:
+        for size in sizes:
             for clients in CLIENTS:
                 rows.append(await _load_row(system, pool, kind, clients, size))
     finally:
@@ -360,10 +390,17 @@ async def run(results_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "systems": {}}
     try:
         rpc_pb2, rpc_grpc = load_stubs(root / "etcd-stubs")
-        for factory in (lambda: Fleetsuit(root), lambda: Etcd(root, rpc_pb2, rpc_grpc)):
+        factories = (lambda: Fleetsuit(root), lambda: Etcd(root, rpc_pb2, rpc_grpc), lambda: Noop(root))
+        for factory in factories:
             system = factory()
             try:
                 await _until(system.leader, 30, f"{system.name} leader")
+                if system.name == "noop":
+                    out["grpc_ceiling"] = {
+                        "unary": await measure_load(system, "fleetsuit", sizes=(256,)),
+                        "stream": await measure_load(system, "fleetsuit-stream", sizes=(256,)),
+                    }
+                    continue
                 result: dict[str, Any] = {"load": await measure_load(system, system.name)}
                 if system.name == "fleetsuit":
                     result["load_stream"] = await measure_load(system, "fleetsuit-stream")
@@ -389,6 +426,10 @@ async def run(results_dir: Path) -> dict[str, Any]:
               f"{b['ops_per_s']:>7.0f} | {a['ops_per_s'] / base:>10.2f} {st['ops_per_s'] / base:>11.2f} | "
               f"{a['p50_ms']:>6.1f} {a['p99_ms']:>6.1f} {st['p50_ms']:>6.1f} {st['p99_ms']:>6.1f} | "
               f"{b['p50_ms']:>6.1f} {b['p99_ms']:>6.1f}")
+    ceiling = out["grpc_ceiling"]
+    print("Python gRPC's own ceiling (a server that commits nothing, same clients, 256 B):")
+    for u, st in zip(ceiling["unary"], ceiling["stream"], strict=True):
+        print(f"{u['clients']:>7} clients | unary {u['ops_per_s']:>7.0f}/s  stream {st['ops_per_s']:>7.0f}/s")
     fo_ratio = fs["failover"]["median_ms"] / et["failover"]["median_ms"]
     print(f"failover window (median of {KILLS} kills): fleetsuit {fs['failover']['median_ms']:.0f} ms, "
           f"etcd {et['failover']['median_ms']:.0f} ms, ratio {fo_ratio:.2f}")
