@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("consensus", "manifest", "dht")
+BENCHES = ("consensus", "manifest", "dht", "snapshot")
 
 
 def main(argv: list[str]) -> int:
