@@ -154,6 +154,7 @@ class ConsensusNode:
         self._last_snapshot_index = snapshot.index if snapshot else 0
         self._snapshot_task: asyncio.Task[None] | None = None
         self._compact_at: SnapshotMeta | None = None
+        self._compact_now = False
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._sending_meta: dict[str, SnapshotMeta] = {}
         self._snapshot_results: list[tuple[str, bool]] = []
@@ -494,7 +495,8 @@ class ConsensusNode:
         core = self._core
         applied = core.status().applied_index
         pending = self._compact_at
-        if pending is not None and applied >= pending.index + self._snapshot_keep:
+        if pending is not None and (applied >= pending.index + self._snapshot_keep or self._compact_now):
+            self._compact_now = False
             # Raft §7: compact behind a durable snapshot, keeping a tail.
             self._compact_at = None
             core.compact(pending.index)
@@ -598,7 +600,10 @@ class ConsensusNode:
         self.deliver([replace(msg, data=b"", offset=0, done=True)])
 
     def _force_snapshot(self) -> None:
+        """The snapshot a peer needs is gone: take a new one and compact to
+        it at once (no tail), so the core names a snapshot that exists."""
         self._last_snapshot_index = 0
+        self._compact_now = True
         self._wake.set()
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:

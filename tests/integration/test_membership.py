@@ -150,6 +150,14 @@ async def test_grow_to_five_and_shrink_to_three_while_clients_write(
         _check_chains(chains, clients.acked)
         leader = await wait_for(lambda: _leader(survivors), 30, "a leader of three")
         assert sorted(await _members(survivors[leader])) == ids
+        target = next(n for n in ids if n != leader)
+        out = subprocess.run(
+            [sys.executable, "-m", "fleetsuit", "cluster", "transfer-leader", "--endpoint",
+             cluster.endpoint(leader), "--target", target],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert await wait_for(lambda: _leader(survivors), 30, "the transferee leading") == target
     finally:
         for proc in procs.values():
             if proc.poll() is None:
