@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 20_000
 MAX_RANGE = 1_000  # heights per GetSignatures answer
+HASH_CACHE = 4_096  # recent block hashes kept to check peers' signatures
 
 
 class Certifier:
@@ -50,6 +51,7 @@ class Certifier:
         self._certified = storage.certified_height()
         self._signers: dict[int, set[str]] = {}
         self._pending: dict[tuple[int, str], pb.SignedBlock] = {}
+        self._hashes: dict[int, bytes] = {}
         for height in range(self._certified + 1, machine.height + 1):
             self._signers[height] = {nid for nid, _ in storage.signatures(height)}
         self._advance()
@@ -78,6 +80,7 @@ class Certifier:
     def sign_blocks(self, blocks: Sequence[BlockData]) -> list[pb.SignedBlock]:
         signed = []
         for block in blocks:
+            self._remember_hash(block.height, block.hash)
             signature = self._key.sign(block_message(self._cluster_id, block.height, block.hash))
             signed.append(pb.SignedBlock(
                 height=block.height, hash=block.hash, node_id=self._node_id, signature=signature))
@@ -107,10 +110,10 @@ class Certifier:
     def _check(self, item: pb.SignedBlock) -> bool | None:
         """True: valid; False: invalid; None: cannot tell yet."""
         key = self._machine.member_key(item.node_id)
-        block = self._machine.get_block(item.height) if item.height <= self._machine.height else None
-        if key is None or block is None:
+        block_hash = self._block_hash(item.height)
+        if key is None or block_hash is None:
             return None
-        if block.hash != item.hash:
+        if block_hash != item.hash:
             log.warning("%s signed a different block at height %d", item.node_id, item.height)
             self._metrics.certificate_conflicts.inc()
             return False
@@ -119,6 +122,22 @@ class Certifier:
             self._metrics.certificate_conflicts.inc()
             return False
         return True
+
+    def _remember_hash(self, height: int, block_hash: bytes) -> None:
+        self._hashes[height] = block_hash
+        while len(self._hashes) > HASH_CACHE:  # heights arrive in order: drop the oldest
+            del self._hashes[next(iter(self._hashes))]
+
+    def _block_hash(self, height: int) -> bytes | None:
+        """The hash of our block at ``height`` (None: not applied here yet);
+        recent ones from a cache, so checking a signature decodes no block."""
+        cached = self._hashes.get(height)
+        if cached is not None:
+            return cached
+        if height > self._machine.height:
+            return None
+        block = self._machine.get_block(height)
+        return None if block is None else block.hash
 
     def _accept(self, accepted: list[tuple[int, str, bytes]]) -> None:
         if not accepted:

@@ -86,6 +86,9 @@ from .transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 
+SIGN_INTERVAL_S = 0.05  # batch block signatures: at most 20 pushes a second per peer
+PULL_AFTER_ROUNDS = 2  # pull signatures once certification has not moved for this many rounds
+
 
 @dataclass
 class _Waiting:
@@ -133,6 +136,7 @@ class ConsensusNode:
         self._max_batch_bytes = max_batch_bytes
         self._on_fatal = on_fatal
         self._new_blocks: list[BlockData] = []
+        self._to_sign: list[BlockData] = []
         self.machine = LedgerMachine(
             storage, on_block=self._new_blocks.append, cluster_id=cluster_id, on_config=self._on_config
         )
@@ -467,9 +471,10 @@ class ConsensusNode:
         self._reads.applied(self.machine.applied_index())
         self._applied_event.set()
         if self._new_blocks:
-            blocks, self._new_blocks[:] = list(self._new_blocks), []
-            if self.certifier is not None and isinstance(self._transport, GrpcTransport):
-                self._transport.share_signatures(self.certifier.sign_blocks(blocks))
+            if self.certifier is not None:
+                # Signed and pushed in batches by _certify_loop, off the commit path.
+                self._to_sign.extend(self._new_blocks)
+            self._new_blocks.clear()
             asyncio.get_running_loop().create_task(self._notify_block())
 
     # ------------------------------------------------------------ snapshots
@@ -775,13 +780,25 @@ class ConsensusNode:
     # ------------------------------------------------------------ certificates
 
     async def _certify_loop(self) -> None:
-        """Record this node's key in the ledger once, then pull the signatures
-        of blocks that still lack a majority (pushes can be lost)."""
+        """Sign applied blocks and push the signatures to the peers in batches
+        (every SIGN_INTERVAL_S: one RPC per peer for many blocks, not one per
+        block); record this node's key in the ledger once; and pull the
+        signatures of blocks whose certification has stalled (a push can be
+        lost), rather than of every block still in flight."""
         assert self.certifier is not None and isinstance(self._transport, GrpcTransport)
         transport = self._transport
         registered = False
+        rounds = max(1, round(self._certify_interval_s / SIGN_INTERVAL_S))
+        stalled_at = (-1, 0)  # (certified height, rounds it has not moved while lagging)
+        tick = 0
         while not self._stopped:
-            await asyncio.sleep(self._certify_interval_s)
+            await asyncio.sleep(SIGN_INTERVAL_S)
+            if self._to_sign:
+                blocks, self._to_sign = self._to_sign, []
+                transport.share_signatures(self.certifier.sign_blocks(blocks))
+            tick += 1
+            if tick % rounds:
+                continue
             certifier = self.certifier
             # A key registration already applied (before a removal) would be
             # answered as a duplicate: take the first request id not used yet.
@@ -804,7 +821,12 @@ class ConsensusNode:
                     fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retried next round
             certifier.on_applied()
             gap = certifier.missing()
-            if gap is not None:
+            if gap is None:
+                stalled_at = (-1, 0)
+                continue
+            height = certifier.certified_height
+            stalled_at = (height, stalled_at[1] + 1) if stalled_at[0] == height else (height, 0)
+            if stalled_at[1] >= PULL_AFTER_ROUNDS:
                 certifier.receive(await transport.fetch_signatures(*gap))
 
     async def _notify_block(self) -> None:
