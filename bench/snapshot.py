@@ -30,10 +30,9 @@ import grpc
 
 from fleetsuit.cluster import SERVICES, command_for, plan_nodes, stop_processes
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-
-from .ports import free_base_port
 
 ENTRIES = int(os.environ.get("FLEETSUIT_BENCH_SNAPSHOT_ENTRIES", "100000"))
 # Raft entries between snapshots (the default is 10,000): pipelined streams

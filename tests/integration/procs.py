@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -15,28 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetsuit.cluster import start_cluster, stop_processes
+from fleetsuit.ports import free_base_port
 
 T = TypeVar("T")
-
-
-def free_base_port(span: int = 60) -> int:
-    """A base port such that base..base+span are all free on 127.0.0.1."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 50_000, 100)
-        socks = []
-        try:
-            for port in range(base, base + span):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range found")
 
 
 async def wait_for(

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .procs import free_base_port
+from fleetsuit.ports import free_base_port
 
 pytestmark = pytest.mark.slow
 

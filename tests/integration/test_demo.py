@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import free_base_port
+from fleetsuit.ports import free_base_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,13 +23,14 @@ import pytest
 
 from fleetsuit.cluster import join_command
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from services.consensus.cli import change_membership
 from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import verify_chain
 
-from .procs import LocalCluster, free_base_port, wait_for
+from .procs import LocalCluster, wait_for
 from .test_consensus_failover import Clients, _all_applied, _leader, _ready
 
 pytestmark = pytest.mark.slow
