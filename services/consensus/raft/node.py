@@ -507,7 +507,8 @@ class RaftNode:
             self._heartbeat_elapsed = 0
             # Pending reads ride on every heartbeat, so a lost round is retried.
             read_id = self._reads.round if self._reads else 0
-            for p in self._progress:
+            for p, pr in self._progress.items():
+                pr.loss_check = True
                 self._send_heartbeat(p, read_id=read_id)
 
     # -- votes --------------------------------------------------------------------
@@ -868,6 +869,12 @@ class RaftNode:
         # A stale, duplicated or heartbeat answer that acknowledges nothing new.
         if pr.state is not ProgressState.REPLICATE or pr.match_index >= self._log.last_index:
             return  # a lost probe is retried by the next heartbeat
+        if not pr.loss_check:
+            # At most once per heartbeat interval: while appends are in flight
+            # (a follower's fsync), every unproductive answer would otherwise
+            # beget an empty append, whose answer begets another, and so on.
+            return
+        pr.loss_check = False
         if pr.paused:
             # The pipeline is full and this answer freed nothing: its oldest
             # append may be lost. Give one slot back so we can send again.

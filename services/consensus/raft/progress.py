@@ -31,6 +31,7 @@ class Progress:
         "recent_active",
         "commit_sent",
         "pending_snapshot",
+        "loss_check",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -47,6 +48,9 @@ class Progress:
         self.commit_sent = 0
         # SNAPSHOT: the index of the snapshot being sent.
         self.pending_snapshot = 0
+        # REPLICATE: armed by each heartbeat; an answer that acknowledges
+        # nothing new may then suspect lost appends (once per heartbeat).
+        self.loss_check = False
 
     @property
     def paused(self) -> bool:
