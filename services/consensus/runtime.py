@@ -347,6 +347,11 @@ class ConsensusNode:
                 for m in snapshots:
                     self._start_snapshot_send(m)
             self._transport.send(messages)
+            if rd.entries and messages and rd.committed:
+                # A follower's answers to appends are durable now: let the
+                # transport write them before this Ready's apply runs, so the
+                # leader's commit does not wait for our ledger work.
+                await asyncio.sleep(0)
             if rd.committed:
                 self._apply(rd.committed)
             core.advance(rd)
