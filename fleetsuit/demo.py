@@ -180,8 +180,10 @@ async def main_job(doc: dict[str, Any], kill: Any) -> int:
             payload_cid=put.content_id, payload_size=put.size))
         committed = await c.submit(follower, release, c.ids)
         again = await c.submit(n3, release, c.ids)
+        if (again.index, again.block_height) != (committed.index, committed.block_height):
+            raise RuntimeError("a retried submission was applied twice")
         print(f"[ledger] release demo-2 committed via {follower}: index {committed.index}, "
-              f"block {committed.block_height}; the retry answered duplicate={again.duplicate}")
+              f"block {committed.block_height}; the retry via {n3} got the same answer (applied once)")
 
         # 4. Another node serves the payload.
         got = bytearray()

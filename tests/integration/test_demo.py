@@ -23,7 +23,7 @@ def test_main_job_runs_the_path_of_a_release(tmp_path: Path) -> None:
     for expected in (
         "update from sequence 1: accepted=True",
         "accepted=False (MANIFEST_ERROR_ROLLBACK)",
-        "the retry answered duplicate=True",
+        "got the same answer (applied once)",
         "digest matches: True",
         "every hash link and every quorum certificate verifies",
         "shows release demo-2 in certified block",
