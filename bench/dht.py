@@ -48,6 +48,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
+from fleetsuit.ports import free_port
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import wire
 from services.dht.cli import get_call, put_call
@@ -58,12 +59,6 @@ SPREAD_BYTES = 64 * MIB
 SPREAD_SIZES = (3, 6, 12)
 RUNS = 3
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _mb_s(nbytes: int, seconds: float) -> float:
@@ -184,8 +179,8 @@ def grpc_stream_ceiling_mb_s() -> list[float]:
 class Node:
     def __init__(self, name: str, root: pathlib.Path, metrics: bool = False) -> None:
         self.name = name
-        self.address = f"127.0.0.1:{_free_port()}"
-        self.metrics_port = _free_port() if metrics else -1
+        self.address = f"127.0.0.1:{free_port()}"
+        self.metrics_port = free_port() if metrics else -1
         self.data = root / name
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None

@@ -24,3 +24,10 @@ def free_base_port(span: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port range found")
+
+
+def free_port() -> int:
+    """One free port on 127.0.0.1 (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

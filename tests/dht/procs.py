@@ -10,7 +10,6 @@ import hashlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.ports import free_port
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:

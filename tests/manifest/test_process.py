@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit import grpcutil
+from fleetsuit.ports import free_port
 from fleetsuit.v1 import manifest_pb2 as pb
 from fleetsuit.v1 import manifest_pb2_grpc as pb_grpc
 from services.manifest.server import SERVICE_NAME
@@ -28,12 +28,6 @@ from .conftest import CLASS, PAYLOAD, URI, VENDOR, signed
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 30.0
 EXIT_DEADLINE_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_serving(target: str, proc: subprocess.Popen[bytes]) -> None:
@@ -79,7 +73,7 @@ def test_service_process_validates_and_stops_on_sigterm(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETSUIT_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.manifest", "--listen", target,
