@@ -35,11 +35,11 @@ import grpc
 
 from fleetsuit.cluster import start_cluster, stop_processes
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 from .etcd_client import load_stubs
-from .ports import free_base_port
 
 CLIENTS = (1, 16, 64)
 SIZES = (256, 4096)
