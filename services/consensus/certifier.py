@@ -94,10 +94,21 @@ class Certifier:
 
     def receive(self, items: Iterable[pb.SignedBlock]) -> None:
         accepted: list[tuple[int, str, bytes]] = []
+        accepted_at: dict[int, int] = {}
         for item in items:
             if item.node_id not in self._voters or item.node_id == self._node_id:
                 continue
-            if item.node_id in self._signers.get(item.height, ()) or item.height <= self._certified:
+            if item.height <= self._certified:
+                continue
+            signers = self._signers.get(item.height, ())
+            if item.node_id in signers:
+                continue
+            if len(signers) + accepted_at.get(item.height, 0) >= self._quorum:
+                # A majority is already verified at this height: one more
+                # signature would cost a verify (the dearest step of
+                # certification) and certify nothing more. (The runtime signs
+                # its own applied blocks before it takes peers' signatures,
+                # so with 3 voters one verify per block is enough.)
                 continue
             verdict = self._check(item)
             if verdict is None:
@@ -105,6 +116,7 @@ class Certifier:
                     self._pending[(item.height, item.node_id)] = item
             elif verdict:
                 accepted.append((item.height, item.node_id, item.signature))
+                accepted_at[item.height] = accepted_at.get(item.height, 0) + 1
         self._accept(accepted)
 
     def _check(self, item: pb.SignedBlock) -> bool | None:

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -170,6 +171,10 @@ class ConsensusNode:
         self._wake = asyncio.Event()
         self._queue: deque[RequestKey] = deque()  # keys waiting to be proposed
         self._waiting: dict[RequestKey, _Waiting] = {}
+        # Submission deadlines, checked every tick: a heap instead of a timer
+        # handle (and a done callback to cancel it) per submission.
+        self._deadlines: list[tuple[float, int, RequestKey, asyncio.Future[Applied], float]] = []
+        self._deadline_seq = 0
         self._leader = ""
         self._stopped = False
         self._new_block = asyncio.Condition()
@@ -256,11 +261,23 @@ class ConsensusNode:
             self._queue.append(key)
         else:
             waiting.futures.append(fut)
-        timer = loop.call_later(timeout_s, self._expire, key, fut, timeout_s)
-        fut.add_done_callback(lambda _f: timer.cancel())
-        self._metrics.proposals_pending.set(len(self._waiting))
+        self._deadline_seq += 1
+        heapq.heappush(
+            self._deadlines, (loop.time() + timeout_s, self._deadline_seq, key, fut, timeout_s)
+        )
         self._wake.set()
         return fut
+
+    def _expire_due(self) -> None:
+        """Fail the submissions whose deadline has passed (at tick precision)."""
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        now = asyncio.get_running_loop().time()
+        while deadlines and deadlines[0][0] <= now:
+            _, _, key, fut, timeout_s = heapq.heappop(deadlines)
+            if not fut.done():
+                self._expire(key, fut, timeout_s)
 
     def _expire(self, key: RequestKey, fut: asyncio.Future[Applied], timeout_s: float) -> None:
         if fut.done():
@@ -291,6 +308,7 @@ class ConsensusNode:
                 next_at = time.monotonic()  # fell behind: do not burst ticks
             self._ticks += 1
             self._wake.set()
+            self._expire_due()
 
     async def _loop(self) -> None:
         try:
@@ -372,6 +390,7 @@ class ConsensusNode:
             self._ask_reads()
         self._sync_membership()
         self._maybe_snapshot()
+        self._metrics.proposals_pending.set(len(self._waiting))
         status = core.status()
         self._metrics.term.set(status.term)
         self._metrics.commit_index.set(status.commit_index)
@@ -784,6 +803,20 @@ class ConsensusNode:
 
     # ------------------------------------------------------------ certificates
 
+    def _sign_applied(self) -> None:
+        """Sign the blocks applied since the last round and push the signatures."""
+        if self._to_sign and self.certifier is not None and isinstance(self._transport, GrpcTransport):
+            blocks, self._to_sign = self._to_sign, []
+            self._transport.share_signatures(self.certifier.sign_blocks(blocks))
+
+    def receive_signatures(self, items: Iterable[pb.SignedBlock]) -> None:
+        """Peers' block signatures. Our own go first: a height we signed
+        needs one peer signature less, and each one not needed is a verify saved."""
+        if self.certifier is None:
+            return
+        self._sign_applied()
+        self.certifier.receive(items)
+
     async def _certify_loop(self) -> None:
         """Sign applied blocks and push the signatures to the peers in batches
         (every SIGN_INTERVAL_S: one RPC per peer for many blocks, not one per
@@ -798,9 +831,7 @@ class ConsensusNode:
         tick = 0
         while not self._stopped:
             await asyncio.sleep(SIGN_INTERVAL_S)
-            if self._to_sign:
-                blocks, self._to_sign = self._to_sign, []
-                transport.share_signatures(self.certifier.sign_blocks(blocks))
+            self._sign_applied()
             tick += 1
             if tick % rounds:
                 continue

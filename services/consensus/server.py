@@ -131,8 +131,7 @@ class RaftPeerServicer(pb_grpc.RaftPeerServicer):
         self, request: pb.SignatureBatch, context: grpc.aio.ServicerContext
     ) -> pb.PeerAck:
         await self._check_cluster(context)
-        if self._node.certifier is not None:
-            self._node.certifier.receive(request.signatures)
+        self._node.receive_signatures(request.signatures)
         return pb.PeerAck()
 
     async def GetSignatures(  # noqa: N802

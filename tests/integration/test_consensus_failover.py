@@ -55,6 +55,14 @@ async def _leader(stubs: dict[str, pb_grpc.LedgerStub], exclude: str = "") -> st
     return None
 
 
+async def _leader_seen_by_all(stubs: dict[str, pb_grpc.LedgerStub]) -> str | None:
+    """A leader that every node answers about (every node is serving)."""
+    statuses = await _statuses(stubs)
+    if len(statuses) != len(stubs):
+        return None
+    return await _leader(stubs)
+
+
 class Clients:
     """Concurrent writers; each retries its current request (same key) until acknowledged."""
 
@@ -93,7 +101,7 @@ async def test_kill_leader_while_clients_write(cluster: LocalCluster) -> None:
     channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
     stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
     try:
-        leader = await wait_for(lambda: _leader(stubs), 30, "a leader all nodes agree on")
+        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader all nodes agree on")
 
         clients = Clients(stubs)
         tasks = [asyncio.create_task(clients.run_one(f"client-{i}")) for i in range(CLIENTS)]
@@ -167,7 +175,7 @@ async def test_graceful_stop_of_the_leader_hands_leadership_over(cluster: LocalC
     channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
     stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
     try:
-        leader = await wait_for(lambda: _leader(stubs), 30, "a leader")
+        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader")
         before = (await stubs[leader].Status(pb.StatusRequest(), timeout=2)).term
         await stubs[leader].Submit(
             pb.SubmitRequest(entry=pb.LedgerEntry(app=pb.AppEntry(payload=b"before"))), timeout=5
@@ -197,7 +205,7 @@ async def test_successive_leader_kills_with_restarts(cluster: LocalCluster) -> N
     stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
     try:
         for round_no in range(3):
-            leader = await wait_for(lambda: _leader(stubs), 30, f"a leader in round {round_no}")
+            leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, f"a leader in round {round_no}")
             await stubs[leader].Submit(
                 pb.SubmitRequest(entry=pb.LedgerEntry(app=pb.AppEntry(payload=b"r"))), timeout=5
             )
@@ -218,7 +226,8 @@ async def test_submit_stream_answers_every_request_by_id(cluster: LocalCluster) 
     channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
     stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
     try:
-        leader = await wait_for(lambda: _leader(stubs), 30, "a leader")
+        # Every node must be serving: the stream goes through a follower.
+        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
         follower = next(nid for nid in ids if nid != leader)
 
         def requests():  # type: ignore[no-untyped-def]

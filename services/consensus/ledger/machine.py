@@ -67,13 +67,18 @@ class ProtoRequestInspector:
     """RequestInspector for encoded LedgerEntry payloads."""
 
     def key_of(self, payload: bytes) -> RequestKey | None:
+        return self.inspect(payload)[0]
+
+    def inspect(self, payload: bytes) -> tuple[RequestKey | None, pb.LedgerEntry | None]:
+        """The request key and the decoded entry (None, None: not an entry),
+        from one parse: the apply path needs both."""
         try:
             entry = pb.LedgerEntry.FromString(payload)
         except DecodeError:
-            return None
+            return None, None
         if not entry.client_id:
-            return None
-        return RequestKey(entry.client_id, entry.request_id)
+            return None, entry
+        return RequestKey(entry.client_id, entry.request_id), entry
 
 
 def encode_batch(payloads: Sequence[bytes]) -> bytes:
@@ -142,7 +147,7 @@ class LedgerMachine:
             included: list[bytes] = []
             pending: list[RequestKey | None] = []
             for payload in decode_batch(entry.data):
-                key = self._inspector.key_of(payload)
+                key, decoded = self._inspector.inspect(payload)
                 if key is not None:
                     earlier = seen_now.get(key) or self._storage.get_request(
                         key.client_id, key.request_id
@@ -153,7 +158,8 @@ class LedgerMachine:
                     seen_now[key] = (entry.index, 0)  # height filled below
                 included.append(payload)
                 pending.append(key)
-                self._register_keys(payload, member_keys)
+                if decoded is not None and decoded.HasField("membership_changed"):
+                    self._register_keys(decoded, member_keys)
             if not included:
                 continue
             block = make_block(
@@ -199,15 +205,9 @@ class LedgerMachine:
             addresses[change.node_id] = None
             member_keys[change.node_id] = None
 
-    def _register_keys(self, payload: bytes, registered: dict[str, bytes | None]) -> None:
+    def _register_keys(self, entry: pb.LedgerEntry, registered: dict[str, bytes | None]) -> None:
         """A MembershipChanged entry records member keys that carry a valid
         proof of possession; the first key recorded for a node stands."""
-        try:
-            entry = pb.LedgerEntry.FromString(payload)
-        except DecodeError:
-            return
-        if entry.WhichOneof("kind") != "membership_changed":
-            return
         for member in entry.membership_changed.members:
             if not member.public_key or registered.get(member.node_id) is not None:
                 continue
