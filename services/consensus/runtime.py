@@ -138,6 +138,7 @@ class ConsensusNode:
         self._on_fatal = on_fatal
         self._new_blocks: list[BlockData] = []
         self._to_sign: list[BlockData] = []
+        self._to_push: list[pb.SignedBlock] = []
         self.machine = LedgerMachine(
             storage, on_block=self._new_blocks.append, cluster_id=cluster_id, on_config=self._on_config
         )
@@ -180,6 +181,19 @@ class ConsensusNode:
         self._new_block = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.fatal: BaseException | None = None
+        self._bind_gauges()
+
+    def _bind_gauges(self) -> None:
+        """Gauges that mirror state are read when Prometheus scrapes, not
+        set on every round of the loop."""
+        m = self._metrics
+        m.term.set_function(lambda: self._core.term)
+        m.commit_index.set_function(lambda: self._core.commit_index)
+        m.applied_index.set_function(lambda: self.machine.applied_index())
+        m.block_height.set_function(lambda: self.machine.height)
+        m.has_leader.set_function(lambda: 1 if self._core.leader_id else 0)
+        m.is_leader.set_function(lambda: 1 if self._core.role == Role.LEADER else 0)
+        m.proposals_pending.set_function(lambda: len(self._waiting))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -287,7 +301,6 @@ class ConsensusNode:
             waiting.futures.remove(fut)
             if not waiting.futures:
                 del self._waiting[key]
-        self._metrics.proposals_pending.set(len(self._waiting))
         reason = "no_leader" if not self._core.leader_id else "timeout"
         self._metrics.proposals_failed.labels(reason).inc()
         if reason == "no_leader":
@@ -390,10 +403,6 @@ class ConsensusNode:
             self._ask_reads()
         self._sync_membership()
         self._maybe_snapshot()
-        self._metrics.proposals_pending.set(len(self._waiting))
-        status = core.status()
-        self._metrics.term.set(status.term)
-        self._metrics.commit_index.set(status.commit_index)
 
     def _run_calls(self) -> None:
         """Requests that need the core (membership changes, transfers) and
@@ -430,8 +439,6 @@ class ConsensusNode:
                 if waiting.proposed_term != -1:
                     waiting.proposed_term = -1
                     self._queue.append(key)
-        self._metrics.has_leader.set(1 if leader else 0)
-        self._metrics.is_leader.set(1 if self._core.role == Role.LEADER else 0)
 
     def _propose_queued(self) -> None:
         while self._queue:
@@ -489,9 +496,6 @@ class ConsensusNode:
                     fut.set_result(result)
         self._metrics.proposals_committed.inc(applied_count)
         self._metrics.proposals_applied.inc(applied_count)
-        self._metrics.applied_index.set(self.machine.applied_index())
-        self._metrics.block_height.set(self.machine.height)
-        self._metrics.proposals_pending.set(len(self._waiting))
         self._reads.applied(self.machine.applied_index())
         self._applied_event.set()
         if self._new_blocks:
@@ -665,8 +669,6 @@ class ConsensusNode:
         self._metrics.snapshot_bytes.set(store.size_of(meta))
         self._metrics.snapshot_duration.labels("install").observe(time.perf_counter() - started)
         self._metrics.snapshot_index.set(meta.index)
-        self._metrics.applied_index.set(self.machine.applied_index())
-        self._metrics.block_height.set(self.machine.height)
         log.info("installed snapshot at index %d (term %d)", meta.index, meta.term)
         # Submissions the snapshot covers get their first answer now.
         for key in list(self._waiting):
@@ -804,14 +806,22 @@ class ConsensusNode:
     # ------------------------------------------------------------ certificates
 
     def _sign_applied(self) -> None:
-        """Sign the blocks applied since the last round and push the signatures."""
-        if self._to_sign and self.certifier is not None and isinstance(self._transport, GrpcTransport):
+        """Sign the blocks applied since the last signing; the signatures go
+        to the peers with the next push."""
+        if self._to_sign and self.certifier is not None:
             blocks, self._to_sign = self._to_sign, []
-            self._transport.share_signatures(self.certifier.sign_blocks(blocks))
+            self._to_push.extend(self.certifier.sign_blocks(blocks))
+
+    def _push_signatures(self) -> None:
+        self._sign_applied()
+        if self._to_push and isinstance(self._transport, GrpcTransport):
+            signed, self._to_push = self._to_push, []
+            self._transport.share_signatures(signed)
 
     def receive_signatures(self, items: Iterable[pb.SignedBlock]) -> None:
         """Peers' block signatures. Our own go first: a height we signed
-        needs one peer signature less, and each one not needed is a verify saved."""
+        needs one peer signature less, and each one not needed is a verify
+        saved. (Signed now, pushed with the next round: no extra RPC.)"""
         if self.certifier is None:
             return
         self._sign_applied()
@@ -831,7 +841,7 @@ class ConsensusNode:
         tick = 0
         while not self._stopped:
             await asyncio.sleep(SIGN_INTERVAL_S)
-            self._sign_applied()
+            self._push_signatures()
             tick += 1
             if tick % rounds:
                 continue
