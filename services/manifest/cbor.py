@@ -65,14 +65,9 @@ class Budget:
             raise LimitExceeded("too many CBOR items in the envelope")
 
 
-class _Pass:
-    """Per-call state of one ``decode``: items read, first deferred error."""
-
-    __slots__ = ("items", "deferred")
-
-    def __init__(self) -> None:
-        self.items = 0
-        self.deferred: DecodeError | None = None
+# The per-call state of one ``decode`` is a two-slot list, [items read, first
+# deferred error]: a list costs a third of a slotted object to make, and a
+# validation makes one per bstr-wrapped level.
 
 
 def _truncated() -> DecodeError:
@@ -90,21 +85,25 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, int]:
+def _item(data: bytes, pos: int, depth_left: int, state: list[Any]) -> tuple[Any, int]:
     """The item starting at ``pos`` and the position after it.
 
     Recursion is bounded by ``depth_left`` (checked before each container
     opens), lengths by the bytes present (checked before each slice or loop).
+    Containers read one-byte items and short byte strings (most of a SUIT
+    envelope: code points, digests, signatures, wrapped levels) inline; every
+    other item, and every malformed one, goes through a recursive call.
     """
     ib = data[pos]  # IndexError: truncated, mapped by ``decode``
     pos += 1
+    n = len(data)
     ai = ib & 0x1F
     major = ib >> 5
     if ai < 24:
         val = ai
     elif ai < 28:
         end = pos + (1 << (ai - 24))
-        if end > len(data):
+        if end > n:
             raise _truncated()
         if major == 7:
             if ai == 24:
@@ -113,7 +112,7 @@ def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, in
                     raise DecodeError("invalid simple value encoding")
                 return CBORSimpleValue(val), end
             return _FLOAT[ai - 25].unpack_from(data, pos)[0], end
-        val = int.from_bytes(data[pos:end], "big")
+        val = data[pos] if ai == 24 else int.from_bytes(data[pos:end], "big")
         if val < _MIN_ARGUMENT[ai - 24]:
             raise DecodeError("non-shortest CBOR head", ErrorCode.NON_CANONICAL)
         pos = end
@@ -123,52 +122,47 @@ def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, in
         raise DecodeError("invalid indefinite-length or break item")
     else:
         raise DecodeError("reserved additional information value")
-    if major == 0:
-        return val, pos
-    if major == 2 or major == 3:
-        end = pos + val
-        if end > len(data):
-            raise _truncated()
-        if major == 2:
-            return data[pos:end], end
-        try:
-            return data[pos:end].decode("utf-8"), end
-        except UnicodeDecodeError:
-            # Reported after the pass, so a structural fault found later wins,
-            # as it did when a scan ran before a separate decoder.
-            if state.deferred is None:
-                state.deferred = DecodeError("undecodable CBOR: invalid UTF-8 in a text string")
-            return "", end
-    if major == 1:
-        return -1 - val, pos
     if major == 4:
-        if val > len(data) - pos:
+        if val > n - pos:
             raise _truncated()
         if not val:
             return [], pos
         if depth_left <= 0:
             raise LimitExceeded("nesting too deep")
         depth_left -= 1
-        state.items += val
+        state[0] += val
         out: list[Any] = []
         append = out.append
         for _ in range(val):
-            item = _ONE_BYTE[data[pos]]
-            if item is _NOT_ONE_BYTE:
-                item, pos = _item(data, pos, depth_left, state)
-            else:
+            head = data[pos]
+            item = _ONE_BYTE[head]
+            if item is not _NOT_ONE_BYTE:
                 pos += 1
+            elif 0x41 <= head <= 0x57:  # bstr, length in the head
+                end = pos + head - 0x3F
+                if end > n:
+                    raise _truncated()
+                item = data[pos + 1 : end]
+                pos = end
+            elif head == 0x58 and pos + 1 < n and data[pos + 1] >= 24:  # bstr, 1-byte length
+                end = pos + 2 + data[pos + 1]
+                if end > n:
+                    raise _truncated()
+                item = data[pos + 2 : end]
+                pos = end
+            else:
+                item, pos = _item(data, pos, depth_left, state)
             append(item)
         return out, pos
     if major == 5:
-        if 2 * val > len(data) - pos:
+        if 2 * val > n - pos:
             raise _truncated()
         if not val:
             return {}, pos
         if depth_left <= 0:
             raise LimitExceeded("nesting too deep")
         depth_left -= 1
-        state.items += 2 * val
+        state[0] += 2 * val
         mapping: dict[Any, Any] = {}
         seen: set[bytes] | None = None
         for _ in range(val):
@@ -193,21 +187,55 @@ def _item(data: bytes, pos: int, depth_left: int, state: _Pass) -> tuple[Any, in
                 seen.add(key_bytes)
                 if kind is list or kind is dict or kind is CBORTag:
                     key = _hashable(key)
-            value = _ONE_BYTE[data[pos]]
-            if value is _NOT_ONE_BYTE:
-                value, pos = _item(data, pos, depth_left, state)
-            else:
+            head = data[pos]
+            value = _ONE_BYTE[head]
+            if value is not _NOT_ONE_BYTE:
                 pos += 1
+            elif 0x41 <= head <= 0x57:  # bstr, length in the head
+                end = pos + head - 0x3F
+                if end > n:
+                    raise _truncated()
+                value = data[pos + 1 : end]
+                pos = end
+            elif head == 0x58 and pos + 1 < n and data[pos + 1] >= 24:  # bstr, 1-byte length
+                end = pos + 2 + data[pos + 1]
+                if end > n:
+                    raise _truncated()
+                value = data[pos + 2 : end]
+                pos = end
+            else:
+                value, pos = _item(data, pos, depth_left, state)
             mapping[key] = value
         if len(mapping) != val:
             raise DecodeError("map keys that decode equal", ErrorCode.DUPLICATE_KEY)
         return mapping, pos
+    if major == 2:
+        end = pos + val
+        if end > n:
+            raise _truncated()
+        return data[pos:end], end
+    if major == 0:
+        return val, pos
+    if major == 3:
+        end = pos + val
+        if end > n:
+            raise _truncated()
+        try:
+            return data[pos:end].decode("utf-8"), end
+        except UnicodeDecodeError:
+            # Reported after the pass, so a structural fault found later wins,
+            # as it did when a scan ran before a separate decoder.
+            if state[1] is None:
+                state[1] = DecodeError("undecodable CBOR: invalid UTF-8 in a text string")
+            return "", end
+    if major == 1:
+        return -1 - val, pos
     if major == 6:
         if val not in ALLOWED_TAGS:
             raise DecodeError(f"CBOR tag {val} is not used by SUIT")
         if depth_left <= 0:
             raise LimitExceeded("nesting too deep")
-        state.items += 1
+        state[0] += 1
         inner, pos = _item(data, pos, depth_left - 1, state)
         return CBORTag(val, inner), pos
     # major 7 with a one-byte head
@@ -227,8 +255,7 @@ def decode(data: bytes, limits: Limits, budget: Budget, depth_base: int = 0) -> 
         raise LimitExceeded("nesting too deep")
     if type(data) is not bytes:
         data = bytes(data)
-    state = _Pass()  # counts the items inside containers; the top one is added below
-    state.items = 1
+    state: list[Any] = [1, None]  # the top item, and the items inside containers
     try:
         value, pos = _item(data, 0, depth_left, state)
     except IndexError:
@@ -237,9 +264,11 @@ def decode(data: bytes, limits: Limits, budget: Budget, depth_base: int = 0) -> 
         raise LimitExceeded("nesting too deep") from None
     if pos != len(data):
         raise DecodeError("trailing bytes after CBOR item")
-    budget.spend(state.items)
-    if state.deferred is not None:
-        raise state.deferred
+    budget.items_left -= state[0]  # ``Budget.spend`` inlined: once per level
+    if budget.items_left < 0:
+        raise LimitExceeded("too many CBOR items in the envelope")
+    if state[1] is not None:
+        raise state[1]
     return value
 
 

@@ -54,7 +54,7 @@ class Decoder:
         self.budget = Budget(limits.max_items)
 
     def load(self, data: bytes, depth: int) -> Any:
-        return cbor.decode(data, self.limits, self.budget, depth)
+        return _decode(data, self.limits, self.budget, depth)
 
     # ------------------------------------------------------------ envelope
 
@@ -75,43 +75,47 @@ class Decoder:
             tagged, value = True, value.value
         if type(value) is not dict:  # cbor.decode builds plain dicts and lists
             raise StructureError("SUIT_Envelope must be a map")
-        for key, item in value.items():
-            if type(key) is not int and type(key) is not str:
+        members = tuple(value.items())
+        first = None  # key 2 or 3, whichever comes first
+        for key, item in members:
+            kind = type(key)
+            if kind is not int and kind is not str:
                 raise StructureError(f"envelope key {key!r} is not an int or text")
             if type(item) is not bytes:
                 raise StructureError(f"envelope member {key!r} must be a bstr (§8.2)")
+            if first is None and (key == 2 or key == 3) and kind is int:
+                first = key
         manifest_raw = value.get(3)
         if manifest_raw is None:
             raise StructureError("envelope has no suit-manifest (key 3)")
         auth = None
         auth_raw = value.get(2)
         if auth_raw is not None:
-            if next(k for k in value if k == 2 or k == 3) != 2:
+            if first != 2:
                 raise StructureError("authentication wrapper must precede the manifest (§8.3)")
             auth = self.authentication(auth_raw)
-        return Envelope(
-            tagged=tagged,
-            members=tuple(value.items()),
-            authentication=auth,
-            manifest_raw=manifest_raw,
-        )
+        return Envelope(tagged, members, auth, manifest_raw)
 
     def authentication(self, raw: bytes) -> Authentication:
         value = self.load(raw, _WRAP_DEPTH)
         if type(value) is not list or not value:
             raise StructureError("SUIT_Authentication must be a non-empty array")
-        if not all(type(v) is bytes for v in value):
-            raise StructureError("SUIT_Authentication members must be bstr-wrapped")
+        for v in value:
+            if type(v) is not bytes:
+                raise StructureError("SUIT_Authentication members must be bstr-wrapped")
         digest = self.digest(self.load(value[0], 2 * _WRAP_DEPTH))
-        blocks = tuple(self.auth_block(b) for b in value[1:])
-        return Authentication(digest=digest, digest_raw=value[0], blocks=blocks, raw=raw)
+        if len(value) == 2:  # the common case: one signature
+            blocks: tuple[AuthenticationBlock, ...] = (self.auth_block(value[1]),)
+        else:
+            blocks = tuple([self.auth_block(b) for b in value[1:]])
+        return Authentication(digest, value[0], blocks, raw)
 
     def auth_block(self, raw: bytes) -> AuthenticationBlock:
         value = self.load(raw, 2 * _WRAP_DEPTH)
         if type(value) is not CBORTag or value.tag not in _COSE_TAGS:
             raise StructureError("authentication block is not a tagged COSE object")
         if value.tag != 18:
-            return AuthenticationBlock(tag=value.tag, sign1=None, raw=raw)
+            return AuthenticationBlock(value.tag, None, raw)
         body = value.value
         if type(body) is not list or len(body) != 4:
             raise StructureError("COSE_Sign1 must be a 4-element array")
@@ -129,7 +133,7 @@ class Decoder:
             raise StructureError("a COSE header label is both protected and unprotected")
         # Both dicts were built by this decode and are not shared: no copies.
         sign1 = CoseSign1(protected_raw, protected, unprotected, payload, signature)
-        return AuthenticationBlock(tag=18, sign1=sign1, raw=raw)
+        return AuthenticationBlock(18, sign1, raw)
 
     def digest(self, value: Any) -> SuitDigest:
         if (
@@ -139,7 +143,7 @@ class Decoder:
             or type(value[1]) is not bytes
         ):
             raise StructureError("SUIT_Digest must be [int, bstr, ...]")
-        return SuitDigest(value[0], value[1], tuple(value[2:]))
+        return SuitDigest(value[0], value[1], tuple(value[2:]) if len(value) > 2 else ())
 
     # ------------------------------------------------------------ manifest
 
@@ -165,33 +169,42 @@ class Decoder:
         uri = value.get(4)
         if uri is not None and not isinstance(uri, str):
             raise StructureError("suit-reference-uri must be text")
-        extensions = tuple((k, v) for k, v in value.items() if k not in _MANIFEST_KEYS)
-        for key, _ in extensions:
-            # Unknown standard-range members cannot be understood safely (§8.4).
-            if _is_int(key) and -256 < key < 256:
-                raise StructureError(f"unsupported manifest member {key}")
+        if value.keys() <= _MANIFEST_KEYS:  # the common case: no extensions
+            extensions: tuple[tuple[object, object], ...] = ()
+        else:
+            extensions = tuple((k, v) for k, v in value.items() if k not in _MANIFEST_KEYS)
+            for key, _ in extensions:
+                # Unknown standard-range members cannot be understood safely (§8.4).
+                if type(key) is int and -256 < key < 256:
+                    raise StructureError(f"unsupported manifest member {key}")
         depth = 2 * _WRAP_DEPTH
+        optional_sequence = self.optional_sequence
+        severable = self.severable_in_manifest
+        get = value.get
+        # Positional, in field order: the same calls, in the same order, as
+        # keyword arguments would make, without building a keyword dict.
         return Manifest(
-            version=version,
-            sequence_number=seq,
-            common=self.common(common_raw),
-            reference_uri=uri,
-            validate=self.optional_sequence(value.get(7), depth, "suit-validate"),
-            load=self.optional_sequence(value.get(8), depth, "suit-load"),
-            invoke=self.optional_sequence(value.get(9), depth, "suit-invoke"),
-            payload_fetch=self.severable_in_manifest(value.get(16), False),
-            install=self.severable_in_manifest(value.get(20), False),
-            text=self.severable_in_manifest(value.get(23), True),
-            extensions=extensions,
-            raw=raw,
+            version,
+            seq,
+            self.common(common_raw),
+            uri,
+            optional_sequence(get(7), depth, "suit-validate"),
+            optional_sequence(get(8), depth, "suit-load"),
+            optional_sequence(get(9), depth, "suit-invoke"),
+            severable(get(16), False),
+            severable(get(20), False),
+            severable(get(23), True),
+            extensions,
+            raw,
         )
 
     def severable_in_manifest(self, value: Any, is_text: bool) -> Severable:
         if value is None:
             return None
-        if isinstance(value, list | tuple):
+        kind = type(value)
+        if kind is list or kind is tuple or isinstance(value, list | tuple):
             return self.digest(value)
-        if isinstance(value, bytes):
+        if kind is bytes or isinstance(value, bytes):
             if is_text:
                 return self.text(value)
             return self.sequence(value, 2 * _WRAP_DEPTH)
@@ -209,17 +222,21 @@ class Decoder:
                 f"{len(comps)} components, limit {self.limits.max_components}",
                 ErrorCode.TOO_MANY_COMPONENTS,
             )
-        components = tuple(component_id(c) for c in comps)
-        if len(set(components)) != len(components):
+        components = tuple([component_id(c) for c in comps])
+        if len(components) > 1 and len(set(components)) != len(components):
             raise StructureError("duplicate component identifier")
         shared = self.optional_sequence(value.get(4), 3 * _WRAP_DEPTH, "suit-shared-sequence")
-        extensions = tuple((k, v) for k, v in value.items() if k not in (1, 2, 4))
+        extensions: tuple[tuple[object, object], ...] = (
+            ()
+            if value.keys() <= _COMMON_KEYS
+            else tuple((k, v) for k, v in value.items() if k not in _COMMON_KEYS)
+        )
         return Common(components, shared, value.get(1), extensions, raw)
 
     def optional_sequence(self, value: Any, depth: int, name: str) -> CommandSequence | None:
         if value is None:
             return None
-        if not isinstance(value, bytes):
+        if type(value) is not bytes and not isinstance(value, bytes):
             raise StructureError(f"{name} must be a bstr-wrapped command sequence")
         return self.sequence(value, depth)
 
@@ -243,13 +260,18 @@ class Decoder:
         return CommandSequence(tuple(commands), raw)
 
     def argument(self, code: int, arg: Any, depth: int) -> Any:
-        if code == Command.SET_COMPONENT_INDEX:
+        if code in (_SET_PARAMETERS, _OVERRIDE_PARAMETERS):
+            if not isinstance(arg, Mapping) or not arg:
+                raise StructureError("parameters must be a non-empty map")
+            parameter = self.parameter
+            return Parameters(tuple([parameter(k, v, depth) for k, v in arg.items()]))
+        if code == _SET_COMPONENT_INDEX:
             if arg is True or (_is_int(arg) and arg >= 0):
                 return arg
             if isinstance(arg, list | tuple) and arg and all(_is_int(i) and i >= 0 for i in arg):
                 return tuple(arg)
             raise StructureError("set-component-index takes uint, true or [+ uint]")
-        if code == Command.TRY_EACH:
+        if code == _TRY_EACH:
             if not isinstance(arg, list | tuple):
                 raise StructureError("try-each takes an array")
             allow_none = bool(arg) and arg[-1] is None
@@ -257,14 +279,10 @@ class Decoder:
             if len(seqs) < 1 or not all(isinstance(s, bytes) for s in seqs):
                 raise StructureError("try-each takes bstr-wrapped sequences and optional nil")
             return TryEach(tuple(self.sequence(s, depth + _WRAP_DEPTH) for s in seqs), allow_none)
-        if code == Command.RUN_SEQUENCE:
+        if code == _RUN_SEQUENCE:
             if not isinstance(arg, bytes):
                 raise StructureError("run-sequence takes a bstr-wrapped sequence")
             return self.sequence(arg, depth + _WRAP_DEPTH)
-        if code in (Command.OVERRIDE_PARAMETERS, Command.SET_PARAMETERS):
-            if not isinstance(arg, Mapping) or not arg:
-                raise StructureError("parameters must be a non-empty map")
-            return Parameters(tuple(self.parameter(k, v, depth) for k, v in arg.items()))
         if code < 0:  # suit-command-custom: bstr / tstr / int / nil (§8.4.6)
             if arg is None or isinstance(arg, bytes | str) or _is_int(arg):
                 return arg
@@ -276,14 +294,16 @@ class Decoder:
         return arg  # extension command: kept, fails if executed (§8.4.9)
 
     def parameter(self, code: Any, value: Any, depth: int) -> tuple[int, Any]:
-        if not _is_int(code):
+        if type(code) is not int:
             raise StructureError("parameter code must be an integer")
         expect = _PARAMETER_TYPES.get(code)
-        if code == Parameter.IMAGE_DIGEST:
+        if expect is bytes and type(value) is bytes:  # the common case, settled at once
+            return code, value
+        if code == _IMAGE_DIGEST:
             if not isinstance(value, bytes):
                 raise StructureError("image-digest must be a bstr-wrapped SUIT_Digest")
             return code, self.digest(self.load(value, depth + _WRAP_DEPTH))
-        if code == Parameter.VENDOR_IDENTIFIER and isinstance(value, cbor2.CBORTag):
+        if code == _VENDOR_IDENTIFIER and isinstance(value, cbor2.CBORTag):
             if value.tag != 112 or not isinstance(value.value, bytes):
                 raise StructureError("vendor-id must be a UUID bstr or #6.112(bstr)")
             return code, Pen(value.value)
@@ -331,12 +351,26 @@ def _matches(value: Any, expect: type) -> bool:
 
 
 def component_id(value: Any) -> ComponentId:
-    if not isinstance(value, list | tuple) or not all(isinstance(p, bytes) for p in value):
+    if not isinstance(value, list | tuple):
         raise StructureError("SUIT_Component_Identifier must be [* bstr]")
+    for part in value:
+        if type(part) is not bytes and not isinstance(part, bytes):
+            raise StructureError("SUIT_Component_Identifier must be [* bstr]")
     return tuple(value)
 
 
 _MANIFEST_KEYS = frozenset({1, 2, 3, 4, 7, 8, 9, 16, 20, 23})
+_COMMON_KEYS = frozenset({1, 2, 4})
+_decode = cbor.decode
+# Code points as plain ints (an ``IntEnum`` member lookup costs several int
+# comparisons; these are read for every command and parameter decoded).
+_SET_COMPONENT_INDEX = int(Command.SET_COMPONENT_INDEX)
+_TRY_EACH = int(Command.TRY_EACH)
+_RUN_SEQUENCE = int(Command.RUN_SEQUENCE)
+_SET_PARAMETERS = int(Command.SET_PARAMETERS)
+_OVERRIDE_PARAMETERS = int(Command.OVERRIDE_PARAMETERS)
+_IMAGE_DIGEST = int(Parameter.IMAGE_DIGEST)
+_VENDOR_IDENTIFIER = int(Parameter.VENDOR_IDENTIFIER)
 _REP_POLICY_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 18, 21, 22, 23, 24, 25, 31, 33})
 
 # Conditions and directives with a small SUIT_Rep_Policy argument are most of

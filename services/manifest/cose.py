@@ -15,11 +15,9 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from .cbor import encode_head
 from .errors import AuthenticationError, ErrorCode
 from .model import CoseAlgorithm, CoseSign1
 
@@ -34,9 +32,46 @@ UNDERSTOOD_HEADERS = frozenset({1, 2, 3, 4})
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
+# The array head and context string of every COSE_Sign1 Sig_structure.
+_SIG1_PREFIX = b"\x84\x6aSignature1"
+
+
 def sig_structure(protected_raw: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
-    """Sig_structure for COSE_Sign1 (RFC 9052 §4.4)."""
-    return cbor2.dumps(["Signature1", protected_raw, external_aad, payload])
+    """Sig_structure for COSE_Sign1 (RFC 9052 §4.4).
+
+    Assembled from the byte strings as they are, with their CBOR heads:
+    nothing is re-encoded (the same bytes as ``cbor2.dumps`` of the array).
+    """
+    return b"".join(
+        (
+            _SIG1_PREFIX,
+            encode_head(2, len(protected_raw)),
+            protected_raw,
+            encode_head(2, len(external_aad)),
+            external_aad,
+            encode_head(2, len(payload)),
+            payload,
+        )
+    )
+
+
+def _der_integer(magnitude: bytes) -> bytes:
+    """A DER INTEGER of an unsigned big-endian magnitude (X.690 §8.3)."""
+    magnitude = magnitude.lstrip(b"\x00") or b"\x00"
+    if magnitude[0] & 0x80:
+        magnitude = b"\x00" + magnitude
+    return b"\x02" + bytes((len(magnitude),)) + magnitude
+
+
+def der_signature(raw: bytes) -> bytes:
+    """r‖s (RFC 9053 §2.1) as the DER ECDSA-Sig-Value OpenSSL verifies.
+
+    The same bytes as ``encode_dss_signature``; built here directly because
+    that call costs more than the rest of this conversion.
+    """
+    half = len(raw) // 2
+    r, s = _der_integer(raw[:half]), _der_integer(raw[half:])
+    return b"\x30" + bytes((len(r) + len(s),)) + r + s
 
 
 def check_algorithm(sign1: CoseSign1) -> int:
@@ -100,10 +135,7 @@ def verify_checked(alg: int, sign1: CoseSign1, payload: bytes, key: PublicKey) -
     message = sig_structure(sign1.protected_raw, payload)
     try:
         if alg in ECDSA_ALGORITHMS:
-            der = encode_dss_signature(
-                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            )
-            key.verify(der, message, _ECDSA_SHA256)  # type: ignore[call-arg]
+            key.verify(der_signature(signature), message, _ECDSA_SHA256)  # type: ignore[call-arg]
         else:
             key.verify(signature, message)  # type: ignore[call-arg]
     except InvalidSignature:

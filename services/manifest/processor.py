@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .auth import (
@@ -182,13 +182,15 @@ def _sequence_for(
     key: ManifestKey,
     severed: tuple[int, ...],
 ) -> CommandSequence | None:
-    if key == ManifestKey.VALIDATE:
+    if key is ManifestKey.VALIDATE:
         return manifest.validate
-    if key == ManifestKey.LOAD:
+    if key is ManifestKey.LOAD:
         return manifest.load
-    if key == ManifestKey.INVOKE:
+    if key is ManifestKey.INVOKE:
         return manifest.invoke
-    member = manifest.severable(key)
+    member = manifest.payload_fetch if key is ManifestKey.PAYLOAD_FETCH else manifest.install
+    if member is None or type(member) is CommandSequence:
+        return member
     if isinstance(member, SuitDigest):
         if int(key) in severed:
             raise SeverableError(
@@ -198,7 +200,7 @@ def _sequence_for(
         raw = envelope.member(int(key))
         assert raw is not None  # checked against its digest by check_severable
         return decoder.sequence(raw, 8)
-    if member is None or isinstance(member, CommandSequence):
+    if isinstance(member, CommandSequence):
         return member
     raise StructureError(f"{key.name.lower()} is not a command sequence")
 
@@ -211,30 +213,56 @@ class _ConditionFailed(ProcessingError):
     """A condition (not a directive) failed: soft-failure may absorb it (§8.4.9)."""
 
 
+# Code points as plain ints: an ``IntEnum`` member lookup costs several
+# times an int comparison, and the interpreter below runs per command.
+_OVERRIDE_PARAMETERS = int(Command.OVERRIDE_PARAMETERS)
+_SET_PARAMETERS = int(Command.SET_PARAMETERS)
+_SET_COMPONENT_INDEX = int(Command.SET_COMPONENT_INDEX)
+_TRY_EACH = int(Command.TRY_EACH)
+_RUN_SEQUENCE = int(Command.RUN_SEQUENCE)
+_SOFT_FAILURE = int(Parameter.SOFT_FAILURE)
+_SHA256 = -16
+_P_VENDOR_IDENTIFIER = int(Parameter.VENDOR_IDENTIFIER)
+_P_CLASS_IDENTIFIER = int(Parameter.CLASS_IDENTIFIER)
+_P_DEVICE_IDENTIFIER = int(Parameter.DEVICE_IDENTIFIER)
+_P_COMPONENT_SLOT = int(Parameter.COMPONENT_SLOT)
+_P_CONTENT = int(Parameter.CONTENT)
+_P_SOURCE_COMPONENT = int(Parameter.SOURCE_COMPONENT)
+_P_URI = int(Parameter.URI)
+_P_IMAGE_DIGEST = int(Parameter.IMAGE_DIGEST)
+_P_IMAGE_SIZE = int(Parameter.IMAGE_SIZE)
+
+
 class _Machine:
     """Parameter storage, component images and the command interpreter (§6.4)."""
+
+    __slots__ = ("components", "budget", "images", "invoked", "params", "index",
+                 "context", "envelope", "shared")
 
     def __init__(
         self, manifest: Manifest, envelope: Envelope, context: DeviceContext, limits: Limits
     ) -> None:
-        self.manifest = manifest
         self.envelope = envelope
         self.context = context
         self.components = manifest.common.components
+        self.shared = manifest.common.shared_sequence
         self.budget = limits.max_commands_run
-        self.images: dict[int, Image] = {
-            i: context.images[c] for i, c in enumerate(self.components) if c in context.images
-        }
+        current = context.images
+        self.images: dict[int, Image] = (
+            {i: current[c] for i, c in enumerate(self.components) if c in current}
+            if current
+            else {}
+        )
         self.invoked: list[int] = []
         self.params: list[dict[int, object]] = [{} for _ in self.components]
         self.index: list[int] = [0]
 
     def run_procedure_step(self, seq: CommandSequence) -> None:
-        shared = self.manifest.common.shared_sequence
-        for s in (shared, seq):
+        several = len(self.components) > 1
+        for s in (self.shared, seq):
             if s is None:
                 continue
-            if len(self.components) > 1 and s.commands[0].code != Command.SET_COMPONENT_INDEX:
+            if several and s.commands[0].code != _SET_COMPONENT_INDEX:
                 # §6.2: with several components every sequence starts by choosing one.
                 raise StructureError("sequence must begin with set-component-index")
             self.index = [0]
@@ -242,153 +270,161 @@ class _Machine:
 
     def run(self, seq: CommandSequence, soft: bool | None) -> bool:
         """Run ``seq``; False when a condition failed under soft-failure."""
+        flow = _FLOW
         for command in seq.commands:
             self.budget -= 1
             if self.budget < 0:
                 raise LimitExceeded("too many commands executed")
-            code, arg = command.code, command.arg
+            code = command.code
             try:
-                if code == Command.OVERRIDE_PARAMETERS or code == Command.SET_PARAMETERS:
-                    soft = self.set_parameters(arg, code == Command.OVERRIDE_PARAMETERS, soft)
-                elif code == Command.SET_COMPONENT_INDEX:
-                    self.select(arg)
-                elif code == Command.TRY_EACH:
-                    self.try_each(arg)
-                elif code == Command.RUN_SEQUENCE:
-                    assert isinstance(arg, CommandSequence)
-                    saved = self.index
-                    self.run(arg, soft=False)
-                    self.index = saved
+                step = flow.get(code)
+                if step is not None:
+                    soft = step(self, code, command.arg, soft)
                 else:
+                    action = _ACTIONS.get(code, _unsupported)
                     for i in self.index:
-                        self.execute(code, i)
+                        action(self, code, i)
             except _ConditionFailed:
                 if soft:
                     return False
                 raise
         return True
 
-    def try_each(self, arg: object) -> None:
-        assert isinstance(arg, TryEach)
-        last: ProcessingError | None = None
-        for seq in arg.sequences:  # §8.4.10.2: soft-failure defaults to true
-            saved = self.index
-            try:
-                if self.run(seq, soft=True):
-                    return
-            except _ConditionFailed as exc:
-                last = exc
-            self.index = saved
-        if arg.allow_none:
-            return
-        raise _ConditionFailed(
-            "no try-each alternative succeeded"
-            + (f" (last: {last.message})" if last else ""),
-            last.code if last else ErrorCode.CONDITION_FAILED,
-        )
+    # -------------------------------------------- flow control (§8.4.10)
 
-    def select(self, arg: object) -> None:
-        count = len(self.components)
-        if arg is True:
-            self.index = list(range(count))
-            return
-        indexes = list(arg) if isinstance(arg, tuple) else [arg]
-        for i in indexes:
-            if type(i) is not int or not 0 <= i < count:
-                raise StructureError(f"component index {i!r} is out of range")
-        self.index = indexes  # type: ignore[assignment]
-
-    def set_parameters(self, arg: object, override: bool, soft: bool | None) -> bool | None:
+    def parameters_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
         assert isinstance(arg, Parameters)
+        override = code == _OVERRIDE_PARAMETERS
+        params = self.params
         for key, value in arg.items:
-            if key == Parameter.SOFT_FAILURE:
+            if key == _SOFT_FAILURE:
                 if soft is None:  # §8.4.8.15: only inside try-each / run-sequence
                     raise ProcessingError(
                         "soft-failure set outside try-each or run-sequence", ErrorCode.ABORTED
                     )
                 soft = bool(value)
             for i in self.index:
-                if override or key not in self.params[i]:
-                    self.params[i][key] = value
+                if override or key not in params[i]:
+                    params[i][key] = value
         return soft
 
+    def select_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        count = len(self.components)
+        if arg is True:
+            self.index = list(range(count))
+            return soft
+        indexes = list(arg) if isinstance(arg, tuple) else [arg]
+        for i in indexes:
+            if type(i) is not int or not 0 <= i < count:
+                raise StructureError(f"component index {i!r} is out of range")
+        self.index = indexes  # type: ignore[assignment]
+        return soft
+
+    def try_each_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        assert isinstance(arg, TryEach)
+        last: ProcessingError | None = None
+        for seq in arg.sequences:  # §8.4.10.2: soft-failure defaults to true
+            saved = self.index
+            try:
+                if self.run(seq, soft=True):
+                    return soft
+            except _ConditionFailed as exc:
+                last = exc
+            self.index = saved
+        if arg.allow_none:
+            return soft
+        raise _ConditionFailed(
+            "no try-each alternative succeeded"
+            + (f" (last: {last.message})" if last else ""),
+            last.code if last else ErrorCode.CONDITION_FAILED,
+        )
+
+    def run_sequence_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        assert isinstance(arg, CommandSequence)
+        saved = self.index
+        self.run(arg, soft=False)
+        self.index = saved
+        return soft
+
+    # -------------------------------------------- conditions and directives
+
     def param(self, i: int, key: int) -> object:
-        try:
-            return self.params[i][key]
-        except KeyError:
+        value = self.params[i].get(key, _MISSING)
+        if value is _MISSING:
             raise _ConditionFailed(
                 f"parameter {Parameter(key).name.lower()} is not set for component "
                 f"{_show(self.components[i])}",
                 ErrorCode.PARAMETER_MISSING,
-            ) from None
+            )
+        return value
 
-    def execute(self, code: int, i: int) -> None:
-        ctx = self.context
-        if code == Command.VENDOR_IDENTIFIER:
-            value = self.param(i, Parameter.VENDOR_IDENTIFIER)
-            if isinstance(value, Pen) or value != ctx.vendor_id:
-                raise _ConditionFailed("vendor id does not match", ErrorCode.VENDOR_MISMATCH)
-        elif code == Command.CLASS_IDENTIFIER:
-            if self.param(i, Parameter.CLASS_IDENTIFIER) != ctx.class_id:
-                raise _ConditionFailed("class id does not match", ErrorCode.CLASS_MISMATCH)
-        elif code == Command.DEVICE_IDENTIFIER:
-            value = self.param(i, Parameter.DEVICE_IDENTIFIER)
-            if ctx.device_id is None or value != ctx.device_id:
-                raise _ConditionFailed("device id does not match", ErrorCode.DEVICE_MISMATCH)
-        elif code == Command.IMAGE_MATCH:
-            self.image_match(i)
-        elif code == Command.COMPONENT_SLOT:
-            want = self.param(i, Parameter.COMPONENT_SLOT)
-            if ctx.slots.get(self.components[i], 0) != want:
-                raise _ConditionFailed(f"component is not in slot {want}", ErrorCode.SLOT_MISMATCH)
-        elif code == Command.CHECK_CONTENT:
-            content = self.param(i, Parameter.CONTENT)
-            image = self.images.get(i)
-            if not (
-                isinstance(image, bytes)
-                and isinstance(content, bytes)
-                and hmac.compare_digest(image, content)  # §8.4.9.6: constant time
-            ):
-                raise _ConditionFailed("component content does not match")
-        elif code == Command.ABORT:
-            raise _ConditionFailed("condition-abort", ErrorCode.ABORTED)
-        elif code == Command.WRITE:
-            content = self.param(i, Parameter.CONTENT)
-            assert isinstance(content, bytes)
-            self.images[i] = content
-        elif code == Command.FETCH:
-            self.images[i] = self.fetch(i)
-        elif code == Command.COPY or code == Command.SWAP:
-            src = self.param(i, Parameter.SOURCE_COMPONENT)
-            if type(src) is not int or not 0 <= src < len(self.components):
-                raise ProcessingError("source-component is out of range", ErrorCode.ABORTED)
-            if src not in self.images:
-                raise ProcessingError(
-                    f"source component {_show(self.components[src])} holds no image",
-                    ErrorCode.PAYLOAD_UNAVAILABLE,
-                )
-            if code == Command.COPY:
-                self.images[i] = self.images[src]
-            else:
-                if i not in self.images:
-                    raise ProcessingError("swap target holds no image", ErrorCode.PAYLOAD_UNAVAILABLE)
-                self.images[i], self.images[src] = self.images[src], self.images[i]
-        elif code == Command.INVOKE:
-            if i not in self.images:
-                raise ProcessingError(
-                    f"nothing to invoke in {_show(self.components[i])}",
-                    ErrorCode.PAYLOAD_UNAVAILABLE,
-                )
-            self.invoked.append(i)
-        elif code in CONDITIONS or code < 0:
-            # §8.4.9: an unknown (or unimplemented) condition is a failure.
-            raise _ConditionFailed(f"condition {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+    def vendor_identifier(self, code: int, i: int) -> None:
+        value = self.param(i, _P_VENDOR_IDENTIFIER)
+        if isinstance(value, Pen) or value != self.context.vendor_id:
+            raise _ConditionFailed("vendor id does not match", ErrorCode.VENDOR_MISMATCH)
+
+    def class_identifier(self, code: int, i: int) -> None:
+        if self.param(i, _P_CLASS_IDENTIFIER) != self.context.class_id:
+            raise _ConditionFailed("class id does not match", ErrorCode.CLASS_MISMATCH)
+
+    def device_identifier(self, code: int, i: int) -> None:
+        value = self.param(i, _P_DEVICE_IDENTIFIER)
+        device_id = self.context.device_id
+        if device_id is None or value != device_id:
+            raise _ConditionFailed("device id does not match", ErrorCode.DEVICE_MISMATCH)
+
+    def component_slot(self, code: int, i: int) -> None:
+        want = self.param(i, _P_COMPONENT_SLOT)
+        if self.context.slots.get(self.components[i], 0) != want:
+            raise _ConditionFailed(f"component is not in slot {want}", ErrorCode.SLOT_MISMATCH)
+
+    def check_content(self, code: int, i: int) -> None:
+        content = self.param(i, _P_CONTENT)
+        image = self.images.get(i)
+        if not (
+            isinstance(image, bytes)
+            and isinstance(content, bytes)
+            and hmac.compare_digest(image, content)  # §8.4.9.6: constant time
+        ):
+            raise _ConditionFailed("component content does not match")
+
+    def abort(self, code: int, i: int) -> None:
+        raise _ConditionFailed("condition-abort", ErrorCode.ABORTED)
+
+    def write(self, code: int, i: int) -> None:
+        content = self.param(i, _P_CONTENT)
+        assert isinstance(content, bytes)
+        self.images[i] = content
+
+    def fetch(self, code: int, i: int) -> None:
+        self.images[i] = self.fetched(i)
+
+    def copy_or_swap(self, code: int, i: int) -> None:
+        src = self.param(i, _P_SOURCE_COMPONENT)
+        if type(src) is not int or not 0 <= src < len(self.components):
+            raise ProcessingError("source-component is out of range", ErrorCode.ABORTED)
+        if src not in self.images:
+            raise ProcessingError(
+                f"source component {_show(self.components[src])} holds no image",
+                ErrorCode.PAYLOAD_UNAVAILABLE,
+            )
+        if code == Command.COPY:
+            self.images[i] = self.images[src]
         else:
-            # Directives failing always abort (§6.4).
-            raise ProcessingError(f"directive {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+            if i not in self.images:
+                raise ProcessingError("swap target holds no image", ErrorCode.PAYLOAD_UNAVAILABLE)
+            self.images[i], self.images[src] = self.images[src], self.images[i]
 
-    def fetch(self, i: int) -> Image:
-        uri = self.param(i, Parameter.URI)
+    def invoke(self, code: int, i: int) -> None:
+        if i not in self.images:
+            raise ProcessingError(
+                f"nothing to invoke in {_show(self.components[i])}",
+                ErrorCode.PAYLOAD_UNAVAILABLE,
+            )
+        self.invoked.append(i)
+
+    def fetched(self, i: int) -> Image:
+        uri = self.param(i, _P_URI)
         assert isinstance(uri, str)
         if uri.startswith("#"):  # integrated payload (§7.6)
             payload = self.envelope.member(uri[1:])
@@ -401,8 +437,8 @@ class _Machine:
             raise ProcessingError(f"payload {uri} is not available", ErrorCode.PAYLOAD_UNAVAILABLE)
         return image
 
-    def image_match(self, i: int) -> None:
-        digest = self.param(i, Parameter.IMAGE_DIGEST)
+    def image_match(self, code: int, i: int) -> None:
+        digest = self.param(i, _P_IMAGE_DIGEST)
         assert isinstance(digest, SuitDigest)
         image = self.images.get(i)
         if image is None:
@@ -410,23 +446,59 @@ class _Machine:
                 f"component {_show(self.components[i])} holds no image",
                 ErrorCode.IMAGE_DIGEST_MISMATCH,
             )
-        size = self.params[i].get(Parameter.IMAGE_SIZE)
-        actual_size = image.size if isinstance(image, ImageInfo) else len(image)
+        size = self.params[i].get(_P_IMAGE_SIZE)
+        is_info = isinstance(image, ImageInfo)
+        actual_size = image.size if is_info else len(image)  # type: ignore[union-attr,arg-type]
         if size is not None and size != actual_size:
             raise _ConditionFailed(
                 f"image is {actual_size} bytes, manifest says {size}",
                 ErrorCode.IMAGE_SIZE_MISMATCH,
             )
-        if isinstance(image, ImageInfo):
-            if digest.algorithm != -16:
+        if is_info:
+            if digest.algorithm != _SHA256:
                 raise _ConditionFailed(
                     "only a SHA-256 is known for this payload", ErrorCode.IMAGE_DIGEST_MISMATCH
                 )
-            actual = image.sha256
+            actual = image.sha256  # type: ignore[union-attr]
         else:
-            actual = compute_digest(digest.algorithm, image)
+            actual = compute_digest(digest.algorithm, image)  # type: ignore[arg-type]
         if not hmac.compare_digest(actual, digest.digest):
             raise _ConditionFailed("image digest does not match", ErrorCode.IMAGE_DIGEST_MISMATCH)
+
+
+def _unsupported(machine: _Machine, code: int, i: int) -> None:
+    if code in CONDITIONS or code < 0:
+        # §8.4.9: an unknown (or unimplemented) condition is a failure.
+        raise _ConditionFailed(f"condition {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+    # Directives failing always abort (§6.4).
+    raise ProcessingError(f"directive {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+
+
+_MISSING = object()
+
+# Commands that change what runs or on which component; the rest act per
+# selected component (§6.4). Both tables are built once, not per command.
+_FLOW: dict[int, Callable[[_Machine, int, object, bool | None], bool | None]] = {
+    _OVERRIDE_PARAMETERS: _Machine.parameters_step,
+    _SET_PARAMETERS: _Machine.parameters_step,
+    _SET_COMPONENT_INDEX: _Machine.select_step,
+    _TRY_EACH: _Machine.try_each_step,
+    _RUN_SEQUENCE: _Machine.run_sequence_step,
+}
+_ACTIONS: dict[int, Callable[[_Machine, int, int], None]] = {
+    Command.VENDOR_IDENTIFIER: _Machine.vendor_identifier,
+    Command.CLASS_IDENTIFIER: _Machine.class_identifier,
+    Command.DEVICE_IDENTIFIER: _Machine.device_identifier,
+    Command.IMAGE_MATCH: _Machine.image_match,
+    Command.COMPONENT_SLOT: _Machine.component_slot,
+    Command.CHECK_CONTENT: _Machine.check_content,
+    Command.ABORT: _Machine.abort,
+    Command.WRITE: _Machine.write,
+    Command.FETCH: _Machine.fetch,
+    Command.COPY: _Machine.copy_or_swap,
+    Command.SWAP: _Machine.copy_or_swap,
+    Command.INVOKE: _Machine.invoke,
+}
 
 
 def image_info(payload: bytes) -> ImageInfo:
