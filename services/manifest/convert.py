@@ -3,6 +3,8 @@ SUIT library's domain types. Nothing else touches generated code."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -48,6 +50,36 @@ def anchor_from_pb(msg: pb.ManifestTrustAnchor) -> TrustAnchor:
         if msg.components
         else None,
     )
+
+
+class AnchorCache:
+    """Trust anchors from requests, parsed once (DER key load, key family).
+
+    Keyed by the anchor message's deterministic encoding, so an entry is
+    reused only for the same key bytes, key id, classes and components.
+    Least recently used entries go first beyond ``max_entries``.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        if max_entries <= 0:
+            raise ValueError("AnchorCache.max_entries must be positive")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, TrustAnchor] = OrderedDict()
+
+    def get(self, msg: pb.ManifestTrustAnchor) -> TrustAnchor:
+        key = msg.SerializeToString(deterministic=True)
+        anchor = self._entries.get(key)
+        if anchor is not None:
+            self._entries.move_to_end(key)
+            return anchor
+        anchor = anchor_from_pb(msg)  # a bad anchor raises and is not cached
+        self._entries[key] = anchor
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return anchor
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def anchor_to_pb(anchor: TrustAnchor) -> pb.ManifestTrustAnchor:

@@ -71,6 +71,7 @@ class ManifestServicer(pb_grpc.ManifestServicer):
         self.limits = Limits(max_envelope_bytes=config.max_envelope_bytes)
         self.anchors = deps.anchors
         self.metrics = ManifestMetrics(deps.registry)
+        self.request_anchors = convert.AnchorCache()
 
     async def Validate(
         self, request: pb.ManifestValidateRequest, context: grpc.aio.ServicerContext
@@ -78,7 +79,7 @@ class ManifestServicer(pb_grpc.ManifestServicer):
         start = time.perf_counter()
         try:
             anchors = (
-                tuple(convert.anchor_from_pb(a) for a in request.trust_anchors)
+                tuple(self.request_anchors.get(a) for a in request.trust_anchors)
                 if request.trust_anchors
                 else self.anchors
             )

@@ -113,3 +113,26 @@ def test_config_validate_names_field() -> None:
     env = {"FLEETSUIT_MANIFEST_LISTEN": "127.0.0.1:0", "FLEETSUIT_NODE_ID": "n1"}
     config = ManifestConfig.from_env(env).validate()
     assert config.node_id == "n1" and config.listen == "127.0.0.1:0"
+
+
+def test_anchor_cache_reuses_parsed_anchor_only_for_the_same_message() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from services.manifest.convert import AnchorCache
+
+    cache = AnchorCache(max_entries=2)
+    first, second, third = (
+        anchor_to_pb(TrustAnchor(ec.generate_private_key(ec.SECP256R1()).public_key()))
+        for _ in range(3)
+    )
+    a = cache.get(first)
+    assert cache.get(pb.ManifestTrustAnchor.FromString(first.SerializeToString())) is a
+    scoped = pb.ManifestTrustAnchor()
+    scoped.CopyFrom(first)
+    scoped.class_ids.append(b"\x01" * 16)
+    b = cache.get(scoped)  # same key, narrower scope: a different anchor
+    assert b is not a and b.class_ids == frozenset({b"\x01" * 16}) and a.class_ids is None
+    cache.get(second)
+    cache.get(third)
+    assert len(cache) == 2  # bounded: the least recently used went first
+    assert cache.get(first) is not a
