@@ -87,3 +87,10 @@ class ConsensusMetrics:
         self.peer_sent_failures = Counter(
             "fleetsuit_network_peer_sent_failures", "Failed stream sends to a peer.", ["to"], registry=r
         )
+        self.peer_messages_sent = Counter(
+            "fleetsuit_network_peer_messages_sent", "Raft messages sent to a peer.", ["to"], registry=r
+        )
+        self.peer_batches_sent = Counter(
+            "fleetsuit_network_peer_batches_sent",
+            "Stream writes to a peer (each carries one or more Raft messages).", ["to"], registry=r,
+        )

@@ -152,6 +152,8 @@ class GrpcTransport:
             batch = pb.RaftMessageBatch()
             while peer.queue:
                 batch.messages.append(message_to_pb(peer.queue.popleft()))
+            self._metrics.peer_messages_sent.labels(peer.node_id).inc(len(batch.messages))
+            self._metrics.peer_batches_sent.labels(peer.node_id).inc()
             yield batch
 
     async def _run_peer(self, peer: _Peer) -> None:

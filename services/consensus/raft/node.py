@@ -116,6 +116,9 @@ class RaftNode:
         self._applying = applied  # handed out in a Ready, not yet advanced
         self._prev_hard_state = hard_state
         self._msgs: list[Message] = []
+        # Followers owed a commit index, told at the next ready() unless an
+        # append proposed in the meantime carries it (no extra message).
+        self._commit_notify: set[str] = set()
         self._votes: dict[str, bool] = {}
         self._progress: dict[str, Progress] = {}
         self._transferee = _NONE
@@ -335,9 +338,11 @@ class RaftNode:
             or self._hard_state() != self._prev_hard_state
             or self._pending_snapshot is not None
             or bool(self._read_states)
+            or bool(self._commit_notify)
         )
 
     def ready(self) -> Ready:
+        self._flush_commit_notify()
         hs = self._hard_state()
         rd = Ready(
             hard_state=hs if hs != self._prev_hard_state else None,
@@ -893,14 +898,29 @@ class RaftNode:
         self._maybe_promote()
 
     def _maybe_send_commit(self, to: str, pr: Progress) -> None:
-        """Tell an idle, caught-up follower a commit index it has not heard yet;
-        busy ones learn it from their next append."""
-        if (
+        """Tell an idle, caught-up follower a commit index it has not heard
+        yet; busy ones learn it from their next append. Deferred to ready():
+        under load the next proposal's append carries it instead."""
+        if self._owes_commit(pr):
+            self._commit_notify.add(to)
+
+    def _owes_commit(self, pr: Progress) -> bool:
+        return (
             pr.state is ProgressState.REPLICATE
             and not pr.inflight
             and pr.commit_sent < min(self._log.commit, pr.match_index)
-        ):
-            self._send_heartbeat(to)
+        )
+
+    def _flush_commit_notify(self) -> None:
+        if not self._commit_notify:
+            return
+        owed, self._commit_notify = sorted(self._commit_notify), set()
+        if self._role is not Role.LEADER:
+            return
+        for to in owed:
+            pr = self._progress.get(to)
+            if pr is not None and self._owes_commit(pr):
+                self._send_heartbeat(to)
 
     def _handle_reject(self, msg: Message, pr: Progress) -> None:
         if pr.state is ProgressState.SNAPSHOT:
