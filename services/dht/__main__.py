@@ -29,6 +29,13 @@ def parse_args(argv: Sequence[str] | None, base: DhtConfig) -> DhtConfig:
     p.add_argument("--provider-ttl-ms", type=int, default=base.provider_ttl_ms)
     p.add_argument("--scrub-interval-ms", type=int, default=base.scrub_interval_ms)
     p.add_argument("--scrub-bytes-per-s", type=int, default=base.scrub_bytes_per_s)
+    p.add_argument(
+        "--upload-bytes-per-s",
+        type=int,
+        default=base.upload_bytes_per_s,
+        help="cap on bytes uploaded to peers and clients (0: unlimited)",
+    )
+    p.add_argument("--upload-burst-bytes", type=int, default=base.upload_burst_bytes)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     setup_logging("dht", args.node_id, args.log_level)
@@ -47,6 +54,8 @@ def parse_args(argv: Sequence[str] | None, base: DhtConfig) -> DhtConfig:
         provider_ttl_ms=args.provider_ttl_ms,
         scrub_interval_ms=args.scrub_interval_ms,
         scrub_bytes_per_s=args.scrub_bytes_per_s,
+        upload_bytes_per_s=args.upload_bytes_per_s,
+        upload_burst_bytes=args.upload_burst_bytes,
     )
 
 

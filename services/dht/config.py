@@ -37,6 +37,10 @@ class DhtConfig:
     provider_ttl_ms: int = 30_000  # provider records expire unless re-announced
     scrub_interval_ms: int = 600_000  # pause between scrub passes
     scrub_bytes_per_s: int = 32 * MIB  # scrub read rate limit
+    # Upload cap (chunks served to peers and Get streams), so spreading a
+    # release does not saturate an edge link; 0 = unlimited (ratelimit.py).
+    upload_bytes_per_s: int = 0
+    upload_burst_bytes: int = 1 * MIB  # credit an idle node may spend at once
     grace_ms: int = 2_000
 
     @classmethod
@@ -66,6 +70,12 @@ class DhtConfig:
             provider_ttl_ms=env_int("FLEETSUIT_DHT_PROVIDER_TTL_MS", d.provider_ttl_ms, env),
             scrub_interval_ms=env_int("FLEETSUIT_DHT_SCRUB_INTERVAL_MS", d.scrub_interval_ms, env),
             scrub_bytes_per_s=env_int("FLEETSUIT_DHT_SCRUB_BYTES_PER_S", d.scrub_bytes_per_s, env),
+            upload_bytes_per_s=env_int(
+                "FLEETSUIT_DHT_UPLOAD_BYTES_PER_S", d.upload_bytes_per_s, env
+            ),
+            upload_burst_bytes=env_int(
+                "FLEETSUIT_DHT_UPLOAD_BURST_BYTES", d.upload_burst_bytes, env
+            ),
             grace_ms=env_int("FLEETSUIT_DHT_GRACE_MS", d.grace_ms, env),
         )
 
@@ -93,10 +103,24 @@ class DhtConfig:
             "provider_ttl_ms": self.provider_ttl_ms,
             "scrub_interval_ms": self.scrub_interval_ms,
             "scrub_bytes_per_s": self.scrub_bytes_per_s,
+            "upload_burst_bytes": self.upload_burst_bytes,
         }
         for field_name, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"{field_name} must be positive, got {number}")
+        if self.upload_bytes_per_s < 0:
+            raise ConfigError(
+                f"upload_bytes_per_s must be 0 (unlimited) or positive, got {self.upload_bytes_per_s}"
+            )
+        if self.upload_bytes_per_s and (
+            self.max_uploads * self.chunk_bytes * 1000
+            >= self.upload_bytes_per_s * self.fetch_timeout_ms
+        ):
+            # A peer's chunk request waits behind the other uploads in flight;
+            # it must not time out there (node.handle_fetch_chunk).
+            raise ConfigError(
+                "upload_bytes_per_s too low: max_uploads chunks must go out within fetch_timeout_ms"
+            )
         if self.chunk_bytes > 4 * MIB:
             raise ConfigError("chunk_bytes must be at most 4 MiB (gRPC message limit)")
         if self.provider_ttl_ms <= self.repair_interval_ms:

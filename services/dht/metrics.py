@@ -27,6 +27,11 @@ class DhtMetrics:
         self.bytes_out = Counter(
             "fleetsuit_dht_bytes_out", "Payload bytes sent (clients and peers)", registry=registry
         )
+        self.upload_wait_seconds = Counter(
+            "fleetsuit_dht_upload_wait_seconds",
+            "Seconds uploads waited for the upload rate limit (upload_bytes_per_s)",
+            registry=registry,
+        )
         self.lookup_hops = Histogram(
             "fleetsuit_dht_lookup_hops",
             "Hops to the closest node found by an iterative lookup",

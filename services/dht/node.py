@@ -23,7 +23,11 @@ It turns client and peer requests into store operations and network calls:
   blob to hold a replica, which both restores k after a loss and hands data
   to a node that joined closer to a blob;
 - ``scrub`` re-verifies every stored chunk in the background, at most
-  ``scrub_bytes_per_s``, and repairs corrupt ones from peers.
+  ``scrub_bytes_per_s``, and repairs corrupt ones from peers;
+- with ``upload_bytes_per_s`` set, every byte uploaded (chunks served to
+  peers, Get streams) first passes a token bucket (ratelimit.py). A chunk
+  upload waits for it while holding its upload slot, so peers asking a
+  saturated node are told Busy and pull from other holders instead.
 
 Everything runs on one asyncio loop; only this module's tasks touch the
 routing table and the store, so no locks. Worker threads only read the
@@ -65,6 +69,7 @@ from services.dht.errors import (
 )
 from services.dht.fetch import BlobFetch, SourcePicker, decode_have, encode_have
 from services.dht.metrics import DhtMetrics
+from services.dht.ratelimit import TokenBucket
 from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
 from services.dht.store import BlobStore
 from services.dht.transport import PeerTransport
@@ -116,7 +121,12 @@ class DhtNode:
         self.metrics = metrics
         self.rng = rng
         self.table = RoutingTable(self_contact, config.bucket_size)
-        self.clock = clock  # seconds; only provider-record expiry reads it
+        self.clock = clock  # seconds; provider-record expiry and the upload limit read it
+        self._upload_limit = (
+            TokenBucket(config.upload_bytes_per_s, config.upload_burst_bytes, clock())
+            if config.upload_bytes_per_s
+            else None
+        )
         # key -> provider -> (contact, expiry on ``clock``); oldest announcement first
         self.providers: dict[bytes, dict[NodeId, tuple[Contact, float]]] = {}
         self._fetches: dict[Digest, asyncio.Task[Root]] = {}
@@ -169,6 +179,15 @@ class DhtNode:
         self.table.remove(node_id)
         for records in self.providers.values():
             records.pop(node_id, None)
+
+    async def pace_upload(self, nbytes: int) -> None:
+        """Wait until the upload limit lets ``nbytes`` go (at once when unlimited)."""
+        if self._upload_limit is None:
+            return
+        delay = self._upload_limit.reserve(nbytes, self.clock())
+        if delay > 0:
+            self.metrics.upload_wait_seconds.inc(delay)
+            await asyncio.sleep(delay)
 
     # ------------------------------------------------------------ lookups
 
@@ -798,6 +817,7 @@ class DhtNode:
         self._uploads += 1
         try:
             data = await self._chunk_for_peer(Digest(key), index)
+            await self.pace_upload(len(data))
         finally:
             self._uploads -= 1
         self.metrics.bytes_out.inc(len(data))

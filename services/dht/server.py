@@ -97,10 +97,12 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
     async def Get(
         self, request: dht_pb2.BlobGetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Responses leave already encoded (``wire.encode_get_response``)."""
+        """Responses leave already encoded (``wire.encode_get_response``), paced
+        by the node's upload limit when one is set."""
         try:
             blob = parse_id(request.content_id)
             async for offset, data, total in self.node.read(blob, request.offset, request.length):
+                await self.node.pace_upload(len(data))
                 yield wire.encode_get_response(offset, data, total)
         except DhtError as exc:
             await _abort(context, exc)
