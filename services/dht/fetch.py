@@ -6,6 +6,10 @@ broken at random, skipping holders that said they lack that chunk. Spreading
 requests this way, and counting nodes that are still fetching as holders,
 is what makes a blob spread epidemically: every new partial holder adds
 upload capacity, instead of everyone pulling from the first k holders.
+A holder that answers Busy is left alone by every worker of the fetch until
+the next back-off, and while some holder of a chunk is only busy, holders
+whose have-map lacks it are not asked: with uploads rate-limited, asking
+every holder in turn made a dozen failed requests per chunk received.
 
 ``BlobFetch`` is the asyncio-side record of a fetch in progress: the root
 (not yet trusted), the order chunks are requested in, the chunks held so
@@ -56,6 +60,9 @@ class _Source:
     asked: bool = False  # its have-map was requested at least once
     lacks: set[int] = field(default_factory=set)  # chunks it said it does not hold
     busy: set[int] = field(default_factory=set)  # chunks it was too busy to serve
+    # It said Busy since the last back-off: its upload slots are full for any
+    # chunk, so no worker of this fetch asks it again until then.
+    saturated: bool = False
     failures: int = 0
 
 
@@ -91,7 +98,7 @@ class SourcePicker:
             source.asked = True
             source.lacks.clear()
 
-    def pick(self, index: int, tried: set[NodeId]) -> Contact | None:
+    def pick(self, index: int, tried: set[NodeId], fallback: bool = True) -> Contact | None:
         usable = [
             s
             for s in self.sources.values()
@@ -99,16 +106,19 @@ class SourcePicker:
             and s.failures < self.max_failures
             and index not in s.lacks
             and index not in s.busy
+            and not s.saturated
         ]
         # Partial holders known to have the chunk first (nobody else knows to
         # ask them, so they are the least loaded), then complete holders (or
         # not yet asked); one whose have-map lacks it may have received it
-        # since, so it is still tried, last.
-        candidates = (
-            [s for s in usable if s.has is not None and index in s.has]
-            or [s for s in usable if s.has is None]
-            or usable
-        )
+        # since, so with ``fallback`` it is still tried, last. Without it
+        # (some holder of the chunk is only busy) waiting beats asking nodes
+        # that most likely answer NotFound.
+        candidates = [s for s in usable if s.has is not None and index in s.has] or [
+            s for s in usable if s.has is None
+        ]
+        if not candidates and fallback:
+            candidates = usable
         if not candidates:
             return None
         least = min(s.in_flight for s in candidates)
@@ -121,20 +131,26 @@ class SourcePicker:
         if source is not None:
             source.in_flight -= 1
             source.failures = 0 if ok else source.failures + 1
+            if ok:
+                source.saturated = False
 
     def busy(self, contact: Contact, index: int) -> None:
         source = self.sources.get(contact.node_id)
         if source is not None:
             source.in_flight -= 1
             source.busy.add(index)
+            source.saturated = True
 
     def busy_for(self, index: int) -> bool:
-        """Some holder that may have chunk ``index`` only said it was busy."""
-        return any(index in s.busy for s in self.sources.values())
+        """Some holder that may have chunk ``index`` is only busy: it said so
+        for this chunk, or for another one since the last back-off."""
+        return any(index in s.busy or s.saturated for s in self.sources.values())
 
     def clear_busy(self, index: int) -> None:
+        """After a back-off: ask the busy holders again."""
         for source in self.sources.values():
             source.busy.discard(index)
+            source.saturated = False
 
     def lacks(self, contact: Contact, index: int) -> None:
         source = self.sources.get(contact.node_id)
@@ -156,6 +172,8 @@ class BlobFetch:
         self.queue: deque[int] = deque([*range(first, count), *range(first)])
         self._changed = asyncio.Event()
         self.failed: BaseException | None = None
+        # Busy back-off rounds across the fetch, halved per chunk received.
+        self.busy_level = 0
 
     def has(self, index: int) -> bool:
         return index in self.pending.held

@@ -622,14 +622,20 @@ class DhtNode:
         busy_rounds = 0
         expected = fetch.root.chunks[index]
         while True:
-            holder = picker.pick(index, tried)
+            holder = picker.pick(index, tried, fallback=not picker.busy_for(index))
             if holder is None:
                 if busy_rounds < MAX_BUSY_ROUNDS and picker.busy_for(index):
                     # Every holder known to have it is busy: learn who else has
                     # it meanwhile (others fetched it), back off, ask again.
                     busy_rounds += 1
+                    fetch.busy_level += 1
                     await rediscover(False)  # shared and rate-limited
-                    await asyncio.sleep(min(0.2, 0.005 * busy_rounds) * (0.5 + self.rng.random()))
+                    # The back-off grows with this chunk's busy rounds and with
+                    # the whole fetch's: when every holder's uploads are full
+                    # (rate-limited links), a new chunk does not start again at
+                    # 5 ms and flood the holders with requests they refuse.
+                    rounds = max(busy_rounds, fetch.busy_level)
+                    await asyncio.sleep(min(0.2, 0.005 * rounds) * (0.5 + self.rng.random()))
                     picker.clear_busy(index)
                     tried.clear()
                     continue
@@ -669,6 +675,7 @@ class DhtNode:
                 self.metrics.corrupt_chunks.labels("wire").inc()
                 continue
             picker.done(holder, ok=True)
+            fetch.busy_level //= 2
             self.metrics.chunk_requests.labels("ok").inc()
             return data, digest
 

@@ -336,3 +336,31 @@ async def test_a_chunk_repair_waits_for_a_busy_holder(cluster: Cluster) -> None:
     assert not repair.done()
     holder._uploads = 0
     assert await asyncio.wait_for(repair, 10) == data[CHUNK : 2 * CHUNK]
+
+
+def test_a_busy_holder_is_left_alone_by_every_worker_until_the_back_off() -> None:
+    picker = SourcePicker(random.Random(5))
+    a, b = contact("a"), contact("b")
+    picker.add([a, b])
+    assert picker.pick(1, {b.node_id}) == a
+    picker.busy(a, 1)
+    # Another worker, another chunk: a said Busy, so only b is asked.
+    assert picker.pick(2, set()) == b
+    assert picker.pick(3, {b.node_id}) is None
+    assert picker.busy_for(3)  # waiting, not giving up
+    picker.clear_busy(1)  # after the back-off
+    assert not picker.busy_for(3)
+    assert picker.pick(3, {b.node_id}) == a
+
+
+def test_while_a_holder_is_busy_holders_lacking_the_chunk_are_not_asked() -> None:
+    picker = SourcePicker(random.Random(6))
+    complete, partial = contact("complete"), contact("partial")
+    picker.add([complete, partial])
+    picker.learn_have(complete, None)
+    picker.learn_have(partial, {0})
+    assert picker.pick(4, set()) == complete
+    picker.busy(complete, 4)
+    assert picker.pick(4, set(), fallback=False) is None
+    # As a last resort (nobody is merely busy), its stale have-map is not trusted.
+    assert picker.pick(4, set(), fallback=True) == partial
