@@ -149,7 +149,16 @@ class RaftNet:
     def propose(self, nid: str, *payloads: bytes) -> list[int]:
         indexes = self.nodes[nid].propose(list(payloads))
         self.stabilize()
+        self.spread_commit()
         return indexes
+
+    def spread_commit(self) -> None:
+        """A leader tells idle followers a new commit index at its next tick
+        (or with its next append): tick the leaders once and let it spread."""
+        for nid in self.ids:
+            if self.nodes[nid].role is Role.LEADER:
+                self.nodes[nid].tick()
+        self.stabilize()
 
     def of_type(self, t: MessageType) -> list[Message]:
         return [m for m in self.sent if m.type is t]

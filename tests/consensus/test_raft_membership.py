@@ -38,6 +38,7 @@ def _net_with_learner(**config: int | bool) -> tuple[RaftNet, RaftNode]:
     net.add_node("n4")
     leader.propose_conf_change(ConfChange(ADD, "n4", b"addr"))
     net.stabilize()
+    net.spread_commit()
     return net, leader
 
 

@@ -276,6 +276,7 @@ def test_a_follower_forwards_proposals_to_the_leader() -> None:
     assert (fwd.type, fwd.dst, fwd.proposals) == (MessageType.PROPOSE, "n1", (b"via-n2",))
     net.deliver([fwd])
     net.stabilize()
+    net.spread_commit()
     assert all(net.applied[n][-1].data == b"via-n2" for n in net.ids)
 
 
@@ -314,3 +315,37 @@ def test_a_single_node_cluster_commits_after_its_own_write() -> None:
     assert not rd.committed or rd.committed[-1].index < index
     node.advance(rd)
     assert [e.data for e in node.ready().committed] == [b"solo"]
+
+
+# -- commit propagation ----------------------------------------------------------
+
+
+def test_a_new_commit_index_rides_on_the_next_append_not_on_an_extra_message() -> None:
+    net = RaftNet()
+    leader = net.elect("n1")
+    net.spread_commit()
+    (first,) = leader.propose([b"a"])
+    net.stabilize()
+    assert leader.commit_index == first
+    # The followers acknowledged, the leader committed: nothing was sent yet
+    # only to tell them so.
+    assert all(net.nodes[n].commit_index < first for n in ("n2", "n3"))
+    assert not [m for nid in net.ids for m in net.drain(nid)]
+    # The next proposal's appends carry it.
+    leader.propose([b"b"])
+    appends = [m for m in net.drain("n1") if m.type is MessageType.APPEND]
+    assert {m.dst for m in appends} == {"n2", "n3"}
+    assert all(m.commit >= first and m.entries for m in appends)
+
+
+def test_an_idle_follower_learns_the_commit_index_at_the_next_tick() -> None:
+    net = RaftNet()
+    leader = net.elect("n1")
+    net.spread_commit()
+    (index,) = leader.propose([b"a"])
+    net.stabilize()
+    assert all(net.nodes[n].commit_index < index for n in ("n2", "n3"))
+    net.tick("n1")
+    net.stabilize()
+    assert all(net.nodes[n].commit_index == index for n in net.ids)
+    assert all(net.applied[n][-1].data == b"a" for n in net.ids)

@@ -116,7 +116,7 @@ class RaftNode:
         self._applying = applied  # handed out in a Ready, not yet advanced
         self._prev_hard_state = hard_state
         self._msgs: list[Message] = []
-        # Followers owed a commit index, told at the next ready() unless an
+        # Followers owed a commit index: told at the next tick unless an
         # append proposed in the meantime carries it (no extra message).
         self._commit_notify: set[str] = set()
         self._votes: dict[str, bool] = {}
@@ -193,6 +193,7 @@ class RaftNode:
 
     def tick(self) -> None:
         if self._role is Role.LEADER:
+            self._flush_commit_notify()
             self._tick_leader()
         else:
             self._tick_election()
@@ -338,11 +339,9 @@ class RaftNode:
             or self._hard_state() != self._prev_hard_state
             or self._pending_snapshot is not None
             or bool(self._read_states)
-            or bool(self._commit_notify)
         )
 
     def ready(self) -> Ready:
-        self._flush_commit_notify()
         hs = self._hard_state()
         rd = Ready(
             hard_state=hs if hs != self._prev_hard_state else None,
@@ -899,8 +898,13 @@ class RaftNode:
 
     def _maybe_send_commit(self, to: str, pr: Progress) -> None:
         """Tell an idle, caught-up follower a commit index it has not heard
-        yet; busy ones learn it from their next append. Deferred to ready():
-        under load the next proposal's append carries it instead."""
+        yet; busy ones learn it from their next append. Deferred to the next
+        tick: when proposals keep coming (one client writing in a loop, or
+        many), the next append carries it and no message is spent on it; an
+        idle follower learns it within a tick. Only followers' apply waits on
+        it: the leader answers its clients at its own commit.
+        (etcd's raft likewise leaves the commit index to the next append or
+        heartbeat.)"""
         if self._owes_commit(pr):
             self._commit_notify.add(to)
 
