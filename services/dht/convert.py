@@ -13,6 +13,9 @@ from services.dht import errors
 from services.dht.routing import ID_BYTES, Contact, NodeId
 
 ERROR_CODE_KEY = "fleetsuit-error-code"
+# Busy's retry_after_s in whole milliseconds; absent from older peers (read as 0).
+RETRY_AFTER_KEY = "fleetsuit-retry-after-ms"
+MAX_RETRY_AFTER_S = 10.0  # a peer's hint is capped: it must not park a fetch
 
 STATUS_OF: dict[type[errors.DhtError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -70,10 +73,15 @@ def key_from_pb(key: bytes) -> bytes:
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.DhtError:
     """The dht error a failed call stands for (transport failures included)."""
     code = None
+    retry_after_ms = ""
     for key, value in exc.trailing_metadata() or ():
         if key == ERROR_CODE_KEY:
             code = value
+        elif key == RETRY_AFTER_KEY:
+            retry_after_ms = str(value)
     cls = _ERROR_OF_CODE.get(str(code)) if code else None
+    if cls is errors.Busy:
+        return errors.Busy(exc.details() or "", _retry_after_s(retry_after_ms))
     if cls is not None and cls is not errors.ChunkCorrupt:
         return cls(exc.details() or "")
     if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -83,3 +91,19 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.DhtError:
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.InvalidArgument(exc.details() or "")
     return errors.PeerUnavailable(f"{exc.code().name}: {exc.details()}")
+
+
+def retry_after_metadata(exc: errors.DhtError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata carrying a Busy error's hint (none without one)."""
+    if isinstance(exc, errors.Busy) and exc.retry_after_s > 0:
+        return ((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000)))),)
+    return ()
+
+
+def _retry_after_s(text: str) -> float:
+    """A peer's hint, bounded: malformed or negative reads as none."""
+    try:
+        ms = int(text)
+    except ValueError:
+        return 0.0
+    return min(MAX_RETRY_AFTER_S, ms / 1000) if ms > 0 else 0.0

@@ -87,6 +87,13 @@ class PeerUnavailable(DhtError):
 
 
 class Busy(DhtError):
-    """A peer already serves ``max_uploads`` chunks; ask another holder."""
+    """A peer already serves ``max_uploads`` chunks; ask another holder.
+
+    ``retry_after_s`` is the peer's estimate of when it has a slot again (0:
+    no estimate); a rate-limited peer knows it from its upload backlog."""
 
     code = ErrorCode.BUSY
+
+    def __init__(self, message: str = "", retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

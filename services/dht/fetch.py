@@ -63,6 +63,9 @@ class _Source:
     # It said Busy since the last back-off: its upload slots are full for any
     # chunk, so no worker of this fetch asks it again until then.
     saturated: bool = False
+    # It said when it expects a free slot (Busy with a retry-after hint, from
+    # a rate-limited holder): not asked again before then, by any worker.
+    resume_at: float = 0.0
     failures: int = 0
 
 
@@ -86,9 +89,15 @@ class SourcePicker:
                 known.lacks.clear()
         return new
 
-    def to_ask(self) -> list[Contact]:
-        """Sources whose have-map is worth (re)asking: partial or never asked."""
-        return [s.contact for s in self.sources.values() if s.has is not None or not s.asked]
+    def to_ask(self, limit: int | None = None) -> list[Contact]:
+        """Sources whose have-map is worth (re)asking: every one never asked,
+        then partial ones, at most ``limit`` of those (a random few, so each
+        refresh costs the same whatever the number of holders)."""
+        never = [s.contact for s in self.sources.values() if not s.asked]
+        partial = [s.contact for s in self.sources.values() if s.asked and s.has is not None]
+        if limit is not None and len(partial) > limit:
+            partial = self.rng.sample(partial, limit)
+        return never + partial
 
     def learn_have(self, contact: Contact, has: set[int] | None) -> None:
         """What ``contact`` holds (None: everything); its NotFounds are forgotten."""
@@ -98,7 +107,9 @@ class SourcePicker:
             source.asked = True
             source.lacks.clear()
 
-    def pick(self, index: int, tried: set[NodeId], fallback: bool = True) -> Contact | None:
+    def pick(
+        self, index: int, tried: set[NodeId], fallback: bool = True, now: float = 0.0
+    ) -> Contact | None:
         usable = [
             s
             for s in self.sources.values()
@@ -107,6 +118,7 @@ class SourcePicker:
             and index not in s.lacks
             and index not in s.busy
             and not s.saturated
+            and s.resume_at <= now
         ]
         # Partial holders known to have the chunk first (nobody else knows to
         # ask them, so they are the least loaded), then complete holders (or
@@ -134,17 +146,30 @@ class SourcePicker:
             if ok:
                 source.saturated = False
 
-    def busy(self, contact: Contact, index: int) -> None:
+    def busy(
+        self, contact: Contact, index: int, retry_after_s: float = 0.0, now: float = 0.0
+    ) -> None:
         source = self.sources.get(contact.node_id)
         if source is not None:
             source.in_flight -= 1
             source.busy.add(index)
             source.saturated = True
+            if retry_after_s > 0:
+                source.resume_at = max(source.resume_at, now + retry_after_s)
 
-    def busy_for(self, index: int) -> bool:
+    def busy_for(self, index: int, now: float = 0.0) -> bool:
         """Some holder that may have chunk ``index`` is only busy: it said so
-        for this chunk, or for another one since the last back-off."""
-        return any(index in s.busy or s.saturated for s in self.sources.values())
+        for this chunk, or for another one since the last back-off, or it
+        asked to be left alone until later than ``now``."""
+        return any(
+            index in s.busy or s.saturated or s.resume_at > now for s in self.sources.values()
+        )
+
+    def resume_in(self, now: float) -> float:
+        """Seconds until the first holder that asked to be left alone may be
+        asked again (0 when none did)."""
+        waits = [s.resume_at - now for s in self.sources.values() if s.resume_at > now]
+        return min(waits, default=0.0)
 
     def clear_busy(self, index: int) -> None:
         """After a back-off: ask the busy holders again."""

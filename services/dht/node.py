@@ -80,7 +80,12 @@ MAX_PROVIDERS_PER_KEY = 32
 READ_AHEAD_CHUNKS = 4  # chunks read and verified ahead of the one being sent
 PROVIDER_REFRESH_CHUNKS = 8  # a fetch looks for new holders after this many chunks
 MAX_BUSY_ROUNDS = 200  # back-offs (5 ms growing to 200 ms) before a chunk gives up
+MAX_HINT_WAIT_S = 1.0  # longest a back-off follows a busy holder's retry-after hint
 REFRESH_MIN_S = 0.25  # a fetch re-reads have-maps at most this often
+# Partial holders whose have-map one refresh re-reads: with every node of a
+# 12-node spread partial, re-reading all of them every 0.25 s was ~90 Have
+# calls a second per node, more CPU than the chunks themselves.
+HAVE_PER_REFRESH = 3
 LOOKUP_MIN_S = 1.0  # and looks providers up again at most this often
 
 
@@ -575,7 +580,8 @@ class DhtNode:
                 with contextlib.suppress(DhtError):
                     found, _closest = await self.find_providers(fetch.blob)
                     picker.add([c for c in found if c.node_id != self.contact.node_id])
-            await asyncio.gather(*(have(c) for c in picker.to_ask()), return_exceptions=True)
+            asking = picker.to_ask(HAVE_PER_REFRESH)
+            await asyncio.gather(*(have(c) for c in asking), return_exceptions=True)
 
         async def refresh(force: bool = False) -> None:
             """One rediscovery shared by every worker, at most every
@@ -621,10 +627,12 @@ class DhtNode:
         rediscovered = False
         busy_rounds = 0
         expected = fetch.root.chunks[index]
+        loop = asyncio.get_running_loop()
         while True:
-            holder = picker.pick(index, tried, fallback=not picker.busy_for(index))
+            now = loop.time()
+            holder = picker.pick(index, tried, fallback=not picker.busy_for(index, now), now=now)
             if holder is None:
-                if busy_rounds < MAX_BUSY_ROUNDS and picker.busy_for(index):
+                if busy_rounds < MAX_BUSY_ROUNDS and picker.busy_for(index, now):
                     # Every holder known to have it is busy: learn who else has
                     # it meanwhile (others fetched it), back off, ask again.
                     busy_rounds += 1
@@ -635,7 +643,12 @@ class DhtNode:
                     # (rate-limited links), a new chunk does not start again at
                     # 5 ms and flood the holders with requests they refuse.
                     rounds = max(busy_rounds, fetch.busy_level)
-                    await asyncio.sleep(min(0.2, 0.005 * rounds) * (0.5 + self.rng.random()))
+                    backoff = min(0.2, 0.005 * rounds) * (0.5 + self.rng.random())
+                    # A rate-limited holder said when it has a slot again:
+                    # sleep until the first such holder does (at most
+                    # MAX_HINT_WAIT_S) instead of polling it.
+                    hinted = min(MAX_HINT_WAIT_S, picker.resume_in(loop.time()))
+                    await asyncio.sleep(max(backoff, hinted))
                     picker.clear_busy(index)
                     tried.clear()
                     continue
@@ -654,9 +667,9 @@ class DhtNode:
                 self.metrics.chunk_requests.labels("missing").inc()
                 picker.lacks(holder, index)
                 continue
-            except Busy:
+            except Busy as busy:
                 self.metrics.chunk_requests.labels("busy").inc()
-                picker.busy(holder, index)
+                picker.busy(holder, index, busy.retry_after_s, loop.time())
                 continue
             except PeerUnavailable:
                 self.metrics.chunk_requests.labels("failed").inc()
@@ -820,7 +833,10 @@ class DhtNode:
         upload over every node holding the chunk (epidemic, not star)."""
         self.observe(sender)
         if self._uploads >= self.config.max_uploads:
-            raise Busy(f"{self.config.max_uploads} chunk uploads in progress")
+            raise Busy(
+                f"{self.config.max_uploads} chunk uploads in progress",
+                self._upload_slot_eta_s(),
+            )
         self._uploads += 1
         try:
             data = await self._chunk_for_peer(Digest(key), index)
@@ -829,6 +845,14 @@ class DhtNode:
             self._uploads -= 1
         self.metrics.bytes_out.inc(len(data))
         return data
+
+    def _upload_slot_eta_s(self) -> float:
+        """When an upload slot should be free again, for a Busy answer: with
+        an upload limit, the slots drain one by one over the bucket's
+        backlog; without one there is no estimate (0)."""
+        if self._upload_limit is None:
+            return 0.0
+        return self._upload_limit.backlog_s(self.clock()) / self.config.max_uploads
 
     async def _chunk_for_peer(self, blob: Digest, index: int) -> bytes:
         fetch = self._active.get(blob)

@@ -35,6 +35,11 @@ class TokenBucket:
             self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
             self._last = now
 
+    def backlog_s(self, now: float) -> float:
+        """Seconds until the reservations taken so far have all gone out."""
+        self._refill(now)
+        return max(0.0, -self.tokens) / self.rate
+
     def reserve(self, nbytes: int, now: float) -> float:
         """Take ``nbytes``; the seconds to wait before sending them (0: now)."""
         if nbytes < 0:

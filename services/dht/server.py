@@ -53,7 +53,9 @@ class DhtDeps:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: DhtError) -> None:
-    context.set_trailing_metadata(((convert.ERROR_CODE_KEY, exc.code.value),))
+    context.set_trailing_metadata(
+        ((convert.ERROR_CODE_KEY, exc.code.value), *convert.retry_after_metadata(exc))
+    )
     await context.abort(convert.status_of(exc), str(exc))
 
 

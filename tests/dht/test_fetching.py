@@ -364,3 +364,32 @@ def test_while_a_holder_is_busy_holders_lacking_the_chunk_are_not_asked() -> Non
     assert picker.pick(4, set(), fallback=False) is None
     # As a last resort (nobody is merely busy), its stale have-map is not trusted.
     assert picker.pick(4, set(), fallback=True) == partial
+
+
+def test_a_refresh_asks_every_new_holder_and_a_few_partial_ones() -> None:
+    picker = SourcePicker(random.Random(7))
+    partial = [contact(f"p{i}") for i in range(6)]
+    complete, new = contact("complete"), contact("new")
+    picker.add([*partial, complete])
+    for c in partial:
+        picker.learn_have(c, {0})
+    picker.learn_have(complete, None)
+    picker.add([new])
+    asked = picker.to_ask(limit=2)
+    assert asked[0] == new  # never asked: always
+    assert len(asked) == 3 and set(asked[1:]) <= set(partial)  # complete ones: never again
+    assert set(picker.to_ask()) == {new, *partial}
+
+
+def test_a_holder_that_gave_a_retry_after_is_not_asked_before_then() -> None:
+    picker = SourcePicker(random.Random(8))
+    a, b = contact("a"), contact("b")
+    picker.add([a, b])
+    assert picker.pick(1, {b.node_id}, now=10.0) == a
+    picker.busy(a, 1, retry_after_s=0.5, now=10.0)
+    picker.clear_busy(1)  # a worker's back-off ended: the hint still holds
+    assert picker.pick(2, {b.node_id}, now=10.2) is None
+    assert picker.busy_for(2, now=10.2)
+    assert picker.resume_in(now=10.2) == pytest.approx(0.3)
+    assert picker.pick(2, {b.node_id}, now=10.5) == a
+    assert picker.resume_in(now=10.5) == 0

@@ -11,15 +11,18 @@ from prometheus_client import CollectorRegistry
 
 from fleetsuit.envconfig import ConfigError
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+from services.dht import convert
 from services.dht.__main__ import parse_args
 from services.dht.config import MIB, DhtConfig
 from services.dht.content import content_id_of
-from services.dht.errors import InvalidArgument
+from services.dht.errors import Busy, ErrorCode, InvalidArgument, NotFound
 from services.dht.kv import MemoryKeyValue
 from services.dht.metrics import DhtMetrics
 from services.dht.ratelimit import TokenBucket
+from services.dht.routing import Contact, node_id_from_name
 from services.dht.server import DhtDeps, build_server
 from services.dht.store import BlobStore
+from services.dht.transport import GrpcTransport
 
 # ------------------------------------------------------------ the bucket
 
@@ -153,3 +156,80 @@ async def test_a_limited_node_serves_a_whole_get_and_waits_for_the_limit() -> No
     finally:
         await server.stop(None)
         await deps.node.close()
+
+
+def test_the_backlog_is_the_time_until_every_reservation_has_gone_out() -> None:
+    bucket = TokenBucket(rate=100, burst=10, now=0.0)
+    assert bucket.backlog_s(now=0.0) == 0
+    bucket.reserve(10, now=0.0)
+    bucket.reserve(30, now=0.0)
+    assert bucket.backlog_s(now=0.0) == pytest.approx(0.3)
+    assert bucket.backlog_s(now=0.1) == pytest.approx(0.2)
+    assert bucket.backlog_s(now=1.0) == 0
+
+
+# ------------------------------------------------------------ Busy's retry-after hint
+
+
+def _busy_rpc_error(trailing: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*trailing),
+        details="4 chunk uploads in progress",
+    )
+
+
+@pytest.mark.parametrize(
+    ("hint", "seconds"),
+    [(None, 0.0), ("250", 0.25), ("0", 0.0), ("-5", 0.0), ("soon", 0.0), ("999999", 10.0)],
+)
+def test_a_busy_peer_hint_is_read_bounded(hint: str | None, seconds: float) -> None:
+    trailing = [(convert.ERROR_CODE_KEY, ErrorCode.BUSY.value)]
+    if hint is not None:
+        trailing.append((convert.RETRY_AFTER_KEY, hint))
+    error = convert.error_from_rpc(_busy_rpc_error(tuple(trailing)))
+    assert isinstance(error, Busy)
+    assert error.retry_after_s == pytest.approx(seconds)
+
+
+def test_a_hint_travels_in_whole_milliseconds_and_only_when_there_is_one() -> None:
+    assert convert.retry_after_metadata(Busy("x", 0.0123)) == ((convert.RETRY_AFTER_KEY, "12"),)
+    assert convert.retry_after_metadata(Busy("x")) == ()
+    assert convert.retry_after_metadata(NotFound("x")) == ()
+
+
+@pytest.mark.asyncio
+async def test_a_full_rate_limited_holder_answers_busy_with_when_to_come_back() -> None:
+    chunk = 64 * 1024
+    config = DhtConfig(
+        node_id="holder",
+        listen="127.0.0.1:0",
+        chunk_bytes=chunk,
+        upload_bytes_per_s=MIB,
+        upload_burst_bytes=chunk,
+    ).validate()
+    deps = DhtDeps(
+        store=BlobStore(MemoryKeyValue(), 64 * MIB),
+        metrics=DhtMetrics(CollectorRegistry()),
+        rng=random.Random(0),
+    )
+    server, port = build_server(config, deps)
+    await server.start()
+    node = deps.node
+    assert node is not None
+    asker = GrpcTransport(Contact(node_id_from_name("asker"), "127.0.0.1:1"), 2.0, 5.0)
+    try:
+        holder = Contact(node.contact.node_id, f"127.0.0.1:{port}")
+        # Every slot taken, with half a second of uploads reserved ahead.
+        node._uploads = config.max_uploads
+        assert node._upload_limit is not None
+        node._upload_limit.reserve(chunk + MIB // 2, now=node.clock())
+        with pytest.raises(Busy) as raised:
+            await asker.fetch_chunk(holder, bytes(32), 0)
+        # The slots drain one by one over the backlog: about 0.5 s / 4.
+        assert 0 < raised.value.retry_after_s <= 0.5
+    finally:
+        await asker.close()
+        await server.stop(None)
+        await node.close()
