@@ -87,6 +87,7 @@ REFRESH_MIN_S = 0.25  # a fetch re-reads have-maps at most this often
 # calls a second per node, more CPU than the chunks themselves.
 HAVE_PER_REFRESH = 3
 LOOKUP_MIN_S = 1.0  # and looks providers up again at most this often
+LOOKUP_MAX_S = 8.0  # or, while lookups find no new holder, this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +566,7 @@ class DhtNode:
         refreshing: asyncio.Task[None] | None = None
         last_refresh = -math.inf
         last_lookup = -math.inf
+        lookup_every = LOOKUP_MIN_S
 
         async def have(source: Contact) -> None:
             complete, bitmap = await self.transport.have(source, fetch.blob)
@@ -574,12 +576,15 @@ class DhtNode:
         async def rediscover(force: bool) -> None:
             """New holders from a provider lookup (not too often: it is an
             iterative lookup), and what each partial holder holds now."""
-            nonlocal last_lookup
-            if force or loop.time() - last_lookup >= LOOKUP_MIN_S:
+            nonlocal last_lookup, lookup_every
+            if force or loop.time() - last_lookup >= lookup_every:
                 last_lookup = loop.time()
                 with contextlib.suppress(DhtError):
                     found, _closest = await self.find_providers(fetch.blob)
-                    picker.add([c for c in found if c.node_id != self.contact.node_id])
+                    new = picker.add([c for c in found if c.node_id != self.contact.node_id])
+                    # Once every holder is known, lookups only cost: back off
+                    # (doubling up to LOOKUP_MAX_S) until one finds a new holder.
+                    lookup_every = LOOKUP_MIN_S if new else min(LOOKUP_MAX_S, 2 * lookup_every)
             asking = picker.to_ask(HAVE_PER_REFRESH)
             await asyncio.gather(*(have(c) for c in asking), return_exceptions=True)
 
