@@ -5,7 +5,9 @@ to the core by the Raft loop), asked (the core will answer with a
 ``ReadState`` once leadership is confirmed), and confirmed (waiting until the
 state machine applied the read index). A read asked but unanswered for a
 while (a lost message, a leader change) is asked again under a new context.
-Runs on the event loop of the Raft loop; no locks.
+Runs on the event loop of the Raft loop; no locks. The clock that dates
+asked reads is a parameter (``time.monotonic`` by default) so tests can drive
+retries with a fake one; deadlines run on the event loop's timer.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 from .errors import ReadTimeout
 from .raft.types import ReadState
 
 
 class ReadTracker:
-    def __init__(self, retry_after_s: float) -> None:
+    def __init__(self, retry_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._retry_after_s = retry_after_s
+        self._clock = clock
         self._ids = itertools.count(1)
         self.queued: list[asyncio.Future[int]] = []
         self._asked: dict[bytes, tuple[asyncio.Future[int], float]] = {}
@@ -49,10 +53,10 @@ class ReadTracker:
         return out
 
     def asked(self, context: bytes, fut: asyncio.Future[int]) -> None:
-        self._asked[context] = (fut, time.monotonic())
+        self._asked[context] = (fut, self._clock())
 
     def retry_stale(self) -> None:
-        before = time.monotonic() - self._retry_after_s
+        before = self._clock() - self._retry_after_s
         for context, (fut, at) in list(self._asked.items()):
             if fut.done():
                 del self._asked[context]
