@@ -63,9 +63,13 @@ async def plan_rejoin(config: ConsensusConfig) -> tuple[tuple[str, str], ...] | 
     """For a blank node: the cluster's current voters (id, address) when a
     running cluster knows this node from before; None to start normally."""
     for round_no in range(PROBE_ROUNDS):
-        for status in await _statuses(config):
-            if not status.leader_id or status.commit_index == 0:
-                continue
+        running = [s for s in await _statuses(config) if s.leader_id and s.commit_index > 0]
+        if running:
+            # Members and keys are applied state: a lagging peer may not have
+            # applied the entry that recorded this node's key yet, and a known
+            # node that started as a blank voter could vote twice in a term.
+            # Trust the view that applied the most.
+            status = max(running, key=lambda s: s.applied_index)
             known = any(m.node_id == config.node_id and m.public_key for m in status.members)
             if not known:
                 return None
