@@ -17,7 +17,8 @@ Measures, in one run and on this machine:
   process, with the client ``fleetsuit blob`` uses (services/dht/cli.py:
   bulk messages encoded by services/dht/wire.py). Get verifies every chunk
   against its id on the server side. Each Get is paired with a TCP run just
-  before it, and the ratio is taken pair by pair;
+  before it, and the ratio is taken pair by pair; it starts once the node is
+  idle after the Put (RocksDB's background flush and compaction done);
 - CPU seconds per GiB at each end of TCP, of the ceiling and of the Get:
   on a machine shared with other benchmarks MB/s swings by 2-3x from run to
   run, CPU per GiB much less, and it says which end is the bottleneck;
@@ -394,12 +395,26 @@ def grpc_put_get(root: pathlib.Path) -> tuple[list[float], list[Transfer], list[
             cid = _put(channel, data)
             puts.append(_mb_s(BLOB_BYTES, time.perf_counter() - start))
             del data
+            # RocksDB flushes and compacts the 256 MiB just written in the
+            # background; measured during the Get it added 0.5-1 CPU s/GiB to
+            # the server. The Get is measured once the node is idle again.
+            _wait_idle(node.proc.pid)
             tcp = raw_tcp()
             gets.append(_timed(BLOB_BYTES, node.proc.pid, functools.partial(_get, channel, cid)))
             ratios.append(gets[-1].mb_s / tcp.mb_s)
     finally:
         node.stop()
     return puts, gets, ratios
+
+
+def _wait_idle(pid: int, timeout_s: float = 15.0) -> None:
+    """Until process ``pid`` uses under 5% of a core over 0.5 s (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _cpu_seconds(pid)
+        time.sleep(0.5)
+        if _cpu_seconds(pid) - before < 0.025:
+            return
 
 
 @dataclass
