@@ -45,7 +45,7 @@ CLIENTS = (1, 16, 64)
 SIZES = (256, 4096)
 ROUND_S = float(os.environ.get("FLEETSUIT_BENCH_ROUND_S", "3"))
 ROUNDS = int(os.environ.get("FLEETSUIT_BENCH_ROUNDS", "3"))
-KILLS = int(os.environ.get("FLEETSUIT_BENCH_KILLS", "3"))
+KILLS = int(os.environ.get("FLEETSUIT_BENCH_KILLS", "5"))
 
 Put = Callable[[int, bytes, bytes, float], Awaitable[None]]
 
