@@ -116,12 +116,47 @@ def test_a_deposed_leader_cannot_confirm_a_read() -> None:
 
 
 def test_lease_reads_skip_the_round_only_when_configured() -> None:
-    net = RaftNet(lease_reads=True)
-    leader = net.elect("n1")
-    net.isolate("n2")
-    net.isolate("n3")
-    leader.read_index(b"r")
-    net.stabilize()
-    assert net.read_states["n1"] == [ReadState(leader.commit_index, b"r")]
+    for lease in (True, False):
+        net = RaftNet(lease_reads=lease)
+        leader = net.elect("n1")
+        net.spread_commit()
+        leader.read_index(b"first")  # a confirmed round also starts the lease
+        net.stabilize()
+        net.isolate("n2")
+        net.isolate("n3")
+        leader.read_index(b"r")
+        net.stabilize()
+        served = [s for s in net.read_states["n1"] if s.context == b"r"]
+        assert served == ([ReadState(leader.commit_index, b"r")] if lease else [])
     with pytest.raises(ValueError, match="check_quorum"):
         RaftConfig("n1", ("n1",), lease_reads=True, check_quorum=False).validate()
+
+
+def test_a_lease_read_is_not_served_once_another_leader_may_have_been_elected() -> None:
+    """Dissertation §6.4.1: the lease runs from when a confirming round was
+    sent, for less than the election timeout in which the confirming
+    followers refuse to vote; a leader cut off beyond that must not answer
+    from its lease even while check-quorum has not yet made it step down."""
+    for seed in range(20):
+        net = RaftNet(seed=seed, lease_reads=True)
+        old = net.elect("n1")
+        net.spread_commit()
+        old.read_index(b"lease")
+        net.stabilize()
+        assert [s.context for s in net.read_states["n1"]] == [b"lease"]
+        net.isolate("n1")
+        new = None
+        for _ in range(4 * net.configs["n1"].election_ticks):
+            net.tick_all()
+            new = next((n for n in ("n2", "n3") if net.nodes[n].role is Role.LEADER), None)
+            if new:
+                break
+        assert new is not None
+        (written,) = net.propose(new, b"after")
+        assert net.nodes[new].commit_index >= written
+        if old.role is not Role.LEADER:
+            continue  # check-quorum already stepped it down: nothing to serve
+        old.read_index(b"stale?")
+        net.stabilize()
+        served = [s for s in net.read_states["n1"] if s.context == b"stale?"]
+        assert all(s.index >= written for s in served), f"seed {seed}: stale lease read {served}"

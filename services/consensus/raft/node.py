@@ -125,6 +125,11 @@ class RaftNode:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
+        # Leader lease (lease_reads only): ticks since start, the tick each
+        # read round was first sent, and the tick the lease runs out.
+        self._now = 0
+        self._round_sent: dict[int, int] = {}
+        self._lease_until = 0
         self._reset_timeout()
 
     # -- read-only conveniences ---------------------------------------------
@@ -192,6 +197,7 @@ class RaftNode:
     # -- inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
+        self._now += 1
         if self._role is Role.LEADER:
             self._flush_commit_notify()
             self._tick_leader()
@@ -303,6 +309,9 @@ class RaftNode:
             return
         self._transferee = target
         self._election_elapsed = 0  # the transfer is abandoned after one election timeout
+        # TimeoutNow lets the target be elected at once, past the followers'
+        # lease: our lease ends here and is renewed only by a later round.
+        self._lease_until = 0
         if self._progress[target].match_index == self._log.last_index:
             self._send(MessageType.TIMEOUT_NOW, target)
         else:
@@ -376,7 +385,13 @@ class RaftNode:
     # -- terms and roles --------------------------------------------------------
 
     def _in_lease(self) -> bool:
-        """We heard from a live leader less than an election timeout ago."""
+        """We heard from a live leader less than an election timeout ago.
+        With lease reads, also during our first election timeout after a
+        restart: we may have acknowledged a leader's lease just before a
+        crash and must not help elect another leader while that lease runs.
+        (A node that never had a term never acknowledged one.)"""
+        if self._config.lease_reads and self._term > 0 and self._now < self._config.election_ticks:
+            return True
         return bool(self._lead) and self._election_elapsed < self._config.election_ticks
 
     def _accept_higher_term(self, msg: Message) -> bool:
@@ -418,6 +433,8 @@ class RaftNode:
         self._transferee = _NONE
         self._reads.clear()
         self._reads_waiting = []
+        self._round_sent = {}
+        self._lease_until = 0
 
     def _reset_timeout(self) -> None:
         e = self._config.election_ticks
@@ -735,15 +752,32 @@ class RaftNode:
             # our commit index may lag the previous leader's.
             self._reads_waiting.append((context, origin))
             return
-        if self._config.lease_reads:
+        if self._config.lease_reads and not self._transferee and self._now < self._lease_until:
             self._read_done(PendingRead(commit, context, origin, 0))
             return
         round_ = self._reads.add(commit, context, origin)
-        for r in self._reads.ack(self._id, round_, self._has_quorum):
-            self._read_done(r)
+        self._round_sent.setdefault(round_, self._now)
+        self._reads_confirmed(self._reads.ack(self._id, round_, self._has_quorum))
         if self._reads:
             for p in sorted(self._membership.voters & self._progress.keys()):
                 self._send_heartbeat(p, read_id=round_)
+
+    def _reads_confirmed(self, done: list[PendingRead]) -> None:
+        """A quorum answered these reads' round. With lease reads that also
+        renews the lease (dissertation §6.4.1): every member of that quorum
+        heard from us at or after the round was first sent, and rejects votes
+        for an election timeout after hearing from us, so no other leader can
+        be elected before sent + election_ticks. A margin of a quarter of it
+        allows for clocks that run at different rates."""
+        for r in done:
+            sent = self._round_sent.get(r.round)
+            if sent is not None and self._config.lease_reads:
+                margin = max(1, self._config.election_ticks // 4)
+                self._lease_until = max(self._lease_until, sent + self._config.election_ticks - margin)
+            self._read_done(r)
+        if done:
+            last = done[-1].round
+            self._round_sent = {k: v for k, v in self._round_sent.items() if k > last}
 
     def _read_done(self, r: PendingRead) -> None:
         if r.origin == _NONE:
@@ -849,8 +883,7 @@ class RaftNode:
             return
         pr.recent_active = True
         if msg.read_id and self._is_voter(msg.src):
-            for r in self._reads.ack(msg.src, msg.read_id, self._has_quorum):
-                self._read_done(r)
+            self._reads_confirmed(self._reads.ack(msg.src, msg.read_id, self._has_quorum))
         if msg.reject:
             self._handle_reject(msg, pr)
             return

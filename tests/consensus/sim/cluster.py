@@ -85,6 +85,7 @@ class Cluster:
         retry_ticks: int = 30,
         promote_lag_entries: int = 4,
         snapshot_chunk_bytes: int = 8,
+        lease_reads: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = 0
@@ -97,6 +98,8 @@ class Cluster:
             "max_inflight_appends": max_inflight_appends,
             "promote_lag_entries": promote_lag_entries,
         }
+        if lease_reads:
+            self._config["lease_reads"] = True
         self.nodes: dict[str, SimNode] = {}
         for nid in ids:
             cfg = RaftConfig(node_id=nid, peers=ids, **self._config)  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ class Plan:
     max_members: int = 7
     read_rate: float = 0.15
     max_reads: int = 2
+    lease_reads: bool = False  # reads from the leader lease instead of ReadIndex rounds
 
 
 class LivenessFailure(AssertionError):
@@ -54,6 +55,7 @@ def run(seed: int, plan: Plan) -> Cluster:
         heartbeat_ticks=rng.choice((1, 2, 3)),
         max_entries_per_append=rng.choice((1, 3, 16)),
         max_inflight_appends=rng.choice((1, 2, 8)),
+        lease_reads=plan.lease_reads,
     )
     net = cluster.network
     net.drop_rate = rng.choice((0.0, 0.02, 0.1, 0.25))
