@@ -169,6 +169,7 @@ class ConsensusNode:
         self._applied_event = asyncio.Event()
         self._inbox: list[Message] = []
         self._ticks = 0
+        self._skipped_ticks = 0
         self._wake = asyncio.Event()
         self._queue: deque[RequestKey] = deque()  # keys waiting to be proposed
         self._waiting: dict[RequestKey, _Waiting] = {}
@@ -318,7 +319,11 @@ class ConsensusNode:
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
-                next_at = time.monotonic()  # fell behind: do not burst ticks
+                # Fell behind (a stalled process): do not burst ticks, which
+                # would fire elections at once, but let the core's clock
+                # jump, so a leader lease does not outlive the stall.
+                self._skipped_ticks += int(-delay / self._tick_s)
+                next_at = time.monotonic()
             self._ticks += 1
             self._wake.set()
             self._expire_due()
@@ -340,6 +345,9 @@ class ConsensusNode:
     async def _step_once(self) -> None:
         core = self._core
         ticks, self._ticks = self._ticks, 0
+        if self._skipped_ticks:
+            core.clock_jumped(self._skipped_ticks)
+            self._skipped_ticks = 0
         for _ in range(ticks):
             core.tick()
         inbox, self._inbox = self._inbox, []

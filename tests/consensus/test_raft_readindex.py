@@ -160,3 +160,25 @@ def test_a_lease_read_is_not_served_once_another_leader_may_have_been_elected() 
         net.stabilize()
         served = [s for s in net.read_states["n1"] if s.context == b"stale?"]
         assert all(s.index >= written for s in served), f"seed {seed}: stale lease read {served}"
+
+
+def test_a_stall_the_runtime_reports_ends_the_lease_without_an_election() -> None:
+    net = RaftNet(lease_reads=True)
+    leader = net.elect("n1")
+    net.spread_commit()
+    leader.read_index(b"first")
+    net.stabilize()
+    net.isolate("n2")
+    net.isolate("n3")
+    leader.read_index(b"in-lease")
+    net.stabilize()
+    assert [s.context for s in net.read_states["n1"]] == [b"first", b"in-lease"]
+    # The process stalled for an election timeout: the ticks it missed are
+    # reported, not delivered.
+    leader.clock_jumped(net.configs["n1"].election_ticks)
+    follower = net.nodes["n2"]
+    follower.clock_jumped(10 * net.configs["n2"].election_ticks)
+    assert leader.role is Role.LEADER and follower.role is Role.FOLLOWER
+    leader.read_index(b"after-stall")
+    net.stabilize()
+    assert [s.context for s in net.read_states["n1"]] == [b"first", b"in-lease"]

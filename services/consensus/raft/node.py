@@ -196,6 +196,13 @@ class RaftNode:
 
     # -- inputs ----------------------------------------------------------------
 
+    def clock_jumped(self, ticks: int) -> None:
+        """``ticks`` ticks passed that the runtime did not deliver (it was
+        stalled): they count against the leader lease, but fire no election
+        or heartbeat timer, so a stall alone does not start an election."""
+        if ticks > 0:
+            self._now += ticks
+
     def tick(self) -> None:
         self._now += 1
         if self._role is Role.LEADER:
