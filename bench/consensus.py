@@ -10,6 +10,13 @@ the same Python asyncio gRPC client, connected to the leader for the load
 rows and to the survivors for the failover rows. One Python client process
 tops out near 1,500-2,000 calls/s, so the load rows spread their clients
 over up to 4 client processes (the same split for both systems).
+
+fleetsuit is driven three ways: unary Submit (one call per entry, as etcd's
+Put), SubmitStream (one stream per client, one entry in flight), and the
+SubmitBatcher client library (the clients of one process share a
+SubmitBatches stream; what they submit while a message is being written goes
+out in the next one). Every client in every mode waits for its entry's
+commit before it submits the next.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import grpc
 
 from fleetsuit.cluster import start_cluster, stop_processes
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.ledger_client import StreamBroken, SubmitBatcher, SubmitFailed
 from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
@@ -255,6 +263,15 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         async def put(c: int, n: int) -> None:
             entry = pb.LedgerEntry(client_id=client_id, request_id=next(seq), app=pb.AppEntry(payload=value))
             await ledger.Submit(pb.SubmitRequest(entry=entry, timeout_ms=5000), timeout=5.0)
+    elif spec["kind"] == "fleetsuit-batch":  # the process's clients share one SubmitBatcher
+        batcher = SubmitBatcher(pb_grpc.LedgerStub(channel),
+                                client_id=f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+        async def put(c: int, n: int) -> None:
+            try:
+                await batcher.submit(pb.LedgerEntry(app=pb.AppEntry(payload=value)))
+            except (SubmitFailed, StreamBroken) as exc:
+                raise _StreamError(str(exc)) from exc
     else:  # "fleetsuit-stream": each client keeps one SubmitStream, one request in flight
         ledger = pb_grpc.LedgerStub(channel)
         client_id = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -291,6 +308,8 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     await asyncio.gather(*(client(c) for c in range(spec["clients"])))
     elapsed = time.monotonic() - started
+    if spec["kind"] == "fleetsuit-batch":
+        await batcher.close()
     await channel.close()
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
@@ -399,11 +418,13 @@ async def run(results_dir: Path) -> dict[str, Any]:
                     out["grpc_ceiling"] = {
                         "unary": await measure_load(system, "fleetsuit", sizes=(256,)),
                         "stream": await measure_load(system, "fleetsuit-stream", sizes=(256,)),
+                        "batch": await measure_load(system, "fleetsuit-batch", sizes=(256,)),
                     }
                     continue
                 result: dict[str, Any] = {"load": await measure_load(system, system.name)}
                 if system.name == "fleetsuit":
                     result["load_stream"] = await measure_load(system, "fleetsuit-stream")
+                    result["load_batch"] = await measure_load(system, "fleetsuit-batch")
                 result["failover"] = await measure_failover(system)
                 out["systems"][system.name] = result
             finally:
@@ -411,25 +432,28 @@ async def run(results_dir: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     fs, et = out["systems"]["fleetsuit"], out["systems"]["etcd"]
-    print("\nconsensus: fleetsuit vs etcd 3.4 (3 members, same machine, same client; medians)")
-    print("  unary = one Submit call per entry, as etcd's Put; stream = one SubmitStream per client,")
-    print("  one entry in flight per client (latency per entry as for unary)")
-    print(f"{'clients':>7} {'size':>5} | {'unary/s':>8} {'stream/s':>8} {'etcd/s':>7} | {'unary/etcd':>10} "
-          f"{'stream/etcd':>11} | {'un p50':>6} {'un p99':>6} {'st p50':>6} {'st p99':>6} | "
-          f"{'et p50':>6} {'et p99':>6}")
+    print("\nconsensus: fleetsuit vs etcd 3.4 (3 members, same machine, same client processes; medians)")
+    print("  unary = one Submit call per entry, as etcd's Put; stream = one SubmitStream per client, one")
+    print("  entry in flight per client; batch = a process's clients share one SubmitBatcher, which puts")
+    print("  what they submit meanwhile in one message (etcd's client sends one message per Put)")
+    print(f"{'clients':>7} {'size':>5} | {'unary/s':>8} {'stream/s':>8} {'batch/s':>8} {'etcd/s':>7} | "
+          f"{'unary':>5} {'stream':>6} {'batch':>5} /etcd | {'st p50':>6} {'st p99':>6} "
+          f"{'ba p50':>6} {'ba p99':>6} | {'et p50':>6} {'et p99':>6}")
     ratios = []
-    for a, st, b in zip(fs["load"], fs["load_stream"], et["load"], strict=True):
+    for a, st, ba, b in zip(fs["load"], fs["load_stream"], fs["load_batch"], et["load"], strict=True):
         base = b["ops_per_s"] or float("nan")
-        ratios.append({"clients": a["clients"], "size": a["size"],
-                       "unary_ratio": a["ops_per_s"] / base, "stream_ratio": st["ops_per_s"] / base})
+        ratios.append({"clients": a["clients"], "size": a["size"], "unary_ratio": a["ops_per_s"] / base,
+                       "stream_ratio": st["ops_per_s"] / base, "batch_ratio": ba["ops_per_s"] / base})
         print(f"{a['clients']:>7} {a['size']:>5} | {a['ops_per_s']:>8.0f} {st['ops_per_s']:>8.0f} "
-              f"{b['ops_per_s']:>7.0f} | {a['ops_per_s'] / base:>10.2f} {st['ops_per_s'] / base:>11.2f} | "
-              f"{a['p50_ms']:>6.1f} {a['p99_ms']:>6.1f} {st['p50_ms']:>6.1f} {st['p99_ms']:>6.1f} | "
+              f"{ba['ops_per_s']:>8.0f} {b['ops_per_s']:>7.0f} | {a['ops_per_s'] / base:>5.2f} "
+              f"{st['ops_per_s'] / base:>6.2f} {ba['ops_per_s'] / base:>5.2f}       | "
+              f"{st['p50_ms']:>6.1f} {st['p99_ms']:>6.1f} {ba['p50_ms']:>6.1f} {ba['p99_ms']:>6.1f} | "
               f"{b['p50_ms']:>6.1f} {b['p99_ms']:>6.1f}")
     ceiling = out["grpc_ceiling"]
     print("Python gRPC's own ceiling (a server that commits nothing, same clients, 256 B):")
-    for u, st in zip(ceiling["unary"], ceiling["stream"], strict=True):
-        print(f"{u['clients']:>7} clients | unary {u['ops_per_s']:>7.0f}/s  stream {st['ops_per_s']:>7.0f}/s")
+    for u, st, ba in zip(ceiling["unary"], ceiling["stream"], ceiling["batch"], strict=True):
+        print(f"{u['clients']:>7} clients | unary {u['ops_per_s']:>7.0f}/s  stream {st['ops_per_s']:>7.0f}/s  "
+              f"batch {ba['ops_per_s']:>7.0f}/s")
     fo_ratio = fs["failover"]["median_ms"] / et["failover"]["median_ms"]
     print(f"failover window (median of {KILLS} kills): fleetsuit {fs['failover']['median_ms']:.0f} ms, "
           f"etcd {et['failover']['median_ms']:.0f} ms, ratio {fo_ratio:.2f}")

@@ -29,6 +29,16 @@ class NoopLedger(pb_grpc.LedgerServicer):
         async for request in request_iterator:
             yield pb.SubmitStreamResponse(request_id=request.entry.request_id, index=1, block_height=1)
 
+    async def SubmitBatches(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.SubmitBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubmitBatchAnswers]:
+        async for batch in request_iterator:
+            yield pb.SubmitBatchAnswers(answers=[
+                pb.SubmitStreamResponse(client_id=r.entry.client_id, request_id=r.entry.request_id,
+                                        index=1, block_height=1)
+                for r in batch.requests
+            ])
+
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:  # noqa: N802
         return pb.StatusResponse(node_id="noop", role="leader", leader_id="noop")
 

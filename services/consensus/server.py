@@ -175,56 +175,52 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     async def SubmitStream(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        answers: asyncio.Queue[pb.SubmitStreamResponse | None] = asyncio.Queue()
-        stream_client = f"{self._client_id}/s{next(self._request_ids)}"
-        pending = 0
-        reading = True
-
-        def answer(entry: pb.LedgerEntry, fut: asyncio.Future[Applied]) -> None:
-            nonlocal pending
-            pending -= 1
-            exc = fut.exception()
-            if exc is None:
-                r = fut.result()
-                answers.put_nowait(pb.SubmitStreamResponse(
-                    client_id=entry.client_id, request_id=entry.request_id, index=r.index,
-                    block_height=r.block_height, duplicate=r.duplicate))
-            else:
-                code = exc.code if isinstance(exc, ConsensusError) else "INTERNAL"
-                answers.put_nowait(pb.SubmitStreamResponse(
-                    client_id=entry.client_id, request_id=entry.request_id,
-                    error_code=code, error_message=str(exc)))
-            if not reading and pending == 0:
-                answers.put_nowait(None)
+        pump = _Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
 
         async def read() -> None:
-            nonlocal pending, reading
             try:
                 async for request in request_iterator:
-                    entry = request.entry
-                    if not entry.client_id:
-                        entry.client_id = stream_client
-                    try:
-                        payload, timeout_s = self._prepare(request)
-                    except ConsensusError as exc:
-                        answers.put_nowait(pb.SubmitStreamResponse(
-                            client_id=entry.client_id, request_id=entry.request_id,
-                            error_code=exc.code, error_message=str(exc)))
-                        continue
-                    pending += 1
-                    fut = self._node.submit_future(
-                        payload, RequestKey(entry.client_id, entry.request_id), timeout_s
-                    )
-                    fut.add_done_callback(lambda f, e=entry: answer(e, f))
+                    pump.submit(request)
             finally:
-                reading = False
-                if pending == 0:
-                    answers.put_nowait(None)
+                pump.done_reading()
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await answers.get()) is not None:
+            while (item := await pump.answers.get()) is not None:
                 yield item
+        finally:
+            reader.cancel()
+
+    async def SubmitBatches(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.SubmitBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubmitBatchAnswers]:
+        pump = _Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    for request in batch.requests:
+                        pump.submit(request)
+            finally:
+                pump.done_reading()
+
+        reader = asyncio.create_task(read())
+        answers = pump.answers
+        try:
+            while (item := await answers.get()) is not None:
+                # Everything else already answered goes in the same message:
+                # the futures of one commit resolve in one pass of the loop.
+                out = [item]
+                ended = False
+                while not answers.empty():
+                    more = answers.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    out.append(more)
+                yield pb.SubmitBatchAnswers(answers=out)
+                if ended:
+                    break
         finally:
             reader.cancel()
 
@@ -387,6 +383,64 @@ class LedgerServicer(pb_grpc.LedgerServicer):
                     height += 1
                     continue
             await self._node.wait_for_height(height, 1.0)
+
+
+class _Submissions:
+    """The submissions of one SubmitStream or SubmitBatches call: each request
+    goes to the node at once, and each answer (or typed error) is queued as
+    soon as its future resolves, in commit order. ``None`` on the queue ends
+    the call: the client stopped sending and nothing is left pending."""
+
+    def __init__(
+        self,
+        node: ConsensusNode,
+        prepare: Callable[[pb.SubmitRequest], tuple[bytes, float]],
+        stream_client: str,
+    ) -> None:
+        self.answers: asyncio.Queue[pb.SubmitStreamResponse | None] = asyncio.Queue()
+        self._node = node
+        self._prepare = prepare
+        self._stream_client = stream_client
+        self._pending = 0
+        self._reading = True
+
+    def submit(self, request: pb.SubmitRequest) -> None:
+        entry = request.entry
+        if not entry.client_id:
+            entry.client_id = self._stream_client
+        try:
+            payload, timeout_s = self._prepare(request)
+        except ConsensusError as exc:
+            self.answers.put_nowait(pb.SubmitStreamResponse(
+                client_id=entry.client_id, request_id=entry.request_id,
+                error_code=exc.code, error_message=str(exc)))
+            return
+        self._pending += 1
+        fut = self._node.submit_future(
+            payload, RequestKey(entry.client_id, entry.request_id), timeout_s
+        )
+        fut.add_done_callback(lambda f, e=entry: self._answer(e, f))
+
+    def done_reading(self) -> None:
+        self._reading = False
+        if self._pending == 0:
+            self.answers.put_nowait(None)
+
+    def _answer(self, entry: pb.LedgerEntry, fut: asyncio.Future[Applied]) -> None:
+        self._pending -= 1
+        exc = fut.exception()
+        if exc is None:
+            r = fut.result()
+            self.answers.put_nowait(pb.SubmitStreamResponse(
+                client_id=entry.client_id, request_id=entry.request_id, index=r.index,
+                block_height=r.block_height, duplicate=r.duplicate))
+        else:
+            code = exc.code if isinstance(exc, ConsensusError) else "INTERNAL"
+            self.answers.put_nowait(pb.SubmitStreamResponse(
+                client_id=entry.client_id, request_id=entry.request_id,
+                error_code=code, error_message=str(exc)))
+        if not self._reading and self._pending == 0:
+            self.answers.put_nowait(None)
 
 
 @dataclass
