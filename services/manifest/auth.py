@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .cbor import encode_head
-from .cose import KeyFamily, PublicKey, check_algorithm, family_for, key_family, verify_checked
+from .cose import (
+    KeyFamily,
+    PublicKey,
+    check_algorithm,
+    family_for,
+    key_family,
+    sig_structure,
+    verify_message,
+)
 from .errors import AuthenticationError, ErrorCode, SeverableError, StructureError
 from .model import SEVERABLE_KEYS, ComponentId, Envelope, Manifest, SuitDigest
 
@@ -73,6 +81,56 @@ def wrapped_digest_matches(digest: SuitDigest, content: bytes) -> bool:
     return digest_matches(digest, head + content)
 
 
+def usable_anchors(
+    anchors: Sequence[TrustAnchor], class_id: bytes | None
+) -> list[TrustAnchor]:
+    """The anchors that apply to a device of ``class_id`` (None: any class)."""
+    return [
+        a for a in anchors if class_id is None or a.class_ids is None or class_id in a.class_ids
+    ]
+
+
+def signer_of(
+    usable: Sequence[TrustAnchor],
+    alg: int,
+    kid: bytes | None,
+    signature: bytes,
+    message: bytes,
+) -> tuple[TrustAnchor | None, bool]:
+    """The first anchor whose key verifies ``signature`` over the Sig_structure
+    ``message``, and whether any anchor could be tried at all (key id and key
+    family fit the block)."""
+    family = family_for(alg)
+    tried = False
+    for anchor in usable:
+        if kid is not None and anchor.key_id is not None and kid != anchor.key_id:
+            continue
+        if anchor.family is not family:
+            continue
+        tried = True
+        if verify_message(alg, signature, message, anchor.public_key):
+            return anchor, True
+    return None, tried
+
+
+def no_signer(tried: bool, unsupported: AuthenticationError | None) -> AuthenticationError:
+    """Why no block authenticated the envelope."""
+    if not tried and unsupported is not None:
+        return unsupported
+    if not tried:
+        return AuthenticationError(
+            "no trust anchor for this device class and algorithm can check the signature",
+            ErrorCode.UNTRUSTED_SIGNER,
+        )
+    return AuthenticationError(
+        "signature does not verify with any trusted key", ErrorCode.SIGNATURE_INVALID
+    )
+
+
+def digest_mismatch() -> AuthenticationError:
+    return AuthenticationError("SUIT_Digest does not match the manifest", ErrorCode.DIGEST_MISMATCH)
+
+
 def authenticate(
     envelope: Envelope, anchors: Sequence[TrustAnchor], class_id: bytes | None = None
 ) -> TrustAnchor:
@@ -87,9 +145,7 @@ def authenticate(
             "no SUIT_Authentication_Block: the envelope is not signed (§8.3)",
             ErrorCode.NO_AUTHENTICATION,
         )
-    usable = [
-        a for a in anchors if class_id is None or a.class_ids is None or class_id in a.class_ids
-    ]
+    usable = usable_anchors(anchors, class_id)
     unsupported: AuthenticationError | None = None
     tried = False
     signer: TrustAnchor | None = None
@@ -108,34 +164,15 @@ def authenticate(
         except AuthenticationError as exc:
             unsupported = exc
             continue
-        kid = sign1.key_id
-        family = family_for(alg)
-        for anchor in usable:
-            if kid is not None and anchor.key_id is not None and kid != anchor.key_id:
-                continue
-            if anchor.family is not family:
-                continue
-            tried = True
-            if verify_checked(alg, sign1, auth.digest_raw, anchor.public_key):
-                signer = anchor
-                break
+        message = sig_structure(sign1.protected_raw, auth.digest_raw)
+        signer, tried_block = signer_of(usable, alg, sign1.key_id, sign1.signature, message)
+        tried = tried or tried_block
         if signer is not None:
             break
     if signer is None:
-        if not tried and unsupported is not None:
-            raise unsupported
-        if not tried:
-            raise AuthenticationError(
-                "no trust anchor for this device class and algorithm can check the signature",
-                ErrorCode.UNTRUSTED_SIGNER,
-            )
-        raise AuthenticationError(
-            "signature does not verify with any trusted key", ErrorCode.SIGNATURE_INVALID
-        )
+        raise no_signer(tried, unsupported)
     if not wrapped_digest_matches(auth.digest, envelope.manifest_raw):
-        raise AuthenticationError(
-            "SUIT_Digest does not match the manifest", ErrorCode.DIGEST_MISMATCH
-        )
+        raise digest_mismatch()
     return signer
 
 
@@ -145,9 +182,7 @@ def check_digest_only(envelope: Envelope) -> None:
     if auth is None:
         raise AuthenticationError("no authentication wrapper", ErrorCode.NO_AUTHENTICATION)
     if not wrapped_digest_matches(auth.digest, envelope.manifest_raw):
-        raise AuthenticationError(
-            "SUIT_Digest does not match the manifest", ErrorCode.DIGEST_MISMATCH
-        )
+        raise digest_mismatch()
 
 
 def check_envelope_members(envelope: Envelope) -> None:

@@ -253,7 +253,7 @@ class Decoder:
                 raise StructureError("command code must be an integer")
             if type(arg) is int and 0 <= arg < 24 and code in _POLICY_COMMANDS:
                 append(_POLICY_COMMANDS[code][arg])  # the common case: a shared instance
-            elif code in _REP_POLICY_CODES and type(arg) is int and arg >= 0:
+            elif code in REP_POLICY_CODES and type(arg) is int and arg >= 0:
                 append(SuitCommand(code, arg))
             else:
                 append(SuitCommand(code, argument(code, arg, depth)))
@@ -287,7 +287,7 @@ class Decoder:
             if arg is None or isinstance(arg, bytes | str) or _is_int(arg):
                 return arg
             raise StructureError("custom command argument must be bstr, tstr, int or nil")
-        if code in _REP_POLICY_CODES:
+        if code in REP_POLICY_CODES:
             if not _is_int(arg) or arg < 0:
                 raise StructureError(f"command {code} takes a SUIT_Rep_Policy uint")
             return arg
@@ -296,7 +296,7 @@ class Decoder:
     def parameter(self, code: Any, value: Any, depth: int) -> tuple[int, Any]:
         if type(code) is not int:
             raise StructureError("parameter code must be an integer")
-        expect = _PARAMETER_TYPES.get(code)
+        expect = PARAMETER_TYPES.get(code)
         if expect is bytes and type(value) is bytes:  # the common case, settled at once
             return code, value
         if code == _IMAGE_DIGEST:
@@ -371,16 +371,16 @@ _SET_PARAMETERS = int(Command.SET_PARAMETERS)
 _OVERRIDE_PARAMETERS = int(Command.OVERRIDE_PARAMETERS)
 _IMAGE_DIGEST = int(Parameter.IMAGE_DIGEST)
 _VENDOR_IDENTIFIER = int(Parameter.VENDOR_IDENTIFIER)
-_REP_POLICY_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 18, 21, 22, 23, 24, 25, 31, 33})
+REP_POLICY_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 18, 21, 22, 23, 24, 25, 31, 33})
 
 # Conditions and directives with a small SUIT_Rep_Policy argument are most of
 # every sequence; the commands are immutable, so one instance of each serves
 # every envelope (a flyweight table, 17 codes x 24 policies).
 _POLICY_COMMANDS: dict[int, tuple[SuitCommand, ...]] = {
-    code: tuple(SuitCommand(code, policy) for policy in range(24)) for code in _REP_POLICY_CODES
+    code: tuple(SuitCommand(code, policy) for policy in range(24)) for code in REP_POLICY_CODES
 }
 
-_PARAMETER_TYPES: dict[int, type] = {
+PARAMETER_TYPES: dict[int, type] = {
     Parameter.VENDOR_IDENTIFIER: bytes,
     Parameter.CLASS_IDENTIFIER: bytes,
     Parameter.COMPONENT_SLOT: int,

@@ -29,7 +29,8 @@ EDDSA_ALGORITHMS = frozenset({CoseAlgorithm.EDDSA, CoseAlgorithm.ED25519})
 SUPPORTED_ALGORITHMS = ECDSA_ALGORITHMS | EDDSA_ALGORITHMS
 # Header labels this implementation understands, for the 'crit' check (RFC 9052 §3.1).
 UNDERSTOOD_HEADERS = frozenset({1, 2, 3, 4})
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # one instance: verify takes it as a parameter
+assert {-7, -9} == ECDSA_ALGORITHMS  # spelled out as ints in verify_message
 
 
 # The array head and context string of every COSE_Sign1 Sig_structure.
@@ -70,7 +71,11 @@ def der_signature(raw: bytes) -> bytes:
     that call costs more than the rest of this conversion.
     """
     half = len(raw) // 2
-    r, s = _der_integer(raw[:half]), _der_integer(raw[half:])
+    r, s = raw[:half], raw[half:]
+    if half == 32 and 0 < r[0] < 0x80 and 0 < s[0] < 0x80:
+        # Most P-256 signatures: neither integer needs a sign byte or loses a zero.
+        return b"\x30\x44\x02\x20" + r + b"\x02\x20" + s
+    r, s = _der_integer(r), _der_integer(s)
     return b"\x30" + bytes((len(r) + len(s),)) + r + s
 
 
@@ -129,12 +134,15 @@ def verify(sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
 
 def verify_checked(alg: int, sign1: CoseSign1, payload: bytes, key: PublicKey) -> bool:
     """``verify`` once the caller has checked ``alg`` and that ``key`` fits it."""
-    signature = sign1.signature
+    return verify_message(alg, sign1.signature, sig_structure(sign1.protected_raw, payload), key)
+
+
+def verify_message(alg: int, signature: bytes, message: bytes, key: PublicKey) -> bool:
+    """True when ``signature`` (COSE form) signs the Sig_structure ``message``."""
     if len(signature) != 64:  # r‖s for P-256 (RFC 9053 §2.1), or an Ed25519 signature
         return False
-    message = sig_structure(sign1.protected_raw, payload)
     try:
-        if alg in ECDSA_ALGORITHMS:
+        if alg == -7 or alg == -9:  # ES256, ESP256 (ECDSA_ALGORITHMS)
             key.verify(der_signature(signature), message, _ECDSA_SHA256)  # type: ignore[call-arg]
         else:
             key.verify(signature, message)  # type: ignore[call-arg]

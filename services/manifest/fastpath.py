@@ -1,0 +1,528 @@
+"""One-pass validation of envelopes in the common shape, without the typed model.
+
+The typed decoder (``codec``) turns every bstr-wrapped level into generic
+CBOR values and then into frozen dataclasses; for a 300-byte envelope that is
+most of a validation's cost besides the signature. This module reads the
+shape a SUIT signer normally produces — an envelope of bstr members, one
+COSE_Sign1 with ``{1: alg}`` protected and a SHA-256 SUIT_Digest (§8.3), a
+manifest of the standard members, command sequences of the commands this
+library runs — straight from the bytes, each byte once, and builds only
+what the interpreter needs (``machine.Program``).
+
+It decides nothing the typed path would decide differently. Whenever the
+bytes leave that shape (another encoding, a member or command it does not
+read, a limit it would come near, any rejection after the signature) it
+returns ``None`` and ``processor`` runs the typed path: before the signature
+check from the start, after it from the authenticated envelope. The only
+verdicts given here are acceptance and the three outcomes of checking the
+signature and digest, with the typed path's exact errors. Every head read
+here is checked to be canonical (shortest form, definite length, §8.1) and
+every map for duplicate keys, as ``cbor.decode`` does; items and nesting are
+counted as the typed path charges them against ``Limits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .auth import TrustAnchor, digest_mismatch, no_signer, signer_of, usable_anchors
+from .cbor import encode_head
+from .codec import PARAMETER_TYPES, REP_POLICY_CODES
+from .errors import SuitError
+from .limits import Limits
+from .machine import Image, Machine, Program, images_of, invoked_of
+from .model import ComponentId, SuitDigest
+
+if TYPE_CHECKING:
+    from .processor import DeviceContext
+
+Accepted = tuple[
+    TrustAnchor,  # signer
+    tuple[int, ...],  # severed members
+    tuple[tuple[ComponentId, Image], ...],  # images
+    tuple[ComponentId, ...],  # invoked
+    int,  # sequence number
+    tuple[ComponentId, ...],  # components
+]
+
+
+class _Unusual(Exception):
+    """The bytes leave the shape read here: the typed path decides."""
+
+
+class Authenticated:
+    """An envelope whose signature and digest were checked here."""
+
+    __slots__ = ("signer", "manifest_raw", "members", "items", "depth")
+
+    def __init__(
+        self,
+        signer: TrustAnchor,
+        manifest_raw: bytes,
+        members: dict[int | str, bytes],
+        items: int,
+        depth: int,
+    ) -> None:
+        self.signer = signer
+        self.manifest_raw = manifest_raw
+        self.members = members  # every envelope member by key, 2 and 3 included
+        self.items = items  # CBOR items the typed decoder charged so far
+        self.depth = depth  # the max_depth those levels need
+
+
+# COSE algorithm by the one-byte value of ``{1: alg}`` (RFC 9053, RFC 9864):
+# ES256 -7, EdDSA -8, ESP256 -9, Ed25519 -19 (cose.SUPPORTED_ALGORITHMS).
+_ALGORITHMS = {0x26: -7, 0x27: -8, 0x28: -9, 0x32: -19}
+_SIG1_PREFIX = b"\x84\x6aSignature1"  # Sig_structure array head and context
+_EMPTY_AAD = b"\x40"
+# [h'' .cbor [-16 (SHA-256), bstr .size 32]] as the first auth member: its
+# bstr head, the digest array head, the algorithm, the digest's bstr head.
+_SHA256_DIGEST = b"\x82\x58\x24\x82\x2f\x58\x20"
+_ENVELOPE_KEYS = frozenset({2, 3, 16, 20, 23})  # §8.2 members read here
+_MANIFEST_KEYS = frozenset({1, 2, 3, 4, 7, 8, 9, 16, 20, 23})
+_WRAP = 4  # nesting the typed decoder charges per bstr-wrapped level
+_DIGEST = object()  # parameter kind: a bstr-wrapped SUIT_Digest
+_PARAMETER_KINDS: dict[int, object] = {**PARAMETER_TYPES, 3: _DIGEST}
+_REP_POLICY = REP_POLICY_CODES
+_SET_COMPONENT_INDEX = 12
+_TRY_EACH = 15
+_SET_PARAMETERS = 19
+_OVERRIDE_PARAMETERS = 20
+_RUN_SEQUENCE = 32
+_SEVERABLE = (16, 20, 23)
+
+
+def _argument(data: bytes, pos: int, major: int) -> tuple[int, int]:
+    """The argument of the canonical head of ``major`` at ``pos``, and the
+    position after the head (RFC 8949 §4.2.1: shortest form only)."""
+    ib = data[pos]
+    if ib >> 5 != major:
+        raise _Unusual
+    ai = ib & 0x1F
+    if ai < 24:
+        return ai, pos + 1
+    if ai == 24:
+        val = data[pos + 1]
+        if val < 24:
+            raise _Unusual
+        return val, pos + 2
+    if ai == 25:
+        val = data[pos + 1] << 8 | data[pos + 2]
+        if val < 0x100:
+            raise _Unusual
+        return val, pos + 3
+    if ai == 26 or ai == 27:
+        end = pos + (5 if ai == 26 else 9)
+        if end > len(data):
+            raise _Unusual
+        val = int.from_bytes(data[pos + 1 : end], "big")
+        if val < (0x10000 if ai == 26 else 0x100000000):
+            raise _Unusual
+        return val, end
+    raise _Unusual  # indefinite length or reserved
+
+
+def _bstr(data: bytes, pos: int) -> tuple[bytes, int]:
+    length, pos = _argument(data, pos, 2)
+    end = pos + length
+    if end > len(data):
+        raise _Unusual
+    return data[pos:end], end
+
+
+def _int(data: bytes, pos: int) -> tuple[int, int]:
+    ib = data[pos]
+    if ib < 0x18:
+        return ib, pos + 1
+    if 0x20 <= ib < 0x38:
+        return 0x1F - ib, pos + 1
+    if ib >> 5 == 1:
+        val, pos = _argument(data, pos, 1)
+        return -1 - val, pos
+    return _argument(data, pos, 0)
+
+
+def authenticate(
+    data: bytes, anchors: Sequence[TrustAnchor], class_id: bytes | None, limits: Limits
+) -> Authenticated | None:
+    """The checked envelope, ``None`` when its shape is not read here, or the
+    typed path's ``AuthenticationError`` when its signature or digest is bad."""
+    if type(data) is not bytes or len(data) > limits.max_envelope_bytes:
+        return None
+    try:
+        return _authenticate(data, anchors, class_id, limits)
+    except (_Unusual, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _authenticate(
+    data: bytes, anchors: Sequence[TrustAnchor], class_id: bytes | None, limits: Limits
+) -> Authenticated:
+    # SUIT_Envelope (§8.2): optionally #6.107, a map of bstr members with the
+    # authentication wrapper before the manifest.
+    pos, items = 0, 1
+    if data[0] == 0xD8:
+        if data[1] != 0x6B:
+            raise _Unusual
+        pos, items = 2, 2
+    count = data[pos] - 0xA0
+    if not 0 < count < 24:
+        raise _Unusual
+    pos += 1
+    items += 2 * count
+    members: dict[int | str, bytes] = {}
+    manifest_at = manifest_end = 0
+    for _ in range(count):
+        head = data[pos]
+        key: int | str
+        if head < 24:  # a uint key in the head
+            if head not in _ENVELOPE_KEYS or head in members or (head == 3 and 2 not in members):
+                raise _Unusual  # unknown, repeated, or the manifest before its wrapper
+            key = head
+            pos += 1
+        elif 0x60 <= head < 0x78:  # a short text key: an integrated payload (§7.6)
+            end = pos + head - 0x5F
+            if end > len(data):
+                raise _Unusual
+            key = data[pos + 1 : end].decode("utf-8")
+            if key in members:
+                raise _Unusual
+            pos = end
+        else:
+            raise _Unusual
+        start = pos
+        members[key], pos = _bstr(data, pos)
+        if key == 3:
+            manifest_at, manifest_end = start, pos
+    if pos != len(data) or 2 not in members or 3 not in members:
+        raise _Unusual
+    # SUIT_Authentication (§8.3): the SHA-256 SUIT_Digest and one COSE_Sign1,
+    # #6.18([h'A10126', {} or {4: kid}, nil, bstr .size 64]).
+    auth = members[2]
+    if not auth.startswith(_SHA256_DIGEST):
+        raise _Unusual
+    block_len, p = _argument(auth, 39, 2)
+    if p + block_len != len(auth):
+        raise _Unusual
+    if auth[p] != 0xD2 or auth[p + 1] != 0x84 or auth[p + 2] != 0x43:
+        raise _Unusual
+    if auth[p + 3] != 0xA1 or auth[p + 4] != 0x01:
+        raise _Unusual
+    alg = _ALGORITHMS.get(auth[p + 5])
+    if alg is None:
+        raise _Unusual
+    q = p + 6
+    kid = None
+    # Items: auth array 3, digest 3, tagged Sign1 6, protected map 3.
+    items += 15
+    depth = 13  # the protected header map, bstr-wrapped three levels down
+    if auth[q] == 0xA0:
+        q += 1
+    elif auth[q] == 0xA1 and auth[q + 1] == 0x04 and 0x40 <= auth[q + 2] < 0x58:
+        end = q + 3 + auth[q + 2] - 0x40
+        kid = auth[q + 3 : end]
+        q = end
+        items += 2
+    else:
+        raise _Unusual
+    if auth[q] != 0xF6 or auth[q + 1] != 0x58 or auth[q + 2] != 0x40 or q + 67 != len(auth):
+        raise _Unusual
+    if items > limits.max_items or depth > limits.max_depth:
+        raise _Unusual  # the typed path reports the limit
+    # RFC 9052 §4.4: ["Signature1", protected, external_aad h'', payload],
+    # from the encoded items as they stand in the envelope.
+    message = _SIG1_PREFIX + auth[p + 2 : p + 6] + _EMPTY_AAD + auth[1:39]
+    signer, tried = signer_of(usable_anchors(anchors, class_id), alg, kid, auth[q + 3 :], message)
+    if signer is None:
+        raise no_signer(tried, None)
+    # §8.3: the digest covers the manifest bstr, head included.
+    wrapped = data[manifest_at:manifest_end]
+    if not hmac.compare_digest(hashlib.sha256(wrapped).digest(), auth[7:39]):
+        raise digest_mismatch()
+    return Authenticated(signer, members[3], members, items, depth)
+
+
+def process(
+    authenticated: Authenticated,
+    context: DeviceContext,
+    sequences: Sequence[int],
+    limits: Limits,
+) -> Accepted | None:
+    """What an accepted envelope did, or ``None``: the typed path decides."""
+    try:
+        return _process(authenticated, context, sequences, limits)
+    except (_Unusual, IndexError, UnicodeDecodeError, SuitError):
+        return None
+
+
+def _process(
+    authenticated: Authenticated,
+    context: DeviceContext,
+    sequences: Sequence[int],
+    limits: Limits,
+) -> Accepted:
+    count = [authenticated.items, authenticated.depth]
+    m = authenticated.manifest_raw
+    # SUIT_Manifest (§8.4), decoded at nesting 4.
+    n = m[0] - 0xA0
+    if not 0 < n < 24:
+        raise _Unusual
+    count[0] += 1 + 2 * n
+    _need(count, _WRAP + 1)
+    fields: dict[int, object] = {}
+    pos = 1
+    for _ in range(n):
+        key = m[pos]
+        pos += 1
+        if key not in _MANIFEST_KEYS or key in fields:
+            raise _Unusual
+        head = m[pos]
+        value: object
+        if key == 1 or key == 2:
+            value, pos = _argument(m, pos, 0)
+        elif key == 4:
+            length, pos = _argument(m, pos, 3)
+            if pos + length > len(m):
+                raise _Unusual
+            value = m[pos : pos + length].decode("utf-8")
+            pos += length
+        elif head >> 5 == 2:
+            value, pos = _bstr(m, pos)
+        elif head == 0x82 and key >= 16:  # a severable member's SUIT_Digest
+            alg, pos = _int(m, pos + 1)
+            digest, pos = _bstr(m, pos)
+            value = SuitDigest(alg, digest)
+            count[0] += 2
+            _need(count, _WRAP + 2)
+        else:
+            raise _Unusual
+        fields[key] = value
+    if pos != len(m) or fields.get(1) != 1 or 2 not in fields or 3 not in fields:
+        raise _Unusual
+    sequence_number: int = fields[2]  # type: ignore[assignment]
+    common = fields[3]
+    if type(common) is not bytes:
+        raise _Unusual
+    components, shared = _common(common, count, limits)
+    programs: dict[int, Program] = {}
+    for key in (7, 8, 9):
+        raw = fields.get(key)
+        if raw is not None:
+            programs[key] = _program(raw, 2 * _WRAP, count)  # type: ignore[arg-type]
+
+    signer = authenticated.signer
+    if not signer.covers(components):
+        raise _Unusual
+    installed = context.installed_sequence
+    allowed = context.components
+    if installed or allowed is not None:
+        for component in components:
+            if allowed is not None and component not in allowed:
+                raise _Unusual
+            current = installed.get(component)
+            if current is not None and sequence_number <= current:
+                raise _Unusual  # RollbackRejected, from the typed path (§8.4.2)
+
+    # Severable members (§8.4.12): present ones match their digest, and the
+    # envelope adds none the manifest does not name by digest.
+    members = authenticated.members
+    severed = []
+    for key in _SEVERABLE:
+        in_manifest = fields.get(key)
+        present = members.get(key)
+        if type(in_manifest) is SuitDigest:
+            if present is None:
+                severed.append(key)
+                continue
+            if in_manifest.algorithm != -16:
+                raise _Unusual
+            h = hashlib.sha256(encode_head(2, len(present)))
+            h.update(present)
+            if not hmac.compare_digest(h.digest(), in_manifest.digest):
+                raise _Unusual
+            if key != 23 and key in sequences:
+                programs[key] = _program(present, 2 * _WRAP, count)
+        elif present is not None:
+            raise _Unusual
+        elif in_manifest is not None:
+            if key == 23:
+                raise _Unusual  # a text map, left to the typed decoder
+            programs[key] = _program(in_manifest, 2 * _WRAP, count)  # type: ignore[arg-type]
+    for key in sequences:
+        if key in severed and key in (16, 20):
+            raise _Unusual  # SEVERABLE_MISSING, from the typed path
+    if count[0] > limits.max_items or count[1] > limits.max_depth:
+        raise _Unusual
+
+    machine = Machine(components, shared, members.get, context, limits.max_commands_run)
+    for key in sequences:
+        program = programs.get(key)
+        if program is not None:
+            machine.run_procedure_step(program)
+    return (
+        signer,
+        tuple(severed),
+        images_of(machine),
+        invoked_of(machine),
+        sequence_number,
+        components,
+    )
+
+
+def _need(count: list[int], depth: int) -> None:
+    if depth > count[1]:
+        count[1] = depth
+
+
+def _common(
+    c: bytes, count: list[int], limits: Limits
+) -> tuple[tuple[ComponentId, ...], Program | None]:
+    """SUIT_Common (§8.4.5) with components and a shared sequence only."""
+    n = c[0] - 0xA0
+    if n != 1 and n != 2:
+        raise _Unusual
+    count[0] += 1 + 2 * n
+    _need(count, 2 * _WRAP + 1)
+    pos = 1
+    components: tuple[ComponentId, ...] | None = None
+    shared = None
+    for _ in range(n):
+        key = c[pos]
+        if key == 2 and components is None:
+            k, pos = _argument(c, pos + 1, 4)
+            if k == 0 or k > limits.max_components:
+                raise _Unusual
+            count[0] += k
+            _need(count, 2 * _WRAP + 2)
+            found = []
+            for _ in range(k):
+                j, pos = _argument(c, pos, 4)
+                if j:
+                    count[0] += j
+                    _need(count, 2 * _WRAP + 3)
+                parts = []
+                for _ in range(j):
+                    part, pos = _bstr(c, pos)
+                    parts.append(part)
+                found.append(tuple(parts))
+            components = tuple(found)
+            if k > 1 and len(set(components)) != k:
+                raise _Unusual
+        elif key == 4 and shared is None:
+            raw, pos = _bstr(c, pos + 1)
+            shared = _program(raw, 3 * _WRAP, count)
+        else:
+            raise _Unusual
+    if pos != len(c) or components is None:
+        raise _Unusual
+    return components, shared
+
+
+def _program(s: bytes, base: int, count: list[int]) -> Program:
+    """A SUIT_Command_Sequence decoded at nesting ``base``, as a program."""
+    n, pos = _argument(s, 0, 4)
+    if n == 0 or n % 2:
+        raise _Unusual
+    count[0] += 1 + n
+    _need(count, base + 1)
+    out = []
+    for _ in range(n // 2):
+        code, pos = _int(s, pos)
+        arg: object
+        if code in _REP_POLICY:
+            arg, pos = _argument(s, pos, 0)
+        elif code in (_SET_PARAMETERS, _OVERRIDE_PARAMETERS):
+            arg, pos = _parameters(s, pos, base, count)
+        elif code == _SET_COMPONENT_INDEX:
+            head = s[pos]
+            if head == 0xF5:
+                arg, pos = True, pos + 1
+            elif head >> 5 == 0:
+                arg, pos = _argument(s, pos, 0)
+            else:
+                k, pos = _argument(s, pos, 4)
+                if k == 0:
+                    raise _Unusual
+                count[0] += k
+                _need(count, base + 2)
+                indexes = []
+                for _ in range(k):
+                    i, pos = _argument(s, pos, 0)
+                    indexes.append(i)
+                arg = tuple(indexes)
+        elif code == _TRY_EACH:
+            k, pos = _argument(s, pos, 4)
+            count[0] += k
+            _need(count, base + 2)
+            alternatives = []
+            allow_none = False
+            for i in range(k):
+                if s[pos] == 0xF6 and i == k - 1 and i > 0:
+                    allow_none, pos = True, pos + 1
+                else:
+                    raw, pos = _bstr(s, pos)
+                    alternatives.append(_program(raw, base + _WRAP, count))
+            if not alternatives:
+                raise _Unusual
+            arg = (tuple(alternatives), allow_none)
+        elif code == _RUN_SEQUENCE:
+            raw, pos = _bstr(s, pos)
+            arg = _program(raw, base + _WRAP, count)
+        else:
+            raise _Unusual  # custom, extension or unimplemented command
+        out.append((code, arg))
+    if pos != len(s):
+        raise _Unusual
+    return tuple(out)
+
+
+def _parameters(
+    s: bytes, pos: int, base: int, count: list[int]
+) -> tuple[tuple[tuple[int, object], ...], int]:
+    """The map argument of set/override-parameters (§8.4.8) as pairs."""
+    k, pos = _argument(s, pos, 5)
+    if k == 0:
+        raise _Unusual
+    count[0] += 2 * k
+    _need(count, base + 2)
+    pairs: list[tuple[int, object]] = []
+    seen = set()
+    for _ in range(k):
+        key = s[pos]
+        kind = _PARAMETER_KINDS.get(key) if key < 24 else None
+        if kind is None or key in seen:
+            raise _Unusual
+        seen.add(key)
+        pos += 1
+        value: object
+        if kind is bytes:
+            value, pos = _bstr(s, pos)
+        elif kind is int:
+            value, pos = _argument(s, pos, 0)
+        elif kind is bool:
+            head = s[pos]
+            if head != 0xF4 and head != 0xF5:
+                raise _Unusual
+            value, pos = head == 0xF5, pos + 1
+        elif kind is str:
+            length, pos = _argument(s, pos, 3)
+            if pos + length > len(s):
+                raise _Unusual
+            value = s[pos : pos + length].decode("utf-8")
+            pos += length
+        else:  # image-digest: bstr .cbor SUIT_Digest, one level further down
+            raw, pos = _bstr(s, pos)
+            if len(raw) < 3 or raw[0] != 0x82:
+                raise _Unusual
+            alg, p = _int(raw, 1)
+            digest, p = _bstr(raw, p)
+            if p != len(raw):
+                raise _Unusual
+            count[0] += 3
+            _need(count, base + _WRAP + 1)
+            value = SuitDigest(alg, digest)
+        pairs.append((key, value))
+    return tuple(pairs), pos

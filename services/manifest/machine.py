@@ -1,0 +1,398 @@
+"""The command interpreter: parameter storage, component images, and the
+conditions and directives of draft-ietf-suit-manifest-37 §6.4 and §8.4.9–10.
+
+It runs *programs*: a command sequence compiled to a tuple of
+``(code, argument)`` pairs whose arguments are plain values — parameters as
+``(code, value)`` pairs, try-each as ``(programs, allow_none)``, run-sequence
+as a program. Both the typed decoder's ``CommandSequence`` (through
+``compile_sequence``) and the one-pass reader (``fastpath``) produce them,
+so there is one interpreter. Pure: the device is data, nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .auth import compute_digest
+from .errors import ErrorCode, LimitExceeded, ProcessingError, StructureError
+from .model import (
+    CONDITIONS,
+    Command,
+    CommandSequence,
+    ComponentId,
+    Parameter,
+    Parameters,
+    Pen,
+    SuitDigest,
+    TryEach,
+)
+
+if TYPE_CHECKING:
+    from .processor import DeviceContext
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A payload known by its SHA-256 and size rather than its bytes."""
+
+    sha256: bytes
+    size: int
+
+
+Image = bytes | ImageInfo
+Program = tuple[tuple[int, object], ...]
+MemberLookup = Callable[[int | str], bytes | None]
+
+
+def compile_sequence(seq: CommandSequence) -> Program:
+    """``seq`` as the interpreter runs it (arguments as plain values)."""
+    return tuple([(c.code, _compile_argument(c.arg)) for c in seq.commands])
+
+
+def _compile_argument(arg: object) -> object:
+    kind = type(arg)
+    if kind is Parameters:
+        return arg.items  # type: ignore[attr-defined]
+    if kind is TryEach:
+        seqs = arg.sequences  # type: ignore[attr-defined]
+        return (tuple([compile_sequence(s) for s in seqs]), arg.allow_none)  # type: ignore[attr-defined]
+    if kind is CommandSequence:
+        return compile_sequence(arg)  # type: ignore[arg-type]
+    return arg
+
+
+def show(component: ComponentId) -> str:
+    return "[" + ",".join(p.hex() for p in component) + "]"
+
+
+class ConditionFailed(ProcessingError):
+    """A condition (not a directive) failed: soft-failure may absorb it (§8.4.9)."""
+
+
+# Code points as plain ints: an ``IntEnum`` member lookup costs several
+# times an int comparison, and the interpreter below runs per command.
+_OVERRIDE_PARAMETERS = int(Command.OVERRIDE_PARAMETERS)
+_SET_PARAMETERS = int(Command.SET_PARAMETERS)
+_SET_COMPONENT_INDEX = int(Command.SET_COMPONENT_INDEX)
+_TRY_EACH = int(Command.TRY_EACH)
+_RUN_SEQUENCE = int(Command.RUN_SEQUENCE)
+_SOFT_FAILURE = int(Parameter.SOFT_FAILURE)
+_SHA256 = -16
+_P_VENDOR_IDENTIFIER = int(Parameter.VENDOR_IDENTIFIER)
+_P_CLASS_IDENTIFIER = int(Parameter.CLASS_IDENTIFIER)
+_P_DEVICE_IDENTIFIER = int(Parameter.DEVICE_IDENTIFIER)
+_P_COMPONENT_SLOT = int(Parameter.COMPONENT_SLOT)
+_P_CONTENT = int(Parameter.CONTENT)
+_P_SOURCE_COMPONENT = int(Parameter.SOURCE_COMPONENT)
+_P_URI = int(Parameter.URI)
+_P_IMAGE_DIGEST = int(Parameter.IMAGE_DIGEST)
+_P_IMAGE_SIZE = int(Parameter.IMAGE_SIZE)
+_ONLY_FIRST = [0]  # the selection every sequence starts with; never mutated
+
+
+class Machine:
+    """Parameter storage, component images and the command interpreter (§6.4)."""
+
+    __slots__ = (
+        "components",
+        "budget",
+        "images",
+        "invoked",
+        "params",
+        "index",
+        "context",
+        "member",
+        "shared",
+        "several",
+    )
+
+    def __init__(
+        self,
+        components: tuple[ComponentId, ...],
+        shared: Program | None,
+        member: MemberLookup,
+        context: DeviceContext,
+        max_commands_run: int,
+    ) -> None:
+        self.member = member  # envelope members by key, for integrated payloads
+        self.context = context
+        self.components = components
+        self.shared = shared
+        self.several = len(components) > 1
+        self.budget = max_commands_run
+        current = context.images
+        self.images: dict[int, Image] = (
+            {i: current[c] for i, c in enumerate(components) if c in current} if current else {}
+        )
+        self.invoked: list[int] = []
+        self.params: list[dict[int, object]] = [{} for _ in components]
+        self.index: list[int] = _ONLY_FIRST
+
+    def run_procedure_step(self, program: Program) -> None:
+        """The shared sequence, then ``program`` (§5.3.3)."""
+        for p in (self.shared, program):
+            if p is None:
+                continue
+            if self.several and p[0][0] != _SET_COMPONENT_INDEX:
+                # §6.2: with several components every sequence starts by choosing one.
+                raise StructureError("sequence must begin with set-component-index")
+            self.index = _ONLY_FIRST
+            self.run(p, None)
+
+    def run(self, program: Program, soft: bool | None) -> bool:
+        """Run ``program``; False when a condition failed under soft-failure."""
+        flow = _FLOW
+        actions = _ACTIONS
+        for code, arg in program:
+            self.budget -= 1
+            if self.budget < 0:
+                raise LimitExceeded("too many commands executed")
+            try:
+                step = flow.get(code)
+                if step is not None:
+                    soft = step(self, code, arg, soft)
+                else:
+                    action = actions.get(code, _unsupported)
+                    for i in self.index:
+                        action(self, code, i)
+            except ConditionFailed:
+                if soft:
+                    return False
+                raise
+        return True
+
+    # -------------------------------------------- flow control (§8.4.10)
+
+    def parameters_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        override = code == _OVERRIDE_PARAMETERS
+        params = self.params
+        index = self.index
+        for key, value in arg:  # type: ignore[attr-defined]
+            if key == _SOFT_FAILURE:
+                if soft is None:  # §8.4.8.15: only inside try-each / run-sequence
+                    raise ProcessingError(
+                        "soft-failure set outside try-each or run-sequence", ErrorCode.ABORTED
+                    )
+                soft = bool(value)
+            for i in index:
+                if override or key not in params[i]:
+                    params[i][key] = value
+        return soft
+
+    def select_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        count = len(self.components)
+        if arg is True:
+            self.index = list(range(count))
+            return soft
+        indexes = list(arg) if isinstance(arg, tuple) else [arg]
+        for i in indexes:
+            if type(i) is not int or not 0 <= i < count:
+                raise StructureError(f"component index {i!r} is out of range")
+        self.index = indexes  # type: ignore[assignment]
+        return soft
+
+    def try_each_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        programs: tuple[Program, ...]
+        allow_none: bool
+        programs, allow_none = arg  # type: ignore[misc]
+        last: ProcessingError | None = None
+        for program in programs:  # §8.4.10.2: soft-failure defaults to true
+            saved = self.index
+            try:
+                if self.run(program, True):
+                    return soft
+            except ConditionFailed as exc:
+                last = exc
+            self.index = saved
+        if allow_none:
+            return soft
+        raise ConditionFailed(
+            "no try-each alternative succeeded" + (f" (last: {last.message})" if last else ""),
+            last.code if last else ErrorCode.CONDITION_FAILED,
+        )
+
+    def run_sequence_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        saved = self.index
+        self.run(arg, False)  # type: ignore[arg-type]
+        self.index = saved
+        return soft
+
+    # -------------------------------------------- conditions and directives
+
+    def param(self, i: int, key: int) -> object:
+        value = self.params[i].get(key, _MISSING)
+        if value is _MISSING:
+            raise ConditionFailed(
+                f"parameter {Parameter(key).name.lower()} is not set for component "
+                f"{show(self.components[i])}",
+                ErrorCode.PARAMETER_MISSING,
+            )
+        return value
+
+    def vendor_identifier(self, code: int, i: int) -> None:
+        value = self.params[i].get(_P_VENDOR_IDENTIFIER, _MISSING)
+        if value is _MISSING:
+            value = self.param(i, _P_VENDOR_IDENTIFIER)
+        if isinstance(value, Pen) or value != self.context.vendor_id:
+            raise ConditionFailed("vendor id does not match", ErrorCode.VENDOR_MISMATCH)
+
+    def class_identifier(self, code: int, i: int) -> None:
+        value = self.params[i].get(_P_CLASS_IDENTIFIER, _MISSING)
+        if value is _MISSING:
+            value = self.param(i, _P_CLASS_IDENTIFIER)
+        if value != self.context.class_id:
+            raise ConditionFailed("class id does not match", ErrorCode.CLASS_MISMATCH)
+
+    def device_identifier(self, code: int, i: int) -> None:
+        value = self.param(i, _P_DEVICE_IDENTIFIER)
+        device_id = self.context.device_id
+        if device_id is None or value != device_id:
+            raise ConditionFailed("device id does not match", ErrorCode.DEVICE_MISMATCH)
+
+    def component_slot(self, code: int, i: int) -> None:
+        want = self.param(i, _P_COMPONENT_SLOT)
+        if self.context.slots.get(self.components[i], 0) != want:
+            raise ConditionFailed(f"component is not in slot {want}", ErrorCode.SLOT_MISMATCH)
+
+    def check_content(self, code: int, i: int) -> None:
+        content = self.param(i, _P_CONTENT)
+        image = self.images.get(i)
+        if not (
+            isinstance(image, bytes)
+            and isinstance(content, bytes)
+            and hmac.compare_digest(image, content)  # §8.4.9.6: constant time
+        ):
+            raise ConditionFailed("component content does not match")
+
+    def abort(self, code: int, i: int) -> None:
+        raise ConditionFailed("condition-abort", ErrorCode.ABORTED)
+
+    def write(self, code: int, i: int) -> None:
+        content = self.param(i, _P_CONTENT)
+        assert isinstance(content, bytes)
+        self.images[i] = content
+
+    def fetch(self, code: int, i: int) -> None:
+        self.images[i] = self.fetched(i)
+
+    def copy_or_swap(self, code: int, i: int) -> None:
+        src = self.param(i, _P_SOURCE_COMPONENT)
+        if type(src) is not int or not 0 <= src < len(self.components):
+            raise ProcessingError("source-component is out of range", ErrorCode.ABORTED)
+        if src not in self.images:
+            raise ProcessingError(
+                f"source component {show(self.components[src])} holds no image",
+                ErrorCode.PAYLOAD_UNAVAILABLE,
+            )
+        if code == Command.COPY:
+            self.images[i] = self.images[src]
+        else:
+            if i not in self.images:
+                raise ProcessingError("swap target holds no image", ErrorCode.PAYLOAD_UNAVAILABLE)
+            self.images[i], self.images[src] = self.images[src], self.images[i]
+
+    def invoke(self, code: int, i: int) -> None:
+        if i not in self.images:
+            raise ProcessingError(
+                f"nothing to invoke in {show(self.components[i])}",
+                ErrorCode.PAYLOAD_UNAVAILABLE,
+            )
+        self.invoked.append(i)
+
+    def fetched(self, i: int) -> Image:
+        uri = self.param(i, _P_URI)
+        assert isinstance(uri, str)
+        if uri.startswith("#"):  # integrated payload (§7.6)
+            payload = self.member(uri[1:])
+            if payload is None:
+                payload = self.member(uri)
+            if payload is not None:
+                return payload
+        image = self.context.fetchable.get(uri)
+        if image is None:
+            raise ProcessingError(f"payload {uri} is not available", ErrorCode.PAYLOAD_UNAVAILABLE)
+        return image
+
+    def image_match(self, code: int, i: int) -> None:
+        params = self.params[i]
+        digest = params.get(_P_IMAGE_DIGEST, _MISSING)
+        if digest is _MISSING:
+            digest = self.param(i, _P_IMAGE_DIGEST)
+        assert isinstance(digest, SuitDigest)
+        image = self.images.get(i)
+        if image is None:
+            raise ConditionFailed(
+                f"component {show(self.components[i])} holds no image",
+                ErrorCode.IMAGE_DIGEST_MISMATCH,
+            )
+        size = params.get(_P_IMAGE_SIZE)
+        is_info = isinstance(image, ImageInfo)
+        actual_size = image.size if is_info else len(image)  # type: ignore[union-attr,arg-type]
+        if size is not None and size != actual_size:
+            raise ConditionFailed(
+                f"image is {actual_size} bytes, manifest says {size}",
+                ErrorCode.IMAGE_SIZE_MISMATCH,
+            )
+        if is_info:
+            if digest.algorithm != _SHA256:
+                raise ConditionFailed(
+                    "only a SHA-256 is known for this payload", ErrorCode.IMAGE_DIGEST_MISMATCH
+                )
+            actual = image.sha256  # type: ignore[union-attr]
+        else:
+            actual = compute_digest(digest.algorithm, image)  # type: ignore[arg-type]
+        if not hmac.compare_digest(actual, digest.digest):
+            raise ConditionFailed("image digest does not match", ErrorCode.IMAGE_DIGEST_MISMATCH)
+
+
+def _unsupported(machine: Machine, code: int, i: int) -> None:
+    if code in CONDITIONS or code < 0:
+        # §8.4.9: an unknown (or unimplemented) condition is a failure.
+        raise ConditionFailed(f"condition {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+    # Directives failing always abort (§6.4).
+    raise ProcessingError(f"directive {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
+
+
+_MISSING = object()
+
+# Commands that change what runs or on which component; the rest act per
+# selected component (§6.4). Both tables are built once, not per command.
+_FLOW: dict[int, Callable[[Machine, int, object, bool | None], bool | None]] = {
+    _OVERRIDE_PARAMETERS: Machine.parameters_step,
+    _SET_PARAMETERS: Machine.parameters_step,
+    _SET_COMPONENT_INDEX: Machine.select_step,
+    _TRY_EACH: Machine.try_each_step,
+    _RUN_SEQUENCE: Machine.run_sequence_step,
+}
+_ACTIONS: dict[int, Callable[[Machine, int, int], None]] = {
+    Command.VENDOR_IDENTIFIER: Machine.vendor_identifier,
+    Command.CLASS_IDENTIFIER: Machine.class_identifier,
+    Command.DEVICE_IDENTIFIER: Machine.device_identifier,
+    Command.IMAGE_MATCH: Machine.image_match,
+    Command.COMPONENT_SLOT: Machine.component_slot,
+    Command.CHECK_CONTENT: Machine.check_content,
+    Command.ABORT: Machine.abort,
+    Command.WRITE: Machine.write,
+    Command.FETCH: Machine.fetch,
+    Command.COPY: Machine.copy_or_swap,
+    Command.SWAP: Machine.copy_or_swap,
+    Command.INVOKE: Machine.invoke,
+}
+
+
+def image_info(payload: bytes) -> ImageInfo:
+    return ImageInfo(hashlib.sha256(payload).digest(), len(payload))
+
+
+def images_of(machine: Machine) -> tuple[tuple[ComponentId, Image], ...]:
+    components = machine.components
+    return tuple([(components[i], img) for i, img in sorted(machine.images.items())])
+
+
+def invoked_of(machine: Machine) -> tuple[ComponentId, ...]:
+    components = machine.components
+    return tuple([components[i] for i in machine.invoked])

@@ -1,0 +1,515 @@
+"""The one-pass path (``fastpath``) against the typed path (``process_typed``).
+
+``process`` must decide exactly as the typed decoder does: the same
+acceptance and outcome, or the same error code and message. Checked here on
+the common shapes (and that they do take the one-pass path, or the
+comparison would prove nothing), on every single-byte change of a signed
+envelope, on re-signed manifests with non-canonical encodings, duplicate
+keys and other faults inside the signed bytes, across every limit near its
+boundary, on the specification's vectors and on random mutations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.manifest import auth, cbor, cose, fastpath
+from services.manifest.auth import TrustAnchor
+from services.manifest.build import build_envelope, sign_envelope
+from services.manifest.errors import AuthenticationError, ErrorCode, SuitError
+from services.manifest.limits import DEFAULT_LIMITS, Limits
+from services.manifest.processor import (
+    DeviceContext,
+    Outcome,
+    Procedure,
+    process,
+    process_typed,
+)
+
+from .conftest import PAYLOAD, URI, VECTORS, description, device
+
+ES256 = ec.generate_private_key(ec.SECP256R1())
+ED25519 = ed25519.Ed25519PrivateKey.generate()
+COMPONENT = (b"\x00",)
+UPDATE_SEQUENCES = (16, 20, 7)
+
+
+def plain(**overrides: Any) -> dict[str, Any]:
+    """The common shape: no text map (a text map goes to the typed decoder)."""
+    desc = description(**overrides)
+    if "text" not in overrides:
+        desc.pop("text")
+    return desc
+
+
+def make(key: Any = ES256, kid: bytes | None = None, files: Any = None, **overrides: Any) -> bytes:
+    return sign_envelope(build_envelope(plain(**overrides), files or {}), key, kid)
+
+
+def anchors(key: Any = ES256, **kw: Any) -> list[TrustAnchor]:
+    return [TrustAnchor(key.public_key(), **kw)]
+
+
+def result(run: Callable[[], Outcome]) -> tuple[Any, ...]:
+    try:
+        outcome = run()
+    except SuitError as exc:
+        return ("rejected", exc.code, exc.message)
+    return ("accepted", outcome, outcome.manifest)
+
+
+def agree(
+    data: bytes,
+    trusted: list[TrustAnchor],
+    ctx: DeviceContext | None = None,
+    procedure: Procedure = Procedure.UPDATE,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Any, ...]:
+    """The verdict, after checking both paths give it."""
+    ctx = ctx if ctx is not None else device()
+    fast = result(lambda: process(data, trusted, ctx, procedure, limits))
+    typed = result(lambda: process_typed(data, trusted, ctx, procedure, limits))
+    assert fast == typed, data.hex()
+    return fast
+
+
+def takes_fast_path(data: bytes, trusted: list[TrustAnchor], ctx: DeviceContext) -> bool:
+    checked = fastpath.authenticate(data, trusted, ctx.class_id, DEFAULT_LIMITS)
+    if checked is None:
+        return False
+    return fastpath.process(checked, ctx, UPDATE_SEQUENCES, DEFAULT_LIMITS) is not None
+
+
+# ------------------------------------------------------------ common shapes
+
+SECOND = {
+    "install-id": ["01", "02"],
+    "vendor-id": "fa6b4a53d5ad5fdfbe9de663e4d41ffe",
+    "class-id": "1492af1425695e48bf429b2d51f2ab45",
+    "install-digest": {"algorithm-id": "sha256", "digest-bytes": hashlib.sha256(b"b").hexdigest()},
+    "install-size": 1,
+    "uri": "https://updates.example/b.bin",
+}
+
+SHAPES: dict[str, tuple[Callable[[], bytes], list[TrustAnchor], DeviceContext]] = {
+    "es256": (lambda: make(), anchors(), device()),
+    "ed25519": (lambda: make(ED25519), anchors(ED25519), device()),
+    "key id": (lambda: make(kid=b"k1"), anchors(key_id=b"k1"), device()),
+    "untagged": (lambda: make()[2:], anchors(), device()),
+    "two components": (
+        lambda: make(components=[plain()["components"][0], SECOND]),
+        anchors(),
+        device(fetchable={URI: PAYLOAD, SECOND["uri"]: b"b"}),
+    ),
+    "severed install": (lambda: make(severable=["install"]), anchors(), device()),
+    "integrated payload": (
+        lambda: make(files={"fw": PAYLOAD}, component={"file": "fw", "integrated": True}),
+        anchors(),
+        device(fetchable={}),
+    ),
+    "reference uri": (
+        lambda: make(**{"reference-uri": "https://rel.example/7"}),
+        anchors(),
+        device(),
+    ),
+    "large sequence number": (
+        lambda: make(**{"manifest-sequence-number": 2**40}),
+        anchors(),
+        device(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_common_shapes_are_accepted_on_the_fast_path(name: str) -> None:
+    build, trusted, ctx = SHAPES[name]
+    data = build()
+    assert takes_fast_path(data, trusted, ctx)
+    for procedure in (Procedure.AUTHENTICATE, Procedure.UPDATE):
+        assert agree(data, trusted, ctx, procedure)[0] == "accepted", procedure
+    installed = device(images={COMPONENT: PAYLOAD}, fetchable=ctx.fetchable)
+    agree(data, trusted, installed, Procedure.INVOKE)
+
+
+def test_text_map_goes_to_the_typed_decoder() -> None:
+    data = sign_envelope(build_envelope(description(), {}), ES256)
+    assert not takes_fast_path(data, anchors(), device())
+    assert agree(data, anchors())[0] == "accepted"
+
+
+def test_outcome_manifest_is_the_typed_manifest() -> None:
+    data = make()
+    fast = process(data, anchors(), device())
+    typed = process_typed(data, anchors(), device())
+    assert fast.decoded is None  # not built on the one-pass path …
+    assert fast.manifest == typed.manifest  # … but the same once read
+    assert fast.manifest.sequence_number == 7
+
+
+# ------------------------------------------------------------ changed bytes
+
+
+@pytest.mark.parametrize("key", [ES256, ED25519], ids=["es256", "ed25519"])
+def test_every_single_byte_change_is_rejected_alike(key: Any) -> None:
+    data = make(key)
+    trusted = anchors(key)
+    for pos in range(len(data)):
+        for new in {data[pos] ^ 0x01, data[pos] ^ 0x80, 0xFF, 0x00}:
+            if new == data[pos] or (pos < 2 and new in (0xD8, 0x6B)):
+                continue
+            changed = data[:pos] + bytes([new]) + data[pos + 1 :]
+            verdict = agree(changed, trusted)
+            assert verdict[0] == "rejected", (pos, new)
+
+
+def test_signature_and_digest_failures_are_decided_on_the_fast_path() -> None:
+    data = make()
+    sig_at = len(data) - 1 - len(_manifest(data)) - 3  # inside the signature
+    flipped = data[:sig_at] + bytes([data[sig_at] ^ 1]) + data[sig_at + 1 :]
+    other = ec.generate_private_key(ec.SECP256R1())
+    cases = [
+        (flipped, anchors(), ErrorCode.SIGNATURE_INVALID),
+        (data, anchors(other), ErrorCode.SIGNATURE_INVALID),
+        (data, anchors(ED25519), ErrorCode.UNTRUSTED_SIGNER),
+        (make(kid=b"k1"), anchors(key_id=b"k2"), ErrorCode.UNTRUSTED_SIGNER),
+        (data, anchors(class_ids=frozenset({b"other class"})), ErrorCode.UNTRUSTED_SIGNER),
+        (_tamper_manifest(data), anchors(), ErrorCode.DIGEST_MISMATCH),
+    ]
+    for envelope, trusted, code in cases:
+        with pytest.raises(AuthenticationError) as info:
+            fastpath.authenticate(envelope, trusted, device().class_id, DEFAULT_LIMITS)
+        assert info.value.code is code
+        assert agree(envelope, trusted)[1] is code
+
+
+def test_rejection_after_the_signature_checks_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = auth.verify_message
+
+    def counting(*args: Any) -> bool:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(auth, "verify_message", counting)
+    ctx = device(installed_sequence={COMPONENT: 7})
+    with pytest.raises(SuitError) as info:
+        process(make(), anchors(), ctx)
+    assert info.value.code is ErrorCode.ROLLBACK
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------ signed faults
+
+
+def _manifest(data: bytes) -> bytes:
+    return bytes(cbor2.loads(data).value[3])
+
+
+def _tamper_manifest(data: bytes) -> bytes:
+    manifest = _manifest(data)
+    at = data.index(manifest) + len(manifest) - 1
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+
+def seal(manifest: bytes, key: Any = ES256, extra: bytes = b"", extra_count: int = 0) -> bytes:
+    """A signed envelope around ``manifest`` exactly as given (any encoding)."""
+    digest = cbor.dumps([-16, hashlib.sha256(cbor.wrap_bstr(manifest)).digest()])
+    wrapper = cbor.dumps([digest, cose.sign(digest, key)])
+    members = b"\x02" + cbor.wrap_bstr(wrapper) + b"\x03" + cbor.wrap_bstr(manifest) + extra
+    return b"\xd8\x6b" + cbor.encode_head(5, 2 + extra_count) + members
+
+
+def _levels(manifest: bytes) -> dict[str, bytes]:
+    value = cbor2.loads(manifest)
+    common = value[3]
+    return {
+        "manifest": manifest,
+        "common": common,
+        "shared": cbor2.loads(common)[4],
+        "validate": value[7],
+        "install": value[20],
+    }
+
+
+def _rewrite(manifest: bytes, level: str, old: bytes, new: bytes) -> bytes:
+    """``manifest`` with ``old`` replaced by ``new`` inside ``level``, every
+    bstr-wrapped level around it re-wrapped."""
+    parts = _levels(manifest)
+    inner = parts[level]
+    assert inner.count(old) == 1, (level, old)
+    changed = inner.replace(old, new)
+    outer = {
+        "shared": "common",
+        "common": "manifest",
+        "validate": "manifest",
+        "install": "manifest",
+    }
+    while level != "manifest":
+        parent = outer[level]
+        holder = parts[parent] if parent != "manifest" else manifest
+        assert holder.count(cbor.wrap_bstr(inner)) == 1
+        changed = holder.replace(cbor.wrap_bstr(inner), cbor.wrap_bstr(changed))
+        inner, level = holder, parent
+    return changed
+
+
+BASE = _manifest(make())
+SIGNED_FAULTS = [
+    ("manifest", b"\x02\x07", b"\x02\x18\x07", ErrorCode.NON_CANONICAL),
+    ("manifest", b"\xa6\x01\x01", b"\xa7\x01\x01\x01\x01", ErrorCode.DUPLICATE_KEY),
+    ("manifest", b"\xa6\x01\x01", b"\xa6\x01\x02", ErrorCode.UNSUPPORTED_VERSION),
+    ("manifest", b"\xa6\x01\x01", b"\xa6\x01\x18\x01", ErrorCode.NON_CANONICAL),
+    ("manifest", b"\xa6\x01\x01", b"\xa6\x01\x20", ErrorCode.UNSUPPORTED_VERSION),
+    ("manifest", b"\x02\x07", b"\x02\x27", ErrorCode.INVALID_STRUCTURE),
+    ("manifest", b"\xa6\x01\x01", b"\xa7\x05\x01\x01\x01", ErrorCode.INVALID_STRUCTURE),
+    ("common", b"\x41\x00", b"\x58\x01\x00", ErrorCode.NON_CANONICAL),
+    ("common", b"\x81\x81\x41\x00", b"\x82\x81\x41\x00\x81\x41\x00", ErrorCode.INVALID_STRUCTURE),
+    ("common", b"\x02\x81\x81", b"\x02\x9f\x81\x41\x00\xff\x04\x81", ErrorCode.NON_CANONICAL),
+    ("shared", b"\x0e\x19\x10\x00", b"\x0e\x1a\x00\x00\x10\x00", ErrorCode.NON_CANONICAL),
+    ("shared", b"\x0e\x19\x10\x00", b"\x0e\x19\x0f\xff", ErrorCode.IMAGE_SIZE_MISMATCH),
+    ("shared", b"\x02\x50", b"\x01\x50", ErrorCode.DUPLICATE_KEY),
+    # A repeated parameter that would otherwise pass: override keeps the last.
+    ("shared", b"\xa4\x01", b"\xa5\x0e\x00\x01", ErrorCode.DUPLICATE_KEY),
+    ("common", b"\x81\x81\x41\x00", b"\x82\x81\x41\x00\x81\x41\x00", ErrorCode.INVALID_STRUCTURE),
+    ("shared", b"\x02\x50", b"\x02\x58\x10", ErrorCode.NON_CANONICAL),
+    ("shared", b"\x58\x24\x82\x2f", b"\x58\x25\x82\x38\x0f", ErrorCode.NON_CANONICAL),
+    ("shared", b"\x01\x0f\x02\x0f", b"\x18\x1d\x0f\x02\x0f", ErrorCode.UNSUPPORTED_COMMAND),
+    ("shared", b"\x01\x0f\x02\x0f", b"\x01\xf5\x02\x0f", ErrorCode.INVALID_STRUCTURE),
+    ("shared", b"\x01\x0f\x02\x0f", b"\x01\x0f\x02\x0f\x0f", ErrorCode.MALFORMED_CBOR),
+    ("manifest", b"\x02\x07", b"\x02\x1a\x00\x00\x00\x07", ErrorCode.NON_CANONICAL),
+    ("manifest", b"\x02\x07", b"\x02\x1b" + bytes(7) + b"\x07", ErrorCode.NON_CANONICAL),
+    (
+        "common",
+        b"\xa2\x02\x81\x81\x41\x00",
+        b"\xa3\x02\x81\x81\x41\x00\x02\x81\x81\x41\x00",
+        ErrorCode.DUPLICATE_KEY,
+    ),
+    ("shared", b"\xa4\x01", b"\xa5\x0c\x00\x01", ErrorCode.INVALID_STRUCTURE),
+    ("shared", b"\xa4\x01", b"\xa5\x0c\xf5\x01", ErrorCode.OK),
+    ("validate", b"\x03\x0f", b"\x03\x18\x0f", ErrorCode.NON_CANONICAL),
+    ("install", b"https", b"\xfftps", ErrorCode.MALFORMED_CBOR),
+    ("install", b"\x15\x02", b"\x15\x18\x02", ErrorCode.NON_CANONICAL),
+]
+
+
+def test_unchanged_seal_is_accepted_on_the_fast_path() -> None:
+    data = seal(BASE)
+    assert takes_fast_path(data, anchors(), device())
+    assert agree(data, anchors())[0] == "accepted"
+
+
+@pytest.mark.parametrize("fault", SIGNED_FAULTS, ids=lambda f: f"{f[0]}:{f[1].hex()}->{f[2].hex()}")
+def test_signed_faults_are_rejected_alike(fault: tuple[str, bytes, bytes, ErrorCode]) -> None:
+    level, old, new, code = fault
+    manifest = _rewrite(BASE, level, old, new)
+    verdict = agree(seal(manifest), anchors())
+    if code is ErrorCode.OK:
+        assert verdict[0] == "accepted", verdict
+    else:
+        assert verdict[:2] == ("rejected", code), verdict
+
+
+def test_trailing_bytes_in_the_manifest_are_rejected_alike() -> None:
+    verdict = agree(seal(BASE + b"\x00"), anchors())
+    assert verdict[:2] == ("rejected", ErrorCode.MALFORMED_CBOR)
+
+
+def test_repeated_components_are_rejected_alike() -> None:
+    component = plain()["components"][0]
+    verdict = agree(make(components=[component, component]), anchors())
+    assert verdict[:2] == ("rejected", ErrorCode.INVALID_STRUCTURE)
+
+
+def test_changed_severed_member_is_rejected_alike() -> None:
+    data = make(severable=["install"])
+    assert takes_fast_path(data, anchors(), device())
+    changed = data.replace(b"fw.bin", b"fw.bim")  # in the envelope's install member only
+    assert changed.count(b"fw.bim") == 1
+    verdict = agree(changed, anchors(), device(fetchable={URI[:-1] + "m": PAYLOAD}))
+    assert verdict[:2] == ("rejected", ErrorCode.SEVERABLE_DIGEST_MISMATCH)
+
+
+def _with_validate(validate: bytes) -> bytes:
+    old = cbor.wrap_bstr(_levels(BASE)["validate"])
+    return seal(_rewrite(BASE, "manifest", old, cbor.wrap_bstr(validate)))
+
+
+def test_try_each_takes_nil_only_last() -> None:
+    alternative = cbor.dumps([3, 15])
+    assert agree(_with_validate(cbor.dumps([15, [alternative, None]])), anchors())[0] == "accepted"
+    for arg in ([None, alternative], [None], []):
+        verdict = agree(_with_validate(cbor.dumps([15, arg])), anchors())
+        assert verdict[:2] == ("rejected", ErrorCode.INVALID_STRUCTURE), arg
+
+
+OUTER_FAULTS = [
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xb8\x02", ErrorCode.NON_CANONICAL),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa3\x03\x40", ErrorCode.DUPLICATE_KEY),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa3\x05\x40", ErrorCode.INVALID_STRUCTURE),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa3\x10\x40", ErrorCode.SEVERABLE_DIGEST_MISMATCH),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa3\x61\x23\x40", ErrorCode.OK),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa3\x61\xff\x40", ErrorCode.MALFORMED_CBOR),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xbf", ErrorCode.NON_CANONICAL),
+    (b"\xd8\x6b\xa2", b"\xd8\x6b\xa4\x61\x23\x40\x61\x23\x40", ErrorCode.DUPLICATE_KEY),
+    (b"\xd8\x6b", b"\xd8\x6c", ErrorCode.MALFORMED_CBOR),
+    (b"\xd8\x6b", b"\xd9\x00\x6b", ErrorCode.NON_CANONICAL),
+]
+
+
+@pytest.mark.parametrize("fault", OUTER_FAULTS, ids=lambda f: f[1].hex())
+def test_outer_faults_are_rejected_alike(fault: tuple[bytes, bytes, ErrorCode]) -> None:
+    old, new, code = fault
+    data = make()
+    changed = new + data[len(old) :]
+    if new.endswith(b"\xbf"):
+        changed += b"\xff"
+    verdict = agree(changed, anchors())
+    assert verdict[0] == ("accepted" if code is ErrorCode.OK else "rejected")
+    if code is not ErrorCode.OK:
+        assert verdict[1] is code, verdict
+
+
+def test_manifest_before_its_wrapper_is_rejected_alike() -> None:
+    envelope = cbor2.loads(make()).value
+    swapped = (
+        b"\xd8\x6b\xa2\x03" + cbor.wrap_bstr(envelope[3]) + b"\x02" + cbor.wrap_bstr(envelope[2])
+    )
+    assert agree(swapped, anchors())[:2] == ("rejected", ErrorCode.INVALID_STRUCTURE)
+
+
+def test_manifest_bstr_head_must_be_shortest() -> None:
+    data = make()
+    manifest = _manifest(data)
+    head = cbor.encode_head(2, len(manifest))
+    assert len(head) == 2  # 0x58 n: rewrite as 0x59 00 n
+    changed = data.replace(b"\x03" + head + manifest, b"\x03\x59\x00" + head[1:] + manifest)
+    assert changed != data
+    assert agree(changed, anchors())[1] is ErrorCode.NON_CANONICAL
+
+
+def test_authentication_wrapper_with_two_signatures_goes_to_the_typed_decoder() -> None:
+    data = make()
+    envelope = cbor2.loads(data).value
+    wrapper = cbor2.loads(envelope[2])
+    twice = cbor.dumps([wrapper[0], wrapper[1], cose.sign(wrapper[0], ED25519)])
+    changed = b"\xd8\x6b\xa2\x02" + cbor.wrap_bstr(twice) + b"\x03" + cbor.wrap_bstr(envelope[3])
+    assert fastpath.authenticate(changed, anchors(ED25519), None, DEFAULT_LIMITS) is None
+    assert agree(changed, anchors(ED25519))[0] == "accepted"
+
+
+# ------------------------------------------------------------ limits
+
+
+def test_limits_near_their_boundary_agree() -> None:
+    data = make(components=[plain()["components"][0], SECOND])
+    ctx = device(fetchable={URI: PAYLOAD, SECOND["uri"]: b"b"})
+    sweeps = {
+        "max_depth": [Limits(max_depth=d) for d in range(1, 26)],
+        "max_items": [Limits(max_items=n) for n in range(1, 140)],
+        "max_commands_run": [Limits(max_commands_run=n) for n in range(1, 30)],
+    }
+    for name, limits in sweeps.items():
+        verdicts = [agree(data, anchors(), ctx, limits=lim) for lim in limits]
+        # Both sides of the boundary are reached, and the far side is the limit.
+        assert {v[0] for v in verdicts} == {"accepted", "rejected"}, name
+        assert {v[1] for v in verdicts if v[0] == "rejected"} == {ErrorCode.LIMIT_EXCEEDED}, name
+    too_large = agree(data, anchors(), ctx, limits=Limits(max_envelope_bytes=len(data) - 1))
+    assert too_large[1] is ErrorCode.TOO_LARGE
+    assert agree(data, anchors(), ctx, limits=Limits(max_envelope_bytes=len(data)))[0] == "accepted"
+    too_many = agree(data, anchors(), ctx, limits=Limits(max_components=1))
+    assert too_many[1] is ErrorCode.TOO_MANY_COMPONENTS
+    assert agree(data, anchors(), ctx, limits=Limits(max_components=2))[0] == "accepted"
+
+
+def test_try_each_and_run_sequence_nesting_limits_agree() -> None:
+    # validate = [try-each [<<[run-sequence <<[image-match 15]>>]>>, nil]]
+    inner = cbor.dumps([3, 15])
+    alternative = cbor.dumps([32, inner])
+    validate = cbor.dumps([15, [alternative, None]])
+    manifest = _rewrite(
+        BASE, "manifest", cbor.wrap_bstr(_levels(BASE)["validate"]), cbor.wrap_bstr(validate)
+    )
+    data = seal(manifest)
+    assert takes_fast_path(data, anchors(), device())
+    verdicts = [agree(data, anchors(), limits=Limits(max_depth=d)) for d in range(10, 26)]
+    assert {v[0] for v in verdicts} == {"accepted", "rejected"}
+    assert {v[1] for v in verdicts if v[0] == "rejected"} == {ErrorCode.LIMIT_EXCEEDED}
+
+
+def test_repeated_common_member_is_rejected_alike() -> None:
+    components = b"\x02\x81\x81\x41\x00"
+    for common in (b"\xa1" + components, b"\xa2" + components + components):
+        data = seal(cbor.dumps({1: 1, 2: 0, 3: common}))
+        verdict = agree(data, anchors(), procedure=Procedure.AUTHENTICATE)
+        if common[0] == 0xA1:
+            assert verdict[0] == "accepted"
+        else:
+            assert verdict[:2] == ("rejected", ErrorCode.DUPLICATE_KEY)
+
+
+def test_shallow_manifest_depth_limit_agrees() -> None:
+    # No shared sequence and no parameters: the signature's levels need the
+    # most nesting (the protected header, 13), not the manifest's.
+    common = cbor.dumps({2: [[b"\x00"]]})
+    data = seal(cbor.dumps({1: 1, 2: 0, 3: common}))
+    verdicts = [
+        agree(data, anchors(), procedure=Procedure.AUTHENTICATE, limits=Limits(max_depth=d))
+        for d in range(8, 16)
+    ]
+    accepted = [d for d, v in zip(range(8, 16), verdicts, strict=True) if v[0] == "accepted"]
+    assert accepted == list(range(13, 16))
+
+
+# ------------------------------------------------------------ vectors and fuzzing
+
+VECTOR_FILES = sorted(p.name for p in VECTORS.glob("*.cbor"))
+
+
+@pytest.mark.parametrize("name", VECTOR_FILES)
+def test_specification_vectors_agree(name: str, spec_anchor: TrustAnchor) -> None:
+    data = (VECTORS / name).read_bytes()
+    for procedure in Procedure:
+        agree(data, [spec_anchor], device(fetchable={}), procedure)
+
+
+SEEDS = [make(), make(ED25519), make(severable=["install"]), make(kid=b"k1")]
+FUZZ_ANCHORS = [TrustAnchor(ES256.public_key()), TrustAnchor(ED25519.public_key())]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.integers(0, 3))
+        pos = draw(st.integers(0, len(data) - 1))
+        if op == 0:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == 1:
+            data[pos] = draw(st.integers(0, 255))
+        elif op == 2:
+            del data[pos : pos + draw(st.integers(1, 4))]
+        else:
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
+        if not data:
+            break
+    return bytes(data)
+
+
+@settings(
+    max_examples=1500,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+@given(mutated())
+def test_random_mutations_agree(data: bytes) -> None:
+    agree(data, FUZZ_ANCHORS)
