@@ -197,6 +197,42 @@ def test_pipelining_sends_up_to_max_inflight_appends_without_waiting() -> None:
     assert len([m for m in net.drain("n1") if m.dst == "n2" and m.entries]) == 3
 
 
+def test_small_appends_wait_for_the_one_in_flight_and_then_go_together() -> None:
+    net = RaftNet(max_entries_per_append=16)  # hold_small_appends is on by default
+    leader = net.elect("n1")
+    net.propose("n1", b"warm-up")  # n2 and n3 are now in replicate state
+    leader.propose([b"first"])
+    (first,) = [m for m in net.drain("n1") if m.dst == "n2" and m.entries]
+    for i in range(5):
+        leader.propose([bytes([i])])
+    assert not [m for m in net.drain("n1") if m.dst == "n2" and m.entries]  # held
+    net.deliver([first])
+    for m in net.drain("n2"):
+        leader.step(m)
+    (together,) = [m for m in net.drain("n1") if m.dst == "n2" and m.entries]
+    assert [e.data for e in together.entries] == [bytes([i]) for i in range(5)]
+
+
+def test_full_appends_still_fill_the_pipeline_while_one_is_in_flight() -> None:
+    net = RaftNet(max_entries_per_append=2, max_inflight_appends=8)
+    leader = net.elect("n1")
+    net.propose("n1", b"warm-up")
+    leader.propose([b"first"])
+    net.drain("n1")
+    leader.propose([bytes([i]) for i in range(5)])  # two full appends and a partial one
+    to_n2 = [m for m in net.drain("n1") if m.dst == "n2" and m.entries]
+    assert [len(m.entries) for m in to_n2] == [2, 2]  # the partial one waits (window of 8)
+
+
+def test_without_the_hold_every_proposal_is_sent_at_once() -> None:
+    net = RaftNet(max_entries_per_append=16, hold_small_appends=False)
+    leader = net.elect("n1")
+    net.propose("n1", b"warm-up")
+    for i in range(4):
+        leader.propose([bytes([i])])
+    assert len([m for m in net.drain("n1") if m.dst == "n2" and m.entries]) == 4
+
+
 def test_probing_keeps_one_append_in_flight() -> None:
     net = RaftNet(max_inflight_appends=8)
     net.isolate("n2")

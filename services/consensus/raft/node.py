@@ -835,6 +835,15 @@ class RaftNode:
         )
         if not entries and not send_if_empty:
             return False
+        if (
+            entries
+            and not send_if_empty
+            and cfg.hold_small_appends
+            and pr.inflight
+            and len(entries) < cfg.max_entries_per_append
+            and entries[-1].index >= self._log.last_index
+        ):
+            return False  # not a full append: it goes when the one in flight is answered
         self._send(
             MessageType.APPEND,
             to,

@@ -86,6 +86,7 @@ class Cluster:
         promote_lag_entries: int = 4,
         snapshot_chunk_bytes: int = 8,
         lease_reads: bool = False,
+        hold_small_appends: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = 0
@@ -97,6 +98,7 @@ class Cluster:
             "max_bytes_per_append": 64,
             "max_inflight_appends": max_inflight_appends,
             "promote_lag_entries": promote_lag_entries,
+            "hold_small_appends": hold_small_appends,
         }
         if lease_reads:
             self._config["lease_reads"] = True
