@@ -126,11 +126,23 @@ def _argument(data: bytes, pos: int, major: int) -> tuple[int, int]:
 
 
 def _bstr(data: bytes, pos: int) -> tuple[bytes, int]:
-    length, pos = _argument(data, pos, 2)
-    end = pos + length
+    """The byte string at ``pos`` and the position after it."""
+    head = data[pos]
+    if 0x40 <= head < 0x58:  # length in the head: most members, ids, digests
+        end = pos + head - 0x3F
+        start = pos + 1
+    elif head == 0x58:
+        length = data[pos + 1]
+        if length < 24:
+            raise _Unusual
+        start = pos + 2
+        end = start + length
+    else:
+        length, start = _argument(data, pos, 2)
+        end = start + length
     if end > len(data):
         raise _Unusual
-    return data[pos:end], end
+    return data[start:end], end
 
 
 def _int(data: bytes, pos: int) -> tuple[int, int]:
@@ -427,13 +439,22 @@ def _program(s: bytes, base: int, count: list[int]) -> Program:
     if n == 0 or n % 2:
         raise _Unusual
     count[0] += 1 + n
-    _need(count, base + 1)
+    if base + 1 > count[1]:
+        count[1] = base + 1
     out = []
     for _ in range(n // 2):
-        code, pos = _int(s, pos)
+        code = s[pos]
+        if code < 24:
+            pos += 1
+        else:
+            code, pos = _int(s, pos)
         arg: object
         if code in _REP_POLICY:
-            arg, pos = _argument(s, pos, 0)
+            arg = s[pos]
+            if arg < 24:
+                pos += 1
+            else:
+                arg, pos = _argument(s, pos, 0)
         elif code in (_SET_PARAMETERS, _OVERRIDE_PARAMETERS):
             arg, pos = _parameters(s, pos, base, count)
         elif code == _SET_COMPONENT_INDEX:
@@ -481,21 +502,20 @@ def _program(s: bytes, base: int, count: list[int]) -> Program:
 
 def _parameters(
     s: bytes, pos: int, base: int, count: list[int]
-) -> tuple[tuple[tuple[int, object], ...], int]:
-    """The map argument of set/override-parameters (§8.4.8) as pairs."""
+) -> tuple[dict[int, object], int]:
+    """The map argument of set/override-parameters (§8.4.8), in encoded order."""
     k, pos = _argument(s, pos, 5)
     if k == 0:
         raise _Unusual
     count[0] += 2 * k
-    _need(count, base + 2)
-    pairs: list[tuple[int, object]] = []
-    seen = set()
+    if base + 2 > count[1]:
+        count[1] = base + 2
+    values: dict[int, object] = {}
     for _ in range(k):
         key = s[pos]
         kind = _PARAMETER_KINDS.get(key) if key < 24 else None
-        if kind is None or key in seen:
+        if kind is None or key in values:
             raise _Unusual
-        seen.add(key)
         pos += 1
         value: object
         if kind is bytes:
@@ -522,7 +542,8 @@ def _parameters(
             if p != len(raw):
                 raise _Unusual
             count[0] += 3
-            _need(count, base + _WRAP + 1)
-            value = SuitDigest(alg, digest)
-        pairs.append((key, value))
-    return tuple(pairs), pos
+            if base + _WRAP + 1 > count[1]:
+                count[1] = base + _WRAP + 1
+            value = (alg, digest)
+        values[key] = value
+    return values, pos

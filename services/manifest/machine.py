@@ -3,8 +3,8 @@ conditions and directives of draft-ietf-suit-manifest-37 §6.4 and §8.4.9–10.
 
 It runs *programs*: a command sequence compiled to a tuple of
 ``(code, argument)`` pairs whose arguments are plain values — parameters as
-``(code, value)`` pairs, try-each as ``(programs, allow_none)``, run-sequence
-as a program. Both the typed decoder's ``CommandSequence`` (through
+a dict in encoded order with each SUIT_Digest as ``(algorithm, bytes)``,
+try-each as ``(programs, allow_none)``, run-sequence as a program. Both the typed decoder's ``CommandSequence`` (through
 ``compile_sequence``) and the one-pass reader (``fastpath``) produce them,
 so there is one interpreter. Pure: the device is data, nothing is written.
 """
@@ -56,13 +56,19 @@ def compile_sequence(seq: CommandSequence) -> Program:
 def _compile_argument(arg: object) -> object:
     kind = type(arg)
     if kind is Parameters:
-        return arg.items  # type: ignore[attr-defined]
+        return {k: _plain(v) for k, v in arg.items}  # type: ignore[attr-defined]
     if kind is TryEach:
         seqs = arg.sequences  # type: ignore[attr-defined]
         return (tuple([compile_sequence(s) for s in seqs]), arg.allow_none)  # type: ignore[attr-defined]
     if kind is CommandSequence:
         return compile_sequence(arg)  # type: ignore[arg-type]
     return arg
+
+
+def _plain(value: object) -> object:
+    if type(value) is SuitDigest:
+        return (value.algorithm, value.digest)
+    return value
 
 
 def show(component: ComponentId) -> str:
@@ -168,19 +174,23 @@ class Machine:
     # -------------------------------------------- flow control (§8.4.10)
 
     def parameters_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
-        override = code == _OVERRIDE_PARAMETERS
+        values: dict[int, object] = arg  # type: ignore[assignment]
+        if _SOFT_FAILURE in values:
+            if soft is None:  # §8.4.8.15: only inside try-each / run-sequence
+                raise ProcessingError(
+                    "soft-failure set outside try-each or run-sequence", ErrorCode.ABORTED
+                )
+            soft = bool(values[_SOFT_FAILURE])
         params = self.params
-        index = self.index
-        for key, value in arg:  # type: ignore[attr-defined]
-            if key == _SOFT_FAILURE:
-                if soft is None:  # §8.4.8.15: only inside try-each / run-sequence
-                    raise ProcessingError(
-                        "soft-failure set outside try-each or run-sequence", ErrorCode.ABORTED
-                    )
-                soft = bool(value)
-            for i in index:
-                if override or key not in params[i]:
-                    params[i][key] = value
+        if code == _OVERRIDE_PARAMETERS:
+            for i in self.index:
+                params[i].update(values)
+        else:
+            for i in self.index:
+                current = params[i]
+                for key, value in values.items():
+                    if key not in current:
+                        current[key] = value
         return soft
 
     def select_step(self, code: int, arg: object, soft: bool | None) -> bool | None:
@@ -322,7 +332,7 @@ class Machine:
         digest = params.get(_P_IMAGE_DIGEST, _MISSING)
         if digest is _MISSING:
             digest = self.param(i, _P_IMAGE_DIGEST)
-        assert isinstance(digest, SuitDigest)
+        algorithm, expected = digest  # type: ignore[misc]
         image = self.images.get(i)
         if image is None:
             raise ConditionFailed(
@@ -338,14 +348,14 @@ class Machine:
                 ErrorCode.IMAGE_SIZE_MISMATCH,
             )
         if is_info:
-            if digest.algorithm != _SHA256:
+            if algorithm != _SHA256:
                 raise ConditionFailed(
                     "only a SHA-256 is known for this payload", ErrorCode.IMAGE_DIGEST_MISMATCH
                 )
             actual = image.sha256  # type: ignore[union-attr]
         else:
-            actual = compute_digest(digest.algorithm, image)  # type: ignore[arg-type]
-        if not hmac.compare_digest(actual, digest.digest):
+            actual = compute_digest(algorithm, image)  # type: ignore[arg-type]
+        if not hmac.compare_digest(actual, expected):
             raise ConditionFailed("image digest does not match", ErrorCode.IMAGE_DIGEST_MISMATCH)
 
 
@@ -389,10 +399,17 @@ def image_info(payload: bytes) -> ImageInfo:
 
 
 def images_of(machine: Machine) -> tuple[tuple[ComponentId, Image], ...]:
+    """The images by component, in component order."""
     components = machine.components
-    return tuple([(components[i], img) for i, img in sorted(machine.images.items())])
+    images = machine.images
+    if len(images) == 1:  # the usual single-component update: no sort
+        for i, image in images.items():
+            return ((components[i], image),)
+    return tuple([(components[i], img) for i, img in sorted(images.items())])
 
 
 def invoked_of(machine: Machine) -> tuple[ComponentId, ...]:
     components = machine.components
+    if not machine.invoked:
+        return ()
     return tuple([components[i] for i in machine.invoked])
