@@ -72,11 +72,20 @@ def der_signature(raw: bytes) -> bytes:
     """
     half = len(raw) // 2
     r, s = raw[:half], raw[half:]
-    if half == 32 and 0 < r[0] < 0x80 and 0 < s[0] < 0x80:
-        # Most P-256 signatures: neither integer needs a sign byte or loses a zero.
-        return b"\x30\x44\x02\x20" + r + b"\x02\x20" + s
+    if half == 32 and r[0] and s[0]:
+        # P-256 halves without a leading zero byte (255 in 256 signatures):
+        # each INTEGER is 32 bytes, after a 0x00 sign byte when the top bit is set.
+        return _DER_HEADS[r[0] >> 7][s[0] >> 7] + r + _INTEGER_HEADS[s[0] >> 7] + s
     r, s = _der_integer(r), _der_integer(s)
     return b"\x30" + bytes((len(r) + len(s),)) + r + s
+
+
+_INTEGER_HEADS = (b"\x02\x20", b"\x02\x21\x00")
+# SEQUENCE head plus r's INTEGER head, by the top bits of r and s.
+_DER_HEADS = tuple(
+    tuple(bytes((0x30, 0x44 + r_top + s_top)) + _INTEGER_HEADS[r_top] for s_top in (0, 1))
+    for r_top in (0, 1)
+)
 
 
 def check_algorithm(sign1: CoseSign1) -> int:

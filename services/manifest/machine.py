@@ -332,6 +332,8 @@ class Machine:
         digest = params.get(_P_IMAGE_DIGEST, _MISSING)
         if digest is _MISSING:
             digest = self.param(i, _P_IMAGE_DIGEST)
+        algorithm: int
+        expected: bytes
         algorithm, expected = digest  # type: ignore[misc]
         image = self.images.get(i)
         if image is None:
