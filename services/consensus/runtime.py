@@ -136,6 +136,7 @@ class ConsensusNode:
         self._max_batch_entries = max_batch_entries
         self._max_batch_bytes = max_batch_bytes
         self._on_fatal = on_fatal
+        self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._new_blocks: list[BlockData] = []
         self._to_sign: list[BlockData] = []
         self._to_push: list[pb.SignedBlock] = []
@@ -199,6 +200,9 @@ class ConsensusNode:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # Kept: asyncio.get_running_loop() checks the pid on every call, a
+        # measurable cost once per submission.
+        self._aio_loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._loop(), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="raft-ticker"),
@@ -255,7 +259,7 @@ class ConsensusNode:
         """Queue a submission; the future resolves with its ``Applied`` answer,
         or fails with a ConsensusError (CommitTimeout, NoLeader, ...) at the
         deadline. No task per submission: a timer handle enforces the deadline."""
-        loop = asyncio.get_running_loop()
+        loop = self._aio_loop or asyncio.get_running_loop()
         fut: asyncio.Future[Applied] = loop.create_future()
         if self._stopped:
             fut.set_exception(ShuttingDown("node is shutting down"))
