@@ -58,15 +58,18 @@ class SubmitBatcher:
         client_id: str = "",
         timeout_ms: int = 5000,
         max_batch: int = 512,
+        max_batch_bytes: int = 1024 * 1024,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or max_batch_bytes < 1:
+            raise ValueError("max_batch and max_batch_bytes must be at least 1")
         self._stub = stub
         self.client_id = client_id or f"batcher-{uuid.uuid4().hex[:12]}"
         self._timeout_ms = timeout_ms
         self._max_batch = max_batch
+        # Far below gRPC's message limit: one message never carries more.
+        self._max_batch_bytes = max_batch_bytes
         self._ids = itertools.count(1)
-        self._queue: deque[pb.SubmitRequest] = deque()
+        self._queue: deque[tuple[pb.SubmitRequest, int]] = deque()  # with its size
         self._waiting: dict[Key, deque[asyncio.Future[pb.SubmitStreamResponse]]] = {}
         self._wake = asyncio.Event()
         self._call: Any = None
@@ -84,7 +87,8 @@ class SubmitBatcher:
             entry.request_id = next(self._ids)
         fut: asyncio.Future[pb.SubmitStreamResponse] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault((entry.client_id, entry.request_id), deque()).append(fut)
-        self._queue.append(pb.SubmitRequest(entry=entry, timeout_ms=timeout_ms or self._timeout_ms))
+        request = pb.SubmitRequest(entry=entry, timeout_ms=timeout_ms or self._timeout_ms)
+        self._queue.append((request, request.ByteSize()))
         if self._call is None:
             self._open()
         self._wake.set()
@@ -103,9 +107,15 @@ class SubmitBatcher:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                n = min(len(queue), self._max_batch)
-                batch = pb.SubmitBatch(requests=[queue.popleft() for _ in range(n)])
-                await call.write(batch)
+                requests: list[pb.SubmitRequest] = []
+                size = 0
+                while queue and len(requests) < self._max_batch:
+                    if requests and size + queue[0][1] > self._max_batch_bytes:
+                        break
+                    request, n = queue.popleft()
+                    requests.append(request)
+                    size += n
+                await call.write(pb.SubmitBatch(requests=requests))
                 self.messages_sent += 1
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             self._broken(call, exc)
