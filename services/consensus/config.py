@@ -36,6 +36,8 @@ class ConsensusConfig:
     max_entry_bytes: int = 1_536 * 1024  # etcd's request limit (1.5 MiB)
     max_batch_entries: int = 1_024
     max_batch_bytes: int = 4 * 1024 * 1024
+    # Submissions waiting for commit on this node; beyond it, OVERLOADED.
+    max_pending_submissions: int = 50_000
     log_level: str = "INFO"
     key_file: str = ""  # the node's block-signing key; default DATA/node.key
     # Raft §7: snapshot the ledger every this many applied entries, then
@@ -65,6 +67,8 @@ class ConsensusConfig:
             raise ConfigError("election_ticks must be greater than heartbeat_ticks")
         if self.submit_timeout_ms < 1:
             raise ConfigError("submit_timeout_ms must be >= 1")
+        if self.max_pending_submissions < 1:
+            raise ConfigError("max_pending_submissions must be >= 1")
         if not self.data_dir:
             raise ConfigError("data_dir is required")
         if self.snapshot_entries < 1:
@@ -99,6 +103,9 @@ class ConsensusConfig:
         p.add_argument("--heartbeat-ticks", type=int, default=env_int("FLEETSUIT_HEARTBEAT_TICKS", 2, env))
         p.add_argument("--submit-timeout-ms", type=int,
                        default=env_int("FLEETSUIT_SUBMIT_TIMEOUT_MS", 5_000, env))
+        p.add_argument("--max-pending-submissions", type=int,
+                       default=env_int("FLEETSUIT_MAX_PENDING_SUBMISSIONS", 50_000, env),
+                       help="submissions waiting for commit on this node; more are refused (OVERLOADED)")
         p.add_argument("--log-level", default=env_str("FLEETSUIT_LOG_LEVEL", "INFO", env))
         p.add_argument("--key-file", default=env_str("FLEETSUIT_NODE_KEY_FILE", "", env),
                        help="Ed25519 block-signing key (PEM); created if missing; default DATA/node.key")
@@ -126,6 +133,7 @@ class ConsensusConfig:
             election_ticks=a.election_ticks,
             heartbeat_ticks=a.heartbeat_ticks,
             submit_timeout_ms=a.submit_timeout_ms,
+            max_pending_submissions=a.max_pending_submissions,
             log_level=a.log_level,
             key_file=a.key_file,
             snapshot_entries=a.snapshot_entries,

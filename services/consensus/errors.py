@@ -56,6 +56,13 @@ class BlockNotFound(ConsensusError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class Overloaded(ConsensusError):
+    """Too many submissions are waiting for commit on this node; retry later."""
+
+    code = "OVERLOADED"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ShuttingDown(ConsensusError):
     code = "SHUTTING_DOWN"
     status = grpc.StatusCode.UNAVAILABLE

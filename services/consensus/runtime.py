@@ -51,6 +51,7 @@ from .errors import (
     MembershipRefused,
     NoLeader,
     NotLeader,
+    Overloaded,
     ShuttingDown,
     StorageError,
 )
@@ -111,6 +112,7 @@ class ConsensusNode:
         tick_s: float,
         max_batch_entries: int = 1_024,
         max_batch_bytes: int = 4 * 1024 * 1024,
+        max_pending: int = 50_000,
         on_fatal: Callable[[BaseException], None] | None = None,
         cluster_id: str = "",
         node_key: NodeKey | None = None,
@@ -135,6 +137,7 @@ class ConsensusNode:
         self._stale_after_s = tick_s * raft_config.election_ticks * 2
         self._max_batch_entries = max_batch_entries
         self._max_batch_bytes = max_batch_bytes
+        self._max_pending = max_pending
         self._on_fatal = on_fatal
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._new_blocks: list[BlockData] = []
@@ -275,6 +278,12 @@ class ConsensusNode:
             fut.set_result(Applied(key, earlier[0], earlier[1], True))
             return fut
         waiting = self._waiting.get(key)
+        if waiting is None and len(self._waiting) >= self._max_pending:
+            self._metrics.proposals_failed.labels("overloaded").inc()
+            fut.set_exception(Overloaded(
+                f"{len(self._waiting)} submissions are already waiting for commit on this node; retry later"
+            ))
+            return fut
         if waiting is None:
             self._waiting[key] = _Waiting(payload, [fut])
             self._queue.append(key)

@@ -45,6 +45,10 @@ from .transport import CLUSTER_HEADER, GrpcTransport
 
 log = logging.getLogger(__name__)
 
+# Entries of one submission stream that may be pending or answered but not
+# yet sent before the stream stops being read (backpressure).
+MAX_STREAM_OUTSTANDING = 10_000
+
 # Entry kinds only the cluster itself may write.
 RESERVED_KINDS = frozenset({"membership_changed"})
 
@@ -180,6 +184,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    await pump.room()
                     pump.submit(request)
             finally:
                 pump.done_reading()
@@ -188,6 +193,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         try:
             while (item := await pump.answers.get()) is not None:
                 yield item
+                pump.taken()
         finally:
             reader.cancel()
 
@@ -199,6 +205,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         async def read() -> None:
             try:
                 async for batch in request_iterator:
+                    await pump.room()
                     for request in batch.requests:
                         pump.submit(request)
             finally:
@@ -219,6 +226,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
                         break
                     out.append(more)
                 yield pb.SubmitBatchAnswers(answers=out)
+                pump.taken()
                 if ended:
                     break
         finally:
@@ -396,13 +404,29 @@ class _Submissions:
         node: ConsensusNode,
         prepare: Callable[[pb.SubmitRequest], tuple[bytes, float]],
         stream_client: str,
+        limit: int = MAX_STREAM_OUTSTANDING,
     ) -> None:
         self.answers: asyncio.Queue[pb.SubmitStreamResponse | None] = asyncio.Queue()
+        self._limit = limit
+        self._drained = asyncio.Event()
         self._node = node
         self._prepare = prepare
         self._stream_client = stream_client
         self._pending = 0
         self._reading = True
+
+    async def room(self) -> None:
+        """Backpressure: a client that sends without reading its answers stops
+        being read once ``limit`` entries are pending or answered
+        but unsent; gRPC's flow control then holds its writes."""
+        while self._pending + self.answers.qsize() >= self._limit:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def taken(self) -> None:
+        """An answer left the queue (the stream sent it)."""
+        if self._pending + self.answers.qsize() < self._limit:
+            self._drained.set()
 
     def submit(self, request: pb.SubmitRequest) -> None:
         entry = request.entry
@@ -480,6 +504,7 @@ def build_node(
         tick_s=config.tick_ms / 1000,
         max_batch_entries=config.max_batch_entries,
         max_batch_bytes=config.max_batch_bytes,
+        max_pending=config.max_pending_submissions,
         on_fatal=on_fatal,
         cluster_id=config.cluster_id,
         node_key=deps.node_key,

@@ -145,3 +145,33 @@ async def test_a_cut_stream_fails_in_flight_entries_and_a_resubmission_applies_o
 
 async def _ready(cond: bool) -> bool | None:
     return True if cond else None
+
+
+@pytest.mark.asyncio
+async def test_a_node_refuses_submissions_beyond_its_pending_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETSUIT_MAX_PENDING_SUBMISSIONS", "5")
+    cluster = LocalCluster(3, tmp_path)
+    ids = [n["id"] for n in cluster.nodes]
+    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
+    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    try:
+        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
+        batcher = SubmitBatcher(stubs[leader], client_id="flood")
+        for round_ in range(2):
+            # Twelve in one message: five wait for commit, seven are refused at once.
+            first = round_ * 100
+            results = await asyncio.gather(
+                *(batcher.submit(_entry("flood", first + i)) for i in range(1, 13)), return_exceptions=True
+            )
+            ok = [r for r in results if isinstance(r, pb.SubmitStreamResponse)]
+            refused = [r for r in results if isinstance(r, SubmitFailed) and r.code == "OVERLOADED"]
+            assert (len(ok), len(refused)) == (5, 7), results
+        keys = await _applied_keys(stubs[leader], "flood")
+        assert sorted(keys) == [*range(1, 6), *range(101, 106)]
+        await batcher.close()
+    finally:
+        for ch in channels.values():
+            await ch.close()
+        cluster.close()
