@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from .cbor import encode_head
 from .cose import (
+    ALGORITHM_FAMILY,
     KeyFamily,
     PublicKey,
     check_algorithm,
-    family_for,
     key_family,
     sig_structure,
     verify_message,
@@ -81,28 +81,23 @@ def wrapped_digest_matches(digest: SuitDigest, content: bytes) -> bool:
     return digest_matches(digest, head + content)
 
 
-def usable_anchors(
-    anchors: Sequence[TrustAnchor], class_id: bytes | None
-) -> list[TrustAnchor]:
-    """The anchors that apply to a device of ``class_id`` (None: any class)."""
-    return [
-        a for a in anchors if class_id is None or a.class_ids is None or class_id in a.class_ids
-    ]
-
-
 def signer_of(
-    usable: Sequence[TrustAnchor],
+    anchors: Sequence[TrustAnchor],
+    class_id: bytes | None,
     alg: int,
     kid: bytes | None,
     signature: bytes,
     message: bytes,
 ) -> tuple[TrustAnchor | None, bool]:
-    """The first anchor whose key verifies ``signature`` over the Sig_structure
-    ``message``, and whether any anchor could be tried at all (key id and key
-    family fit the block)."""
-    family = family_for(alg)
+    """The first anchor for a device of ``class_id`` (None: any class) whose
+    key verifies ``signature`` over the Sig_structure ``message``, and whether
+    any anchor could be tried at all (class, key id and key family fit)."""
+    family = ALGORITHM_FAMILY[alg]
     tried = False
-    for anchor in usable:
+    for anchor in anchors:
+        classes = anchor.class_ids
+        if class_id is not None and classes is not None and class_id not in classes:
+            continue
         if kid is not None and anchor.key_id is not None and kid != anchor.key_id:
             continue
         if anchor.family is not family:
@@ -145,7 +140,6 @@ def authenticate(
             "no SUIT_Authentication_Block: the envelope is not signed (§8.3)",
             ErrorCode.NO_AUTHENTICATION,
         )
-    usable = usable_anchors(anchors, class_id)
     unsupported: AuthenticationError | None = None
     tried = False
     signer: TrustAnchor | None = None
@@ -165,7 +159,9 @@ def authenticate(
             unsupported = exc
             continue
         message = sig_structure(sign1.protected_raw, auth.digest_raw)
-        signer, tried_block = signer_of(usable, alg, sign1.key_id, sign1.signature, message)
+        signer, tried_block = signer_of(
+            anchors, class_id, alg, sign1.key_id, sign1.signature, message
+        )
         tried = tried or tried_block
         if signer is not None:
             break

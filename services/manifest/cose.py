@@ -125,6 +125,13 @@ def key_family(key: object) -> KeyFamily:
     return KeyFamily.OTHER
 
 
+# The key family each supported algorithm needs.
+ALGORITHM_FAMILY = {
+    alg: KeyFamily.P256 if alg in ECDSA_ALGORITHMS else KeyFamily.ED25519
+    for alg in map(int, SUPPORTED_ALGORITHMS)
+}
+
+
 def family_for(alg: int) -> KeyFamily:
     return KeyFamily.P256 if alg in ECDSA_ALGORITHMS else KeyFamily.ED25519
 

@@ -28,7 +28,7 @@ import hmac
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .auth import TrustAnchor, digest_mismatch, no_signer, signer_of, usable_anchors
+from .auth import TrustAnchor, digest_mismatch, no_signer, signer_of
 from .cbor import encode_head
 from .codec import PARAMETER_TYPES, REP_POLICY_CODES
 from .errors import SuitError
@@ -83,6 +83,7 @@ _EMPTY_AAD = b"\x40"
 _SHA256_DIGEST = b"\x82\x58\x24\x82\x2f\x58\x20"
 _ENVELOPE_KEYS = frozenset({2, 3, 16, 20, 23})  # §8.2 members read here
 _MANIFEST_KEYS = frozenset({1, 2, 3, 4, 7, 8, 9, 16, 20, 23})
+_SEQUENCE_KEYS = frozenset({7, 8, 9, 16, 20})  # validate, load, invoke, payload-fetch, install
 _WRAP = 4  # nesting the typed decoder charges per bstr-wrapped level
 _DIGEST = object()  # parameter kind: a bstr-wrapped SUIT_Digest
 _PARAMETER_KINDS: dict[int, object] = {**PARAMETER_TYPES, 3: _DIGEST}
@@ -165,89 +166,87 @@ def authenticate(
     if type(data) is not bytes or len(data) > limits.max_envelope_bytes:
         return None
     try:
-        return _authenticate(data, anchors, class_id, limits)
-    except (_Unusual, IndexError, UnicodeDecodeError):
-        return None
-
-
-def _authenticate(
-    data: bytes, anchors: Sequence[TrustAnchor], class_id: bytes | None, limits: Limits
-) -> Authenticated:
-    # SUIT_Envelope (§8.2): optionally #6.107, a map of bstr members with the
-    # authentication wrapper before the manifest.
-    pos, items = 0, 1
-    if data[0] == 0xD8:
-        if data[1] != 0x6B:
+        # SUIT_Envelope (§8.2): optionally #6.107, a map of bstr members with the
+        # authentication wrapper before the manifest.
+        pos, items = 0, 1
+        if data[0] == 0xD8:
+            if data[1] != 0x6B:
+                raise _Unusual
+            pos, items = 2, 2
+        count = data[pos] - 0xA0
+        if not 0 < count < 24:
             raise _Unusual
-        pos, items = 2, 2
-    count = data[pos] - 0xA0
-    if not 0 < count < 24:
-        raise _Unusual
-    pos += 1
-    items += 2 * count
-    members: dict[int | str, bytes] = {}
-    manifest_at = manifest_end = 0
-    for _ in range(count):
-        head = data[pos]
-        key: int | str
-        if head < 24:  # a uint key in the head
-            if head not in _ENVELOPE_KEYS or head in members or (head == 3 and 2 not in members):
-                raise _Unusual  # unknown, repeated, or the manifest before its wrapper
-            key = head
-            pos += 1
-        elif 0x60 <= head < 0x78:  # a short text key: an integrated payload (§7.6)
-            end = pos + head - 0x5F
-            if end > len(data):
+        pos += 1
+        items += 2 * count
+        members: dict[int | str, bytes] = {}
+        manifest_at = manifest_end = 0
+        for _ in range(count):
+            head = data[pos]
+            key: int | str
+            if head < 24:  # a uint key in the head
+                if (
+                    head not in _ENVELOPE_KEYS
+                    or head in members
+                    or (head == 3 and 2 not in members)
+                ):
+                    raise _Unusual  # unknown, repeated, or the manifest before its wrapper
+                key = head
+                pos += 1
+            elif 0x60 <= head < 0x78:  # a short text key: an integrated payload (§7.6)
+                end = pos + head - 0x5F
+                if end > len(data):
+                    raise _Unusual
+                key = data[pos + 1 : end].decode("utf-8")
+                if key in members:
+                    raise _Unusual
+                pos = end
+            else:
                 raise _Unusual
-            key = data[pos + 1 : end].decode("utf-8")
-            if key in members:
-                raise _Unusual
-            pos = end
+            start = pos
+            members[key], pos = _bstr(data, pos)
+            if key == 3:
+                manifest_at, manifest_end = start, pos
+        if pos != len(data) or 2 not in members or 3 not in members:
+            raise _Unusual
+        # SUIT_Authentication (§8.3): the SHA-256 SUIT_Digest and one COSE_Sign1,
+        # #6.18([h'A10126', {} or {4: kid}, nil, bstr .size 64]).
+        auth = members[2]
+        if not auth.startswith(_SHA256_DIGEST):
+            raise _Unusual
+        block_len, p = _argument(auth, 39, 2)
+        if p + block_len != len(auth):
+            raise _Unusual
+        if auth[p] != 0xD2 or auth[p + 1] != 0x84 or auth[p + 2] != 0x43:
+            raise _Unusual
+        if auth[p + 3] != 0xA1 or auth[p + 4] != 0x01:
+            raise _Unusual
+        alg = _ALGORITHMS.get(auth[p + 5])
+        if alg is None:
+            raise _Unusual
+        q = p + 6
+        kid = None
+        # Items: auth array 3, digest 3, tagged Sign1 6, protected map 3.
+        items += 15
+        depth = 13  # the protected header map, bstr-wrapped three levels down
+        if auth[q] == 0xA0:
+            q += 1
+        elif auth[q] == 0xA1 and auth[q + 1] == 0x04 and 0x40 <= auth[q + 2] < 0x58:
+            end = q + 3 + auth[q + 2] - 0x40
+            kid = auth[q + 3 : end]
+            q = end
+            items += 2
         else:
             raise _Unusual
-        start = pos
-        members[key], pos = _bstr(data, pos)
-        if key == 3:
-            manifest_at, manifest_end = start, pos
-    if pos != len(data) or 2 not in members or 3 not in members:
-        raise _Unusual
-    # SUIT_Authentication (§8.3): the SHA-256 SUIT_Digest and one COSE_Sign1,
-    # #6.18([h'A10126', {} or {4: kid}, nil, bstr .size 64]).
-    auth = members[2]
-    if not auth.startswith(_SHA256_DIGEST):
-        raise _Unusual
-    block_len, p = _argument(auth, 39, 2)
-    if p + block_len != len(auth):
-        raise _Unusual
-    if auth[p] != 0xD2 or auth[p + 1] != 0x84 or auth[p + 2] != 0x43:
-        raise _Unusual
-    if auth[p + 3] != 0xA1 or auth[p + 4] != 0x01:
-        raise _Unusual
-    alg = _ALGORITHMS.get(auth[p + 5])
-    if alg is None:
-        raise _Unusual
-    q = p + 6
-    kid = None
-    # Items: auth array 3, digest 3, tagged Sign1 6, protected map 3.
-    items += 15
-    depth = 13  # the protected header map, bstr-wrapped three levels down
-    if auth[q] == 0xA0:
-        q += 1
-    elif auth[q] == 0xA1 and auth[q + 1] == 0x04 and 0x40 <= auth[q + 2] < 0x58:
-        end = q + 3 + auth[q + 2] - 0x40
-        kid = auth[q + 3 : end]
-        q = end
-        items += 2
-    else:
-        raise _Unusual
-    if auth[q] != 0xF6 or auth[q + 1] != 0x58 or auth[q + 2] != 0x40 or q + 67 != len(auth):
-        raise _Unusual
-    if items > limits.max_items or depth > limits.max_depth:
-        raise _Unusual  # the typed path reports the limit
+        if auth[q] != 0xF6 or auth[q + 1] != 0x58 or auth[q + 2] != 0x40 or q + 67 != len(auth):
+            raise _Unusual
+        if items > limits.max_items or depth > limits.max_depth:
+            raise _Unusual  # the typed path reports the limit
+    except (_Unusual, IndexError, UnicodeDecodeError):
+        return None
     # RFC 9052 §4.4: ["Signature1", protected, external_aad h'', payload],
     # from the encoded items as they stand in the envelope.
     message = _SIG1_PREFIX + auth[p + 2 : p + 6] + _EMPTY_AAD + auth[1:39]
-    signer, tried = signer_of(usable_anchors(anchors, class_id), alg, kid, auth[q + 3 :], message)
+    signer, tried = signer_of(anchors, class_id, alg, kid, auth[q + 3 :], message)
     if signer is None:
         raise no_signer(tried, None)
     # §8.3: the digest covers the manifest bstr, head included.
@@ -265,115 +264,118 @@ def process(
 ) -> Accepted | None:
     """What an accepted envelope did, or ``None``: the typed path decides."""
     try:
-        return _process(authenticated, context, sequences, limits)
-    except (_Unusual, IndexError, UnicodeDecodeError, SuitError):
+        count = [authenticated.items, authenticated.depth]
+        m = authenticated.manifest_raw
+        # SUIT_Manifest (§8.4), decoded at nesting 4; its command sequences at 8.
+        n = m[0] - 0xA0
+        if not 0 < n < 24:
+            raise _Unusual
+        count[0] += 1 + 2 * n
+        if count[1] < _WRAP + 1:
+            count[1] = _WRAP + 1
+        fields: dict[int, object] = {}
+        programs: dict[int, Program] = {}
+        pos = 1
+        for _ in range(n):
+            key = m[pos]
+            pos += 1
+            if key not in _MANIFEST_KEYS or key in fields:
+                raise _Unusual
+            head = m[pos]
+            value: object
+            if head >> 5 == 2:  # bstr: common, a command sequence or a text map
+                if head == 0x58 and m[pos + 1] >= 24:  # the usual heads, read here
+                    end = pos + 2 + m[pos + 1]
+                    value = m[pos + 2 : end]
+                elif 0x40 <= head < 0x58:
+                    end = pos + head - 0x3F
+                    value = m[pos + 1 : end]
+                else:
+                    value, end = _bstr(m, pos)
+                if end > len(m):
+                    raise _Unusual
+                pos = end
+                if key in _SEQUENCE_KEYS:
+                    programs[key] = _program(value, 2 * _WRAP, count)
+                elif key != 3:
+                    raise _Unusual  # a text map (left to the typed decoder), or a wrong type
+            elif key <= 2:
+                if head < 24:
+                    value = head
+                    pos += 1
+                else:
+                    value, pos = _argument(m, pos, 0)
+            elif key == 4:
+                length, pos = _argument(m, pos, 3)
+                if pos + length > len(m):
+                    raise _Unusual
+                value = m[pos : pos + length].decode("utf-8")
+                pos += length
+            elif head == 0x82 and key >= 16:  # a severable member's SUIT_Digest
+                alg, pos = _int(m, pos + 1)
+                digest, pos = _bstr(m, pos)
+                value = SuitDigest(alg, digest)
+                count[0] += 2
+                if count[1] < _WRAP + 2:
+                    count[1] = _WRAP + 2
+            else:
+                raise _Unusual
+            fields[key] = value
+        if pos != len(m) or fields.get(1) != 1 or 2 not in fields or 3 not in fields:
+            raise _Unusual
+        sequence_number: int = fields[2]  # type: ignore[assignment]
+        components, shared = _common(fields[3], count, limits)  # type: ignore[arg-type]
+
+        signer = authenticated.signer
+        if not signer.covers(components):
+            raise _Unusual
+        installed = context.installed_sequence
+        allowed = context.components
+        if installed or allowed is not None:
+            for component in components:
+                if allowed is not None and component not in allowed:
+                    raise _Unusual
+                current = installed.get(component)
+                if current is not None and sequence_number <= current:
+                    raise _Unusual  # RollbackRejected, from the typed path (§8.4.2)
+
+        # Severable members (§8.4.12): present ones match their digest, and the
+        # envelope adds none the manifest does not name by digest.
+        members = authenticated.members
+        severed = []
+        for key in _SEVERABLE:
+            in_manifest = fields.get(key)
+            present = members.get(key)
+            if type(in_manifest) is SuitDigest:
+                if present is None:
+                    severed.append(key)
+                    continue
+                if in_manifest.algorithm != -16:
+                    raise _Unusual
+                h = hashlib.sha256(encode_head(2, len(present)))
+                h.update(present)
+                if not hmac.compare_digest(h.digest(), in_manifest.digest):
+                    raise _Unusual
+                if key != 23 and key in sequences:
+                    programs[key] = _program(present, 2 * _WRAP, count)
+            elif present is not None:
+                raise _Unusual
+        for key in sequences:
+            if key in severed and key in (16, 20):
+                raise _Unusual  # SEVERABLE_MISSING, from the typed path
+        if count[0] > limits.max_items or count[1] > limits.max_depth:
+            raise _Unusual
+
+    except (_Unusual, IndexError, UnicodeDecodeError):
         return None
-
-
-def _process(
-    authenticated: Authenticated,
-    context: DeviceContext,
-    sequences: Sequence[int],
-    limits: Limits,
-) -> Accepted:
-    count = [authenticated.items, authenticated.depth]
-    m = authenticated.manifest_raw
-    # SUIT_Manifest (§8.4), decoded at nesting 4.
-    n = m[0] - 0xA0
-    if not 0 < n < 24:
-        raise _Unusual
-    count[0] += 1 + 2 * n
-    _need(count, _WRAP + 1)
-    fields: dict[int, object] = {}
-    pos = 1
-    for _ in range(n):
-        key = m[pos]
-        pos += 1
-        if key not in _MANIFEST_KEYS or key in fields:
-            raise _Unusual
-        head = m[pos]
-        value: object
-        if key == 1 or key == 2:
-            value, pos = _argument(m, pos, 0)
-        elif key == 4:
-            length, pos = _argument(m, pos, 3)
-            if pos + length > len(m):
-                raise _Unusual
-            value = m[pos : pos + length].decode("utf-8")
-            pos += length
-        elif head >> 5 == 2:
-            value, pos = _bstr(m, pos)
-        elif head == 0x82 and key >= 16:  # a severable member's SUIT_Digest
-            alg, pos = _int(m, pos + 1)
-            digest, pos = _bstr(m, pos)
-            value = SuitDigest(alg, digest)
-            count[0] += 2
-            _need(count, _WRAP + 2)
-        else:
-            raise _Unusual
-        fields[key] = value
-    if pos != len(m) or fields.get(1) != 1 or 2 not in fields or 3 not in fields:
-        raise _Unusual
-    sequence_number: int = fields[2]  # type: ignore[assignment]
-    common = fields[3]
-    if type(common) is not bytes:
-        raise _Unusual
-    components, shared = _common(common, count, limits)
-    programs: dict[int, Program] = {}
-    for key in (7, 8, 9):
-        raw = fields.get(key)
-        if raw is not None:
-            programs[key] = _program(raw, 2 * _WRAP, count)  # type: ignore[arg-type]
-
-    signer = authenticated.signer
-    if not signer.covers(components):
-        raise _Unusual
-    installed = context.installed_sequence
-    allowed = context.components
-    if installed or allowed is not None:
-        for component in components:
-            if allowed is not None and component not in allowed:
-                raise _Unusual
-            current = installed.get(component)
-            if current is not None and sequence_number <= current:
-                raise _Unusual  # RollbackRejected, from the typed path (§8.4.2)
-
-    # Severable members (§8.4.12): present ones match their digest, and the
-    # envelope adds none the manifest does not name by digest.
-    members = authenticated.members
-    severed = []
-    for key in _SEVERABLE:
-        in_manifest = fields.get(key)
-        present = members.get(key)
-        if type(in_manifest) is SuitDigest:
-            if present is None:
-                severed.append(key)
-                continue
-            if in_manifest.algorithm != -16:
-                raise _Unusual
-            h = hashlib.sha256(encode_head(2, len(present)))
-            h.update(present)
-            if not hmac.compare_digest(h.digest(), in_manifest.digest):
-                raise _Unusual
-            if key != 23 and key in sequences:
-                programs[key] = _program(present, 2 * _WRAP, count)
-        elif present is not None:
-            raise _Unusual
-        elif in_manifest is not None:
-            if key == 23:
-                raise _Unusual  # a text map, left to the typed decoder
-            programs[key] = _program(in_manifest, 2 * _WRAP, count)  # type: ignore[arg-type]
-    for key in sequences:
-        if key in severed and key in (16, 20):
-            raise _Unusual  # SEVERABLE_MISSING, from the typed path
-    if count[0] > limits.max_items or count[1] > limits.max_depth:
-        raise _Unusual
-
     machine = Machine(components, shared, members.get, context, limits.max_commands_run)
-    for key in sequences:
-        program = programs.get(key)
-        if program is not None:
-            machine.run_procedure_step(program)
+    try:
+        for key in sequences:
+            program = programs.get(key)
+            if program is not None:
+                machine.run_procedure_step(program)
+    except SuitError:
+        return None  # the typed path reports it
     return (
         signer,
         tuple(severed),
@@ -397,30 +399,46 @@ def _common(
     if n != 1 and n != 2:
         raise _Unusual
     count[0] += 1 + 2 * n
-    _need(count, 2 * _WRAP + 1)
+    if count[1] < 2 * _WRAP + 1:
+        count[1] = 2 * _WRAP + 1
     pos = 1
     components: tuple[ComponentId, ...] | None = None
     shared = None
     for _ in range(n):
         key = c[pos]
         if key == 2 and components is None:
-            k, pos = _argument(c, pos + 1, 4)
+            k = c[pos + 1] - 0x80
+            if 0 < k < 24:  # array heads with the length in them
+                pos += 2
+            else:
+                k, pos = _argument(c, pos + 1, 4)
             if k == 0 or k > limits.max_components:
                 raise _Unusual
             count[0] += k
-            _need(count, 2 * _WRAP + 2)
             found = []
             for _ in range(k):
-                j, pos = _argument(c, pos, 4)
-                if j:
-                    count[0] += j
-                    _need(count, 2 * _WRAP + 3)
+                j = c[pos] - 0x80
+                if 0 <= j < 24:
+                    pos += 1
+                else:
+                    j, pos = _argument(c, pos, 4)
+                count[0] += j
                 parts = []
                 for _ in range(j):
-                    part, pos = _bstr(c, pos)
-                    parts.append(part)
+                    head = c[pos]
+                    if 0x40 <= head < 0x58:  # a short part, length in the head
+                        end = pos + head - 0x3F
+                        if end > len(c):
+                            raise _Unusual
+                        parts.append(c[pos + 1 : end])
+                        pos = end
+                    else:
+                        part, pos = _bstr(c, pos)
+                        parts.append(part)
                 found.append(tuple(parts))
             components = tuple(found)
+            if count[1] < 2 * _WRAP + 3:  # map, array, array (empty ones need no depth)
+                count[1] = 2 * _WRAP + (3 if any(found) else 2)
             if k > 1 and len(set(components)) != k:
                 raise _Unusual
         elif key == 4 and shared is None:
@@ -435,7 +453,11 @@ def _common(
 
 def _program(s: bytes, base: int, count: list[int]) -> Program:
     """A SUIT_Command_Sequence decoded at nesting ``base``, as a program."""
-    n, pos = _argument(s, 0, 4)
+    n = s[0] - 0x80
+    if 0 < n < 24:  # array head with the length in it
+        pos = 1
+    else:
+        n, pos = _argument(s, 0, 4)
     if n == 0 or n % 2:
         raise _Unusual
     count[0] += 1 + n
@@ -500,13 +522,15 @@ def _program(s: bytes, base: int, count: list[int]) -> Program:
     return tuple(out)
 
 
-def _parameters(
-    s: bytes, pos: int, base: int, count: list[int]
-) -> tuple[dict[int, object], int]:
+def _parameters(s: bytes, pos: int, base: int, count: list[int]) -> tuple[dict[int, object], int]:
     """The map argument of set/override-parameters (§8.4.8), in encoded order."""
-    k, pos = _argument(s, pos, 5)
-    if k == 0:
-        raise _Unusual
+    k = s[pos] - 0xA0
+    if 0 < k < 24:  # map head with the length in it
+        pos += 1
+    else:
+        k, pos = _argument(s, pos, 5)
+        if k == 0:
+            raise _Unusual
     count[0] += 2 * k
     if base + 2 > count[1]:
         count[1] = base + 2
@@ -519,9 +543,22 @@ def _parameters(
         pos += 1
         value: object
         if kind is bytes:
-            value, pos = _bstr(s, pos)
+            head = s[pos]
+            if 0x40 <= head < 0x58:  # ids: length in the head
+                end = pos + head - 0x3F
+                if end > len(s):
+                    raise _Unusual
+                value = s[pos + 1 : end]
+                pos = end
+            else:
+                value, pos = _bstr(s, pos)
         elif kind is int:
-            value, pos = _argument(s, pos, 0)
+            head = s[pos]
+            if head < 24:
+                value = head
+                pos += 1
+            else:
+                value, pos = _argument(s, pos, 0)
         elif kind is bool:
             head = s[pos]
             if head != 0xF4 and head != 0xF5:

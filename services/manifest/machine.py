@@ -135,7 +135,9 @@ class Machine:
             {i: current[c] for i, c in enumerate(components) if c in current} if current else {}
         )
         self.invoked: list[int] = []
-        self.params: list[dict[int, object]] = [{} for _ in components]
+        self.params: list[dict[int, object]] = (
+            [{}] if len(components) == 1 else [{} for _ in components]
+        )
         self.index: list[int] = _ONLY_FIRST
 
     def run_procedure_step(self, program: Program) -> None:
@@ -151,25 +153,22 @@ class Machine:
 
     def run(self, program: Program, soft: bool | None) -> bool:
         """Run ``program``; False when a condition failed under soft-failure."""
-        flow = _FLOW
-        actions = _ACTIONS
+        handlers = _HANDLERS
         for code, arg in program:
             self.budget -= 1
             if self.budget < 0:
                 raise LimitExceeded("too many commands executed")
             try:
-                step = flow.get(code)
-                if step is not None:
-                    soft = step(self, code, arg, soft)
-                else:
-                    action = actions.get(code, _unsupported)
-                    for i in self.index:
-                        action(self, code, i)
+                soft = handlers.get(code, _unsupported)(self, code, arg, soft)
             except ConditionFailed:
                 if soft:
                     return False
                 raise
         return True
+
+    # Every command is a step (machine, code, argument, soft-failure) returning
+    # the soft-failure state; conditions and directives act on each selected
+    # component in turn (§6.4).
 
     # -------------------------------------------- flow control (§8.4.10)
 
@@ -231,7 +230,7 @@ class Machine:
         self.index = saved
         return soft
 
-    # -------------------------------------------- conditions and directives
+    # -------------------------------------------- conditions (§8.4.9)
 
     def param(self, i: int, key: int) -> object:
         value = self.params[i].get(key, _MISSING)
@@ -243,125 +242,157 @@ class Machine:
             )
         return value
 
-    def vendor_identifier(self, code: int, i: int) -> None:
-        value = self.params[i].get(_P_VENDOR_IDENTIFIER, _MISSING)
-        if value is _MISSING:
-            value = self.param(i, _P_VENDOR_IDENTIFIER)
-        if isinstance(value, Pen) or value != self.context.vendor_id:
-            raise ConditionFailed("vendor id does not match", ErrorCode.VENDOR_MISMATCH)
+    def vendor_identifier(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            value = self.params[i].get(_P_VENDOR_IDENTIFIER, _MISSING)
+            if value is _MISSING:
+                value = self.param(i, _P_VENDOR_IDENTIFIER)
+            if isinstance(value, Pen) or value != self.context.vendor_id:
+                raise ConditionFailed("vendor id does not match", ErrorCode.VENDOR_MISMATCH)
+        return soft
 
-    def class_identifier(self, code: int, i: int) -> None:
-        value = self.params[i].get(_P_CLASS_IDENTIFIER, _MISSING)
-        if value is _MISSING:
-            value = self.param(i, _P_CLASS_IDENTIFIER)
-        if value != self.context.class_id:
-            raise ConditionFailed("class id does not match", ErrorCode.CLASS_MISMATCH)
+    def class_identifier(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            value = self.params[i].get(_P_CLASS_IDENTIFIER, _MISSING)
+            if value is _MISSING:
+                value = self.param(i, _P_CLASS_IDENTIFIER)
+            if value != self.context.class_id:
+                raise ConditionFailed("class id does not match", ErrorCode.CLASS_MISMATCH)
+        return soft
 
-    def device_identifier(self, code: int, i: int) -> None:
-        value = self.param(i, _P_DEVICE_IDENTIFIER)
-        device_id = self.context.device_id
-        if device_id is None or value != device_id:
-            raise ConditionFailed("device id does not match", ErrorCode.DEVICE_MISMATCH)
+    def device_identifier(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            value = self.param(i, _P_DEVICE_IDENTIFIER)
+            device_id = self.context.device_id
+            if device_id is None or value != device_id:
+                raise ConditionFailed("device id does not match", ErrorCode.DEVICE_MISMATCH)
+        return soft
 
-    def component_slot(self, code: int, i: int) -> None:
-        want = self.param(i, _P_COMPONENT_SLOT)
-        if self.context.slots.get(self.components[i], 0) != want:
-            raise ConditionFailed(f"component is not in slot {want}", ErrorCode.SLOT_MISMATCH)
+    def component_slot(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            want = self.param(i, _P_COMPONENT_SLOT)
+            if self.context.slots.get(self.components[i], 0) != want:
+                raise ConditionFailed(f"component is not in slot {want}", ErrorCode.SLOT_MISMATCH)
+        return soft
 
-    def check_content(self, code: int, i: int) -> None:
-        content = self.param(i, _P_CONTENT)
-        image = self.images.get(i)
-        if not (
-            isinstance(image, bytes)
-            and isinstance(content, bytes)
-            and hmac.compare_digest(image, content)  # §8.4.9.6: constant time
-        ):
-            raise ConditionFailed("component content does not match")
+    def check_content(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            content = self.param(i, _P_CONTENT)
+            image = self.images.get(i)
+            if not (
+                isinstance(image, bytes)
+                and isinstance(content, bytes)
+                and hmac.compare_digest(image, content)  # §8.4.9.6: constant time
+            ):
+                raise ConditionFailed("component content does not match")
+        return soft
 
-    def abort(self, code: int, i: int) -> None:
-        raise ConditionFailed("condition-abort", ErrorCode.ABORTED)
+    def abort(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        if self.index:
+            raise ConditionFailed("condition-abort", ErrorCode.ABORTED)
+        return soft
 
-    def write(self, code: int, i: int) -> None:
-        content = self.param(i, _P_CONTENT)
-        assert isinstance(content, bytes)
-        self.images[i] = content
-
-    def fetch(self, code: int, i: int) -> None:
-        self.images[i] = self.fetched(i)
-
-    def copy_or_swap(self, code: int, i: int) -> None:
-        src = self.param(i, _P_SOURCE_COMPONENT)
-        if type(src) is not int or not 0 <= src < len(self.components):
-            raise ProcessingError("source-component is out of range", ErrorCode.ABORTED)
-        if src not in self.images:
-            raise ProcessingError(
-                f"source component {show(self.components[src])} holds no image",
-                ErrorCode.PAYLOAD_UNAVAILABLE,
-            )
-        if code == Command.COPY:
-            self.images[i] = self.images[src]
-        else:
-            if i not in self.images:
-                raise ProcessingError("swap target holds no image", ErrorCode.PAYLOAD_UNAVAILABLE)
-            self.images[i], self.images[src] = self.images[src], self.images[i]
-
-    def invoke(self, code: int, i: int) -> None:
-        if i not in self.images:
-            raise ProcessingError(
-                f"nothing to invoke in {show(self.components[i])}",
-                ErrorCode.PAYLOAD_UNAVAILABLE,
-            )
-        self.invoked.append(i)
-
-    def fetched(self, i: int) -> Image:
-        uri = self.param(i, _P_URI)
-        assert isinstance(uri, str)
-        if uri.startswith("#"):  # integrated payload (§7.6)
-            payload = self.member(uri[1:])
-            if payload is None:
-                payload = self.member(uri)
-            if payload is not None:
-                return payload
-        image = self.context.fetchable.get(uri)
-        if image is None:
-            raise ProcessingError(f"payload {uri} is not available", ErrorCode.PAYLOAD_UNAVAILABLE)
-        return image
-
-    def image_match(self, code: int, i: int) -> None:
-        params = self.params[i]
-        digest = params.get(_P_IMAGE_DIGEST, _MISSING)
-        if digest is _MISSING:
-            digest = self.param(i, _P_IMAGE_DIGEST)
-        algorithm: int
-        expected: bytes
-        algorithm, expected = digest  # type: ignore[misc]
-        image = self.images.get(i)
-        if image is None:
-            raise ConditionFailed(
-                f"component {show(self.components[i])} holds no image",
-                ErrorCode.IMAGE_DIGEST_MISMATCH,
-            )
-        size = params.get(_P_IMAGE_SIZE)
-        is_info = isinstance(image, ImageInfo)
-        actual_size = image.size if is_info else len(image)  # type: ignore[union-attr,arg-type]
-        if size is not None and size != actual_size:
-            raise ConditionFailed(
-                f"image is {actual_size} bytes, manifest says {size}",
-                ErrorCode.IMAGE_SIZE_MISMATCH,
-            )
-        if is_info:
-            if algorithm != _SHA256:
+    def image_match(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            params = self.params[i]
+            digest = params.get(_P_IMAGE_DIGEST, _MISSING)
+            if digest is _MISSING:
+                digest = self.param(i, _P_IMAGE_DIGEST)
+            algorithm: int
+            expected: bytes
+            algorithm, expected = digest  # type: ignore[misc]
+            image = self.images.get(i)
+            if image is None:
                 raise ConditionFailed(
-                    "only a SHA-256 is known for this payload", ErrorCode.IMAGE_DIGEST_MISMATCH
+                    f"component {show(self.components[i])} holds no image",
+                    ErrorCode.IMAGE_DIGEST_MISMATCH,
                 )
-            actual = image.sha256  # type: ignore[union-attr]
-        else:
-            actual = compute_digest(algorithm, image)  # type: ignore[arg-type]
-        if not hmac.compare_digest(actual, expected):
-            raise ConditionFailed("image digest does not match", ErrorCode.IMAGE_DIGEST_MISMATCH)
+            size = params.get(_P_IMAGE_SIZE)
+            is_info = isinstance(image, ImageInfo)
+            actual_size = image.size if is_info else len(image)  # type: ignore[union-attr,arg-type]
+            if size is not None and size != actual_size:
+                raise ConditionFailed(
+                    f"image is {actual_size} bytes, manifest says {size}",
+                    ErrorCode.IMAGE_SIZE_MISMATCH,
+                )
+            if is_info:
+                if algorithm != _SHA256:
+                    raise ConditionFailed(
+                        "only a SHA-256 is known for this payload", ErrorCode.IMAGE_DIGEST_MISMATCH
+                    )
+                actual = image.sha256  # type: ignore[union-attr]
+            else:
+                actual = compute_digest(algorithm, image)  # type: ignore[arg-type]
+            if not hmac.compare_digest(actual, expected):
+                raise ConditionFailed(
+                    "image digest does not match", ErrorCode.IMAGE_DIGEST_MISMATCH
+                )
+        return soft
+
+    # -------------------------------------------- directives (§8.4.10)
+
+    def write(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            content = self.param(i, _P_CONTENT)
+            assert isinstance(content, bytes)
+            self.images[i] = content
+        return soft
+
+    def fetch(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            uri = self.params[i].get(_P_URI, _MISSING)
+            if uri is _MISSING:
+                uri = self.param(i, _P_URI)
+            assert isinstance(uri, str)
+            image: Image | None = None
+            if uri.startswith("#"):  # integrated payload (§7.6)
+                image = self.member(uri[1:])
+                if image is None:
+                    image = self.member(uri)
+            if image is None:
+                image = self.context.fetchable.get(uri)
+                if image is None:
+                    raise ProcessingError(
+                        f"payload {uri} is not available", ErrorCode.PAYLOAD_UNAVAILABLE
+                    )
+            self.images[i] = image
+        return soft
+
+    def copy_or_swap(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        images = self.images
+        for i in self.index:
+            src = self.param(i, _P_SOURCE_COMPONENT)
+            if type(src) is not int or not 0 <= src < len(self.components):
+                raise ProcessingError("source-component is out of range", ErrorCode.ABORTED)
+            if src not in images:
+                raise ProcessingError(
+                    f"source component {show(self.components[src])} holds no image",
+                    ErrorCode.PAYLOAD_UNAVAILABLE,
+                )
+            if code == Command.COPY:
+                images[i] = images[src]
+            else:
+                if i not in images:
+                    raise ProcessingError(
+                        "swap target holds no image", ErrorCode.PAYLOAD_UNAVAILABLE
+                    )
+                images[i], images[src] = images[src], images[i]
+        return soft
+
+    def invoke(self, code: int, arg: object, soft: bool | None) -> bool | None:
+        for i in self.index:
+            if i not in self.images:
+                raise ProcessingError(
+                    f"nothing to invoke in {show(self.components[i])}",
+                    ErrorCode.PAYLOAD_UNAVAILABLE,
+                )
+            self.invoked.append(i)
+        return soft
 
 
-def _unsupported(machine: Machine, code: int, i: int) -> None:
+def _unsupported(machine: Machine, code: int, arg: object, soft: bool | None) -> bool | None:
+    if not machine.index:
+        return soft
     if code in CONDITIONS or code < 0:
         # §8.4.9: an unknown (or unimplemented) condition is a failure.
         raise ConditionFailed(f"condition {code} is not supported", ErrorCode.UNSUPPORTED_COMMAND)
@@ -371,16 +402,13 @@ def _unsupported(machine: Machine, code: int, i: int) -> None:
 
 _MISSING = object()
 
-# Commands that change what runs or on which component; the rest act per
-# selected component (§6.4). Both tables are built once, not per command.
-_FLOW: dict[int, Callable[[Machine, int, object, bool | None], bool | None]] = {
+# One step per command code, built once; anything else is ``_unsupported``.
+_HANDLERS: dict[int, Callable[[Machine, int, object, bool | None], bool | None]] = {
     _OVERRIDE_PARAMETERS: Machine.parameters_step,
     _SET_PARAMETERS: Machine.parameters_step,
     _SET_COMPONENT_INDEX: Machine.select_step,
     _TRY_EACH: Machine.try_each_step,
     _RUN_SEQUENCE: Machine.run_sequence_step,
-}
-_ACTIONS: dict[int, Callable[[Machine, int, int], None]] = {
     Command.VENDOR_IDENTIFIER: Machine.vendor_identifier,
     Command.CLASS_IDENTIFIER: Machine.class_identifier,
     Command.DEVICE_IDENTIFIER: Machine.device_identifier,

@@ -33,6 +33,7 @@ from .errors import (
     StructureError,
     SuitError,
 )
+from .frozen import slot_init
 from .limits import DEFAULT_LIMITS, Limits
 from .machine import (
     Image,
@@ -88,6 +89,7 @@ class DeviceContext:
     components: frozenset[ComponentId] | None = None  # None: any component
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """An accepted envelope and what processing it did.
@@ -116,6 +118,7 @@ class Outcome:
         return manifest
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     accepted: bool
@@ -132,6 +135,7 @@ _SEQUENCES = {
     Procedure.UPDATE: (ManifestKey.PAYLOAD_FETCH, ManifestKey.INSTALL, ManifestKey.VALIDATE),
     Procedure.INVOKE: (ManifestKey.VALIDATE, ManifestKey.LOAD, ManifestKey.INVOKE),
 }
+_UPDATE_SEQUENCES = _SEQUENCES[Procedure.UPDATE]
 
 
 def process(
@@ -153,7 +157,9 @@ def process(
     authenticated = fastpath.authenticate(data, anchors, context.class_id, limits)
     if authenticated is None:
         return process_typed(data, anchors, context, procedure, limits)
-    accepted = fastpath.process(authenticated, context, _SEQUENCES[procedure], limits)
+    # An identity test before the table: hashing an Enum member runs Python code.
+    sequences = _UPDATE_SEQUENCES if procedure is Procedure.UPDATE else _SEQUENCES[procedure]
+    accepted = fastpath.process(authenticated, context, sequences, limits)
     if accepted is not None:
         signer, severed, images, invoked, sequence_number, components = accepted
         return Outcome(

@@ -120,6 +120,16 @@ SHAPES: dict[str, tuple[Callable[[], bytes], list[TrustAnchor], DeviceContext]] 
         anchors(),
         device(),
     ),
+    "long component id part": (
+        lambda: make(component={"install-id": ["ab" * 40]}),
+        anchors(),
+        device(),
+    ),
+    "component id of 25 parts": (
+        lambda: make(component={"install-id": [f"{i:02x}" for i in range(25)]}),
+        anchors(),
+        device(),
+    ),
     "large sequence number": (
         lambda: make(**{"manifest-sequence-number": 2**40}),
         anchors(),
@@ -294,6 +304,7 @@ SIGNED_FAULTS = [
     ),
     ("shared", b"\xa4\x01", b"\xa5\x0c\x00\x01", ErrorCode.INVALID_STRUCTURE),
     ("shared", b"\xa4\x01", b"\xa5\x0c\xf5\x01", ErrorCode.OK),
+    ("manifest", b"\x07\x43", b"\x07\x58\x03", ErrorCode.NON_CANONICAL),
     ("validate", b"\x03\x0f", b"\x03\x18\x0f", ErrorCode.NON_CANONICAL),
     ("install", b"https", b"\xfftps", ErrorCode.MALFORMED_CBOR),
     ("install", b"\x15\x02", b"\x15\x18\x02", ErrorCode.NON_CANONICAL),
