@@ -77,6 +77,10 @@ class Authenticated:
 # ES256 -7, EdDSA -8, ESP256 -9, Ed25519 -19 (cose.SUPPORTED_ALGORITHMS).
 _ALGORITHMS = {0x26: -7, 0x27: -8, 0x28: -9, 0x32: -19}
 _SIG1_PREFIX = b"\x84\x6aSignature1"  # Sig_structure array head and context
+# #6.18([ and the protected bstr of a one-entry map {1: …}; the signature
+# after a nil payload: nil, bstr .size 64.
+_SIGN1_HEAD = b"\xd2\x84\x43\xa1\x01"
+_SIGNATURE_HEAD = b"\xf6\x58\x40"
 _EMPTY_AAD = b"\x40"
 # [h'' .cbor [-16 (SHA-256), bstr .size 32]] as the first auth member: its
 # bstr head, the digest array head, the algorithm, the digest's bstr head.
@@ -216,9 +220,7 @@ def authenticate(
         block_len, p = _argument(auth, 39, 2)
         if p + block_len != len(auth):
             raise _Unusual
-        if auth[p] != 0xD2 or auth[p + 1] != 0x84 or auth[p + 2] != 0x43:
-            raise _Unusual
-        if auth[p + 3] != 0xA1 or auth[p + 4] != 0x01:
+        if auth[p : p + 5] != _SIGN1_HEAD:
             raise _Unusual
         alg = _ALGORITHMS.get(auth[p + 5])
         if alg is None:
@@ -237,7 +239,7 @@ def authenticate(
             items += 2
         else:
             raise _Unusual
-        if auth[q] != 0xF6 or auth[q + 1] != 0x58 or auth[q + 2] != 0x40 or q + 67 != len(auth):
+        if auth[q : q + 3] != _SIGNATURE_HEAD or q + 67 != len(auth):
             raise _Unusual
         if items > limits.max_items or depth > limits.max_depth:
             raise _Unusual  # the typed path reports the limit
@@ -376,11 +378,17 @@ def process(
                 machine.run_procedure_step(program)
     except SuitError:
         return None  # the typed path reports it
+    images = machine.images
+    if len(images) == 1:  # one image: its component, no sort
+        for i, image in images.items():
+            image_list: tuple[tuple[ComponentId, Image], ...] = ((components[i], image),)
+    else:
+        image_list = images_of(machine)
     return (
         signer,
-        tuple(severed),
-        images_of(machine),
-        invoked_of(machine),
+        tuple(severed) if severed else (),
+        image_list,
+        invoked_of(machine) if machine.invoked else (),
         sequence_number,
         components,
     )
