@@ -85,6 +85,14 @@ def _description() -> dict[str, Any]:
     }
 
 
+def _signature(data: bytes) -> bytes:
+    from services.manifest.codec import decode_envelope
+
+    auth = decode_envelope(data).authentication
+    assert auth is not None and auth.blocks[0].sign1 is not None
+    return auth.blocks[0].sign1.signature
+
+
 async def _grpc_rate(data: bytes, key: Any) -> float:
     from fleetsuit import grpcutil
     from fleetsuit.v1 import manifest_pb2 as pb
@@ -152,6 +160,11 @@ def main(results_dir: pathlib.Path) -> dict[str, Any]:
         anchors = [TrustAnchor(public)]
         verdict = validate(data, anchors, context)
         assert verdict.accepted, verdict.message
+        # What is timed checks the signature: with one bit of it changed, the
+        # same envelope is rejected.
+        at = data.index(_signature(data)) + 10
+        forged = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+        assert validate(forged, anchors, context).code.name == "SIGNATURE_INVALID"
         raw, in_process, ratio = _rates(
             raw_verify, functools.partial(validate, data, anchors, context)
         )

@@ -11,7 +11,7 @@ what the interpreter needs (``machine.Program``).
 
 It decides nothing the typed path would decide differently. Whenever the
 bytes leave that shape (another encoding, a member or command it does not
-read, a limit it would come near, any rejection after the signature) it
+read, a limit it would exceed, any rejection after the signature) it
 returns ``None`` and ``processor`` runs the typed path: before the signature
 check from the start, after it from the authenticated envelope. The only
 verdicts given here are acceptance and the three outcomes of checking the
