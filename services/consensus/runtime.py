@@ -183,7 +183,9 @@ class ConsensusNode:
         self._deadline_seq = 0
         self._leader = ""
         self._stopped = False
-        self._new_block = asyncio.Condition()
+        # Set, then replaced, at each new block: wakes WatchBlocks waiters
+        # without a task per applied entry.
+        self._block_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.fatal: BaseException | None = None
         self._bind_gauges()
@@ -532,7 +534,7 @@ class ConsensusNode:
                 # Signed and pushed in batches by _certify_loop, off the commit path.
                 self._to_sign.extend(self._new_blocks)
             self._new_blocks.clear()
-            asyncio.get_running_loop().create_task(self._notify_block())
+            self._notify_block()
 
     # ------------------------------------------------------------ snapshots
 
@@ -708,7 +710,7 @@ class ConsensusNode:
                         fut.set_result(Applied(key, earlier[0], earlier[1], True))
         self._reads.applied(self.machine.applied_index())
         self._applied_event.set()
-        asyncio.get_running_loop().create_task(self._notify_block())
+        self._notify_block()
 
     # ------------------------------------------------------------ membership
 
@@ -904,18 +906,20 @@ class ConsensusNode:
             if stalled_at[1] >= PULL_AFTER_ROUNDS:
                 certifier.receive(await transport.fetch_signatures(*gap))
 
-    async def _notify_block(self) -> None:
-        async with self._new_block:
-            self._new_block.notify_all()
+    def _notify_block(self) -> None:
+        event, self._block_event = self._block_event, asyncio.Event()
+        event.set()
 
     async def wait_for_height(self, height: int, timeout_s: float) -> bool:
         """Wait until the ledger head reaches ``height`` (False on timeout)."""
-        async with self._new_block:
+        deadline = time.monotonic() + timeout_s
+        while self.machine.height < height:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._new_block.wait_for(lambda: self.machine.height >= height), timeout_s
-                )
-        return self.machine.height >= height
+                await asyncio.wait_for(self._block_event.wait(), remaining)
+        return True
 
     # ------------------------------------------------------------ status
 

@@ -175,3 +175,42 @@ async def test_a_node_refuses_submissions_beyond_its_pending_limit(
         for ch in channels.values():
             await ch.close()
         cluster.close()
+
+
+@pytest.mark.asyncio
+async def test_watch_blocks_streams_the_history_then_each_new_block(cluster: LocalCluster) -> None:
+    ids = [n["id"] for n in cluster.nodes]
+    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
+    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    try:
+        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
+        follower = next(nid for nid in ids if nid != leader)
+        batcher = SubmitBatcher(stubs[leader], client_id="watched")
+        before = [await batcher.submit(_entry("watched", rid)) for rid in range(1, 4)]
+        watch = stubs[follower].WatchBlocks(pb.WatchBlocksRequest(from_height=1), timeout=30)
+        seen: list[pb.Block] = []
+
+        async def until_watched(rid: int) -> None:
+            async for block in watch:
+                seen.append(block)
+                if any(pb.LedgerEntry.FromString(raw).request_id == rid and
+                       pb.LedgerEntry.FromString(raw).client_id == "watched" for raw in block.entries):
+                    return
+
+        await asyncio.wait_for(until_watched(3), 20)  # the history, from height 1
+        later = asyncio.create_task(asyncio.wait_for(until_watched(4), 20))
+        await asyncio.sleep(0.3)  # the watch now waits for a block that does not exist yet
+        assert not later.done()
+        fourth = await batcher.submit(_entry("watched", 4))
+        await later
+        watch.cancel()
+        heights = [b.height for b in seen]
+        assert heights == list(range(1, len(heights) + 1)), heights  # in order, none skipped
+        assert heights[-1] == fourth.block_height
+        assert {a.block_height for a in before} <= set(heights)
+        for prev, block in zip(seen, seen[1:], strict=False):
+            assert block.prev_hash == prev.hash
+        await batcher.close()
+    finally:
+        for ch in channels.values():
+            await ch.close()
