@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -35,9 +35,9 @@ from .block import GENESIS_HASH, BlockData, make_block
 from .certify import key_message, verify
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The answer for one ledger entry, handed to whoever submitted it."""
+class Applied(NamedTuple):
+    """The answer for one ledger entry, handed to whoever submitted it (a
+    named tuple: one is made per submission)."""
 
     key: RequestKey | None
     index: int

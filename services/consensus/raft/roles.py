@@ -10,8 +10,7 @@ order the ``Ready`` contract gives (persist, send, apply, advance).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .types import Entry, HardState, Message, SnapshotMeta
 
@@ -55,9 +54,10 @@ class Transport(Protocol):
     def send(self, messages: Sequence[Message]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RequestKey:
-    """Identifies one client request: a retry carries the same key."""
+class RequestKey(NamedTuple):
+    """Identifies one client request: a retry carries the same key. (A named
+    tuple: made, hashed and compared once or more per submission, which a
+    frozen dataclass does several times slower.)"""
 
     client_id: str
     request_id: int
