@@ -7,7 +7,8 @@ shape a SUIT signer normally produces — an envelope of bstr members, one
 COSE_Sign1 with ``{1: alg}`` protected and a SHA-256 SUIT_Digest (§8.3), a
 manifest of the standard members, command sequences of the commands this
 library runs — straight from the bytes, each byte once, and builds only
-what the interpreter needs (``machine.Program``).
+what the interpreter needs (``machine.Program``). A text map (§8.4.4) is
+checked and counted but not built: no verdict reads it.
 
 It decides nothing the typed path would decide differently. Whenever the
 bytes leave that shape (another encoding, a member or command it does not
@@ -299,8 +300,10 @@ def process(
                 pos = end
                 if key in _SEQUENCE_KEYS:
                     programs[key] = _program(value, 2 * _WRAP, count)
+                elif key == 23:
+                    _text(value, count)  # checked and counted, not built
                 elif key != 3:
-                    raise _Unusual  # a text map (left to the typed decoder), or a wrong type
+                    raise _Unusual  # a wrong type
             elif key <= 2:
                 if head < 24:
                     value = head
@@ -457,6 +460,73 @@ def _common(
     if pos != len(c) or components is None:
         raise _Unusual
     return components, shared
+
+
+def _text(t: bytes, count: list[int]) -> None:
+    """An unsevered SUIT_Text_Map (§8.4.4), checked as ``codec.Decoder.text``
+    checks it and counted as ``cbor.decode`` charges it, without building it:
+    ``{ * tstr => { * int => tstr, * [* bstr] => { * int => tstr } } }``.
+
+    Nothing of it reaches a verdict besides its validity, so only that is read.
+    """
+    base = 2 * _WRAP
+    _need(count, base + 1)  # cbor.decode needs one level left even for an empty map
+    n, pos = _argument(t, 0, 5)
+    count[0] += 1 + 2 * n
+    languages = set()
+    for _ in range(n):
+        start = pos
+        pos = _tstr(t, pos)
+        language = t[start:pos]  # canonical heads: equal keys have equal bytes
+        if language in languages:
+            raise _Unusual
+        languages.add(language)
+        pos = _text_fields(t, pos, base + 2, count, True)
+    if pos != len(t):
+        raise _Unusual
+
+
+def _text_fields(t: bytes, pos: int, depth: int, count: list[int], components: bool) -> int:
+    """A text map's ``{ * int => tstr }`` at nesting ``depth``, with component
+    entries ``[* bstr] => { * int => tstr }`` when ``components``; the
+    position after it."""
+    m, pos = _argument(t, pos, 5)
+    if m:
+        count[0] += 2 * m
+        _need(count, depth)
+    keys = set()
+    for _ in range(m):
+        start = pos
+        if components and t[pos] >> 5 == 4:  # a SUIT_Component_Identifier key
+            k, pos = _argument(t, pos, 4)
+            if k:
+                count[0] += k
+                _need(count, depth + 1)
+            for _ in range(k):
+                pos = _bstr(t, pos)[1]
+            key = t[start:pos]
+            if key in keys:
+                raise _Unusual
+            keys.add(key)
+            pos = _text_fields(t, pos, depth + 1, count, False)
+        else:
+            pos = _int(t, pos)[1]
+            key = t[start:pos]
+            if key in keys:
+                raise _Unusual
+            keys.add(key)
+            pos = _tstr(t, pos)
+    return pos
+
+
+def _tstr(t: bytes, pos: int) -> int:
+    """The position after the valid UTF-8 text string at ``pos``."""
+    length, start = _argument(t, pos, 3)
+    end = start + length
+    if end > len(t):
+        raise _Unusual
+    t[start:end].decode("utf-8")  # UnicodeDecodeError: the typed path reports it
+    return end
 
 
 def _program(s: bytes, base: int, count: list[int]) -> Program:

@@ -2,8 +2,9 @@
 
 ``process`` must decide exactly as the typed decoder does: the same
 acceptance and outcome, or the same error code and message. Checked here on
-the common shapes (and that they do take the one-pass path, or the
-comparison would prove nothing), on every single-byte change of a signed
+the common shapes, text maps unsevered and severed among them (and that they
+do take the one-pass path, or the comparison would prove nothing), on every
+single-byte change of a signed text map re-signed and of a signed
 envelope, on re-signed manifests with non-canonical encodings, duplicate
 keys and other faults inside the signed bytes, across every limit near its
 boundary, on the specification's vectors and on random mutations.
@@ -43,7 +44,7 @@ UPDATE_SEQUENCES = (16, 20, 7)
 
 
 def plain(**overrides: Any) -> dict[str, Any]:
-    """The common shape: no text map (a text map goes to the typed decoder)."""
+    """The common shape without a text map (``text=…`` keeps one)."""
     desc = description(**overrides)
     if "text" not in overrides:
         desc.pop("text")
@@ -99,6 +100,15 @@ SECOND = {
     "uri": "https://updates.example/b.bin",
 }
 
+TEXT = {"manifest-description": "test release", "update-description": "fixes " * 8}
+
+
+def _without_member(data: bytes, key: int) -> bytes:
+    """``data`` re-encoded without envelope member ``key`` (still signed)."""
+    members = {k: v for k, v in cbor2.loads(data).value.items() if k != key}
+    return b"\xd8\x6b" + cbor.dumps(members)
+
+
 SHAPES: dict[str, tuple[Callable[[], bytes], list[TrustAnchor], DeviceContext]] = {
     "es256": (lambda: make(), anchors(), device()),
     "ed25519": (lambda: make(ED25519), anchors(ED25519), device()),
@@ -130,6 +140,13 @@ SHAPES: dict[str, tuple[Callable[[], bytes], list[TrustAnchor], DeviceContext]] 
         anchors(),
         device(),
     ),
+    "text": (lambda: make(text=TEXT), anchors(), device()),
+    "severed text": (lambda: make(text=TEXT, severable=["text"]), anchors(), device()),
+    "severed text, member absent": (
+        lambda: _without_member(make(text=TEXT, severable=["text"]), 23),
+        anchors(),
+        device(),
+    ),
     "large sequence number": (
         lambda: make(**{"manifest-sequence-number": 2**40}),
         anchors(),
@@ -149,10 +166,18 @@ def test_common_shapes_are_accepted_on_the_fast_path(name: str) -> None:
     agree(data, trusted, installed, Procedure.INVOKE)
 
 
-def test_text_map_goes_to_the_typed_decoder() -> None:
+def test_text_map_of_the_cli_is_read_on_the_fast_path() -> None:
+    # What ``fleetsuit manifest create`` makes from the fixtures' description.
     data = sign_envelope(build_envelope(description(), {}), ES256)
-    assert not takes_fast_path(data, anchors(), device())
+    assert 23 in cbor2.loads(_manifest(data))
+    assert takes_fast_path(data, anchors(), device())
     assert agree(data, anchors())[0] == "accepted"
+
+
+def test_severed_text_absent_is_reported_severed() -> None:
+    data = SHAPES["severed text, member absent"][0]()
+    assert agree(data, anchors())[1].severed == (23,)
+    assert agree(make(text=TEXT, severable=["text"]), anchors())[1].severed == ()
 
 
 def test_outcome_manifest_is_the_typed_manifest() -> None:
@@ -167,9 +192,16 @@ def test_outcome_manifest_is_the_typed_manifest() -> None:
 # ------------------------------------------------------------ changed bytes
 
 
-@pytest.mark.parametrize("key", [ES256, ED25519], ids=["es256", "ed25519"])
-def test_every_single_byte_change_is_rejected_alike(key: Any) -> None:
-    data = make(key)
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [(ES256, None), (ED25519, None), (ES256, "unsevered"), (ES256, "severed")],
+    ids=["es256", "ed25519", "text", "severed text"],
+)
+def test_every_single_byte_change_is_rejected_alike(key: Any, text: str | None) -> None:
+    if text is None:
+        data = make(key)
+    else:
+        data = make(key, text=TEXT, severable=["text"] if text == "severed" else [])
     trusted = anchors(key)
     for pos in range(len(data)):
         for new in {data[pos] ^ 0x01, data[pos] ^ 0x80, 0xFF, 0x00}:
@@ -339,6 +371,22 @@ def test_repeated_components_are_rejected_alike() -> None:
     assert verdict[:2] == ("rejected", ErrorCode.INVALID_STRUCTURE)
 
 
+def test_changed_severed_text_is_rejected_alike() -> None:
+    data = make(text=TEXT, severable=["text"])
+    assert takes_fast_path(data, anchors(), device())
+    changed = data.replace(b"test release", b"test releasf")  # the envelope's member only
+    assert changed.count(b"test releasf") == 1
+    verdict = agree(changed, anchors())
+    assert verdict[:2] == ("rejected", ErrorCode.SEVERABLE_DIGEST_MISMATCH)
+
+
+def test_text_in_both_manifest_and_envelope_is_rejected_alike() -> None:
+    text = cbor.dumps({"en": {1: "x"}})
+    data = seal(_with_text(text), extra=b"\x17" + cbor.wrap_bstr(text), extra_count=1)
+    verdict = agree(data, anchors())
+    assert verdict[:2] == ("rejected", ErrorCode.SEVERABLE_DIGEST_MISMATCH)
+
+
 def test_changed_severed_member_is_rejected_alike() -> None:
     data = make(severable=["install"])
     assert takes_fast_path(data, anchors(), device())
@@ -346,6 +394,124 @@ def test_changed_severed_member_is_rejected_alike() -> None:
     assert changed.count(b"fw.bim") == 1
     verdict = agree(changed, anchors(), device(fetchable={URI[:-1] + "m": PAYLOAD}))
     assert verdict[:2] == ("rejected", ErrorCode.SEVERABLE_DIGEST_MISMATCH)
+
+
+def _with_text(text: bytes) -> bytes:
+    """BASE with ``text`` as its unsevered suit-text member (key 23), any encoding."""
+    assert BASE[0] == 0xA6
+    return b"\xa7" + BASE[1:] + b"\x17" + cbor.wrap_bstr(text)
+
+
+# SUIT_Text_Map (§8.4.4) as the typed decoder reads it: the encodings it
+# accepts, and faults of each kind it rejects, inside re-signed manifests.
+RICH_TEXT = cbor.dumps(
+    {
+        "en": {1: "test release", -1: "vendor", 2**40: "x" * 300, (b"\x00",): {3: "boot"}},
+        "fr": {(): {}, (b"\x00", b"\x01" * 30): {1: ""}},
+        "de": {},
+    }
+)
+TEXT_ACCEPTED = {
+    "one field": cbor.dumps({"en": {1: "x"}}),
+    "empty": b"\xa0",
+    "empty language": cbor.dumps({"en": {}}),
+    "rich": RICH_TEXT,
+    "keys out of order": b"\xa1\x62en\xa2\x02\x61b\x01\x61a",
+}
+TEXT_REJECTED = {
+    "language twice": (b"\xa2\x62en\xa0\x62en\xa0", ErrorCode.DUPLICATE_KEY),
+    "field twice": (b"\xa1\x62en\xa2\x01\x61a\x01\x61b", ErrorCode.DUPLICATE_KEY),
+    "component twice": (
+        b"\xa1\x62en\xa2\x81\x41\x00\xa0\x81\x41\x00\xa0",
+        ErrorCode.DUPLICATE_KEY,
+    ),
+    "component field twice": (
+        b"\xa1\x62en\xa1\x81\x41\x00\xa2\x01\x61a\x01\x61b",
+        ErrorCode.DUPLICATE_KEY,
+    ),
+    "float key beside int key": (
+        b"\xa1\x62en\xa2\x01\x61a\xf9\x3c\x00\x61b",
+        ErrorCode.DUPLICATE_KEY,
+    ),
+    "true key beside 1": (b"\xa1\x62en\xa2\x01\x61a\xf5\x61b", ErrorCode.DUPLICATE_KEY),
+    "non-shortest field key": (b"\xa1\x62en\xa1\x18\x01\x61a", ErrorCode.NON_CANONICAL),
+    "non-shortest language": (b"\xa1\x78\x02en\xa0", ErrorCode.NON_CANONICAL),
+    "non-shortest map": (b"\xb8\x01\x62en\xa0", ErrorCode.NON_CANONICAL),
+    "non-shortest component part": (
+        b"\xa1\x62en\xa1\x81\x58\x01\x00\xa0",
+        ErrorCode.NON_CANONICAL,
+    ),
+    "indefinite map": (b"\xbf\x62en\xa0\xff", ErrorCode.NON_CANONICAL),
+    "indefinite text": (b"\xa1\x62en\xa1\x01\x7f\x61a\xff", ErrorCode.NON_CANONICAL),
+    "bstr language": (b"\xa1\x42en\xa0", ErrorCode.INVALID_STRUCTURE),
+    "int language": (b"\xa1\x01\xa0", ErrorCode.INVALID_STRUCTURE),
+    "language not a map": (b"\xa1\x62en\x80", ErrorCode.INVALID_STRUCTURE),
+    "field not text": (b"\xa1\x62en\xa1\x01\x01", ErrorCode.INVALID_STRUCTURE),
+    "field bstr": (b"\xa1\x62en\xa1\x01\x41a", ErrorCode.INVALID_STRUCTURE),
+    "text key": (b"\xa1\x62en\xa1\x61k\x61a", ErrorCode.INVALID_STRUCTURE),
+    "float key": (b"\xa1\x62en\xa1\xf9\x3c\x00\x61a", ErrorCode.INVALID_STRUCTURE),
+    "true key": (b"\xa1\x62en\xa1\xf5\x61a", ErrorCode.INVALID_STRUCTURE),
+    "int component part": (b"\xa1\x62en\xa1\x81\x01\xa0", ErrorCode.INVALID_STRUCTURE),
+    "component text not a map": (
+        b"\xa1\x62en\xa1\x81\x41\x00\x61a",
+        ErrorCode.INVALID_STRUCTURE,
+    ),
+    "component inside component": (
+        b"\xa1\x62en\xa1\x81\x41\x00\xa1\x81\x41\x00\xa0",
+        ErrorCode.INVALID_STRUCTURE,
+    ),
+    "tagged field": (b"\xa1\x62en\xa1\x01\xd8\x6f\x61a", ErrorCode.INVALID_STRUCTURE),
+    "tagged map": (b"\xd8\x6f\xa0", ErrorCode.INVALID_STRUCTURE),
+    "array": (b"\x80", ErrorCode.INVALID_STRUCTURE),
+    "invalid utf-8 field": (b"\xa1\x62en\xa1\x01\x61\xff", ErrorCode.MALFORMED_CBOR),
+    "invalid utf-8 language": (b"\xa1\x62\xc3\x28\xa0", ErrorCode.MALFORMED_CBOR),
+    "trailing byte": (b"\xa0\x00", ErrorCode.MALFORMED_CBOR),
+    "truncated": (b"\xa1\x62en\xa1\x01\x62a", ErrorCode.MALFORMED_CBOR),
+    "nothing": (b"", ErrorCode.MALFORMED_CBOR),
+}
+
+
+@pytest.mark.parametrize("name", TEXT_ACCEPTED)
+def test_text_maps_are_accepted_on_the_fast_path(name: str) -> None:
+    data = seal(_with_text(TEXT_ACCEPTED[name]))
+    assert takes_fast_path(data, anchors(), device())
+    assert agree(data, anchors())[0] == "accepted"
+
+
+@pytest.mark.parametrize("name", TEXT_REJECTED)
+def test_text_map_faults_are_rejected_alike(name: str) -> None:
+    text, code = TEXT_REJECTED[name]
+    data = seal(_with_text(text))
+    assert not takes_fast_path(data, anchors(), device())
+    assert agree(data, anchors())[:2] == ("rejected", code)
+
+
+@pytest.mark.parametrize("name", ["one field", "rich"])
+def test_every_single_byte_change_of_a_signed_text_map_agrees(name: str) -> None:
+    text = TEXT_ACCEPTED[name]
+    verdicts = set()
+    for pos in range(len(text)):
+        for new in {text[pos] ^ 0x01, text[pos] ^ 0x20, text[pos] ^ 0x80, 0xFF, 0x00}:
+            if new != text[pos]:
+                changed = text[:pos] + bytes([new]) + text[pos + 1 :]
+                verdicts.add(agree(seal(_with_text(changed)), anchors())[0])
+    assert verdicts == {"accepted", "rejected"}
+
+
+def test_text_map_charge_is_the_typed_decoders() -> None:
+    # Depth never decides a verdict here (the protected header needs 13, a text
+    # map at most 11), so its charge is compared with cbor.decode's directly.
+    # Component entries whose identifier alone, or whose text alone, is deepest.
+    deepest = [cbor.dumps({"en": {(b"\x00",): {}}}), cbor.dumps({"en": {(): {1: "a"}}})]
+    for text in [*TEXT_ACCEPTED.values(), *deepest]:
+        count = [0, 0]
+        fastpath._text(text, count)
+        budget = cbor.Budget(10**6)
+        cbor.decode(text, Limits(max_depth=count[1]), budget, 8)
+        assert 10**6 - budget.items_left == count[0], text.hex()
+        with pytest.raises(SuitError) as info:
+            cbor.decode(text, Limits(max_depth=count[1] - 1), cbor.Budget(10**6), 8)
+        assert info.value.code is ErrorCode.LIMIT_EXCEEDED, text.hex()
 
 
 def _with_validate(validate: bytes) -> bytes:
@@ -440,6 +606,27 @@ def test_limits_near_their_boundary_agree() -> None:
     assert agree(data, anchors(), ctx, limits=Limits(max_components=2))[0] == "accepted"
 
 
+@pytest.mark.parametrize("text", ["cli", "rich", "severed"])
+def test_limits_near_their_boundary_agree_with_text(text: str) -> None:
+    if text == "rich":
+        data = seal(_with_text(RICH_TEXT))
+    else:
+        data = make(text=TEXT, severable=["text"] if text == "severed" else [])
+    assert takes_fast_path(data, anchors(), device())
+    for limits in [Limits(max_depth=d) for d in range(1, 26)]:
+        agree(data, anchors(), limits=limits)
+    verdicts = [agree(data, anchors(), limits=Limits(max_items=n)) for n in range(1, 160)]
+    accepted = [n for n, v in enumerate(verdicts, 1) if v[0] == "accepted"]
+    assert accepted and accepted == list(range(accepted[0], 160))
+    assert {v[1] for v in verdicts if v[0] == "rejected"} == {ErrorCode.LIMIT_EXCEEDED}
+    # The text map's items are charged: the unsevered map moves the boundary.
+    if text != "severed":
+        without = seal(_manifest(make())) if text == "cli" else seal(BASE)
+        items = [agree(without, anchors(), limits=Limits(max_items=n)) for n in range(1, 160)]
+        first = next(n for n, v in enumerate(items, 1) if v[0] == "accepted")
+        assert first < accepted[0]
+
+
 def test_try_each_and_run_sequence_nesting_limits_agree() -> None:
     # validate = [try-each [<<[run-sequence <<[image-match 15]>>]>>, nil]]
     inner = cbor.dumps([3, 15])
@@ -491,7 +678,15 @@ def test_specification_vectors_agree(name: str, spec_anchor: TrustAnchor) -> Non
         agree(data, [spec_anchor], device(fetchable={}), procedure)
 
 
-SEEDS = [make(), make(ED25519), make(severable=["install"]), make(kid=b"k1")]
+SEEDS = [
+    make(),
+    make(ED25519),
+    make(severable=["install"]),
+    make(kid=b"k1"),
+    make(text=TEXT),
+    make(text=TEXT, severable=["text"]),
+    seal(_with_text(RICH_TEXT)),
+]
 FUZZ_ANCHORS = [TrustAnchor(ES256.public_key()), TrustAnchor(ED25519.public_key())]
 
 
