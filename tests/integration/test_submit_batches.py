@@ -72,15 +72,19 @@ async def test_batcher_answers_each_caller_and_batches_on_the_wire(cluster: Loca
         # A retry of an applied key gets the original answer; an invalid entry
         # fails alone, beside a valid one in the same message.
         first = next(a for a in answers if a.request_id == 7)
-        retry, invalid, fresh = await asyncio.gather(
+        oversized = pb.LedgerEntry(client_id="batched", request_id=total + 3,
+                                   app=pb.AppEntry(payload=bytes(2 * 1024 * 1024)))  # limit: 1.5 MiB
+        retry, invalid, fresh, too_big = await asyncio.gather(
             batcher.submit(_entry("batched", 7)),
             batcher.submit(pb.LedgerEntry(client_id="batched", request_id=total + 2)),
             batcher.submit(_entry("batched", total + 1)),
+            batcher.submit(oversized),
             return_exceptions=True,
         )
         assert isinstance(retry, pb.SubmitStreamResponse)
         assert retry.duplicate and retry.index == first.index and retry.block_height == first.block_height
         assert isinstance(invalid, SubmitFailed) and invalid.code == "INVALID_ENTRY"
+        assert isinstance(too_big, SubmitFailed) and too_big.code == "INVALID_ENTRY", too_big
         assert isinstance(fresh, pb.SubmitStreamResponse) and fresh.index > max(a.index for a in answers)
 
         await wait_for(lambda: _all_applied(stubs, fresh.index), 30, "application everywhere")
