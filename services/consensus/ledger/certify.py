@@ -16,6 +16,7 @@ ledger (a ``MembershipChanged`` entry).
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Iterable, Mapping
@@ -39,9 +40,15 @@ def key_message(cluster_id: str, node_id: str, public_key: bytes) -> bytes:
     return KEY_DOMAIN + cluster_id.encode() + b"\x00" + node_id.encode() + b"\x00" + public_key
 
 
+@functools.lru_cache(maxsize=256)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Loaded once per key: a cluster verifies many blocks with few keys."""
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        _public_key(bytes(public_key)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
