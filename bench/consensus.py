@@ -75,6 +75,9 @@ class Fleetsuit:
     def address(self, i: int) -> str:
         return str(self.nodes[i]["endpoints"]["consensus"])
 
+    def server_pids(self) -> list[int]:
+        return [int(n["pids"]["consensus"]) for n in self.nodes]
+
     async def put(self, i: int, key: bytes, value: bytes, timeout: float) -> None:
         self.seq += 1
         entry = pb.LedgerEntry(client_id=self.client, request_id=self.seq, app=pb.AppEntry(payload=value))
@@ -132,6 +135,9 @@ class Noop:
     def address(self, i: int) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def server_pids(self) -> list[int]:
+        return [self.procs[0].pid]
+
     async def leader(self) -> int | None:
         try:
             await self.stub.Status(pb.StatusRequest(), timeout=0.5)
@@ -175,6 +181,9 @@ class Etcd:
 
     def address(self, i: int) -> str:
         return f"127.0.0.1:{self.client_ports[i]}"
+
+    def server_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     async def put(self, i: int, key: bytes, value: bytes, timeout: float) -> None:
         await self.kv[i].Put(self.pb.PutRequest(key=key, value=value), timeout=timeout)
@@ -314,6 +323,19 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (0 for one gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def load_round(
     system: Any, pool: ProcessPoolExecutor, kind: str, clients: int, size: int, seconds: float
 ) -> dict[str, float]:
@@ -325,11 +347,16 @@ async def load_round(
          "clients": clients // procs + (1 if w < clients % procs else 0), "stub_dir": system.stub_dir}
         for w in range(procs)
     ]
+    pids = system.server_pids()
+    cpu_before = _cpu_s(pids)
     results = await asyncio.gather(*(loop.run_in_executor(pool, _worker, spec) for spec in specs))
+    server_cpu = _cpu_s(pids) - cpu_before
     latencies = sorted(x for r in results for x in r["latencies"])
     elapsed = max(r["elapsed"] for r in results)
     return {
         "ops_per_s": len(latencies) / elapsed,
+        # CPU of all members (not the clients) per acknowledged operation.
+        "server_cpu_us_per_op": 1e6 * server_cpu / max(1, len(latencies)),
         "p50_ms": _pct(latencies, 0.50) * 1000,
         "p99_ms": _pct(latencies, 0.99) * 1000,
         "errors": sum(r["errors"] for r in results),
@@ -360,10 +387,12 @@ async def _load_row(
         "ops_per_s": statistics.median(r["ops_per_s"] for r in rounds),
         "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
         "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
+        "server_cpu_us_per_op": statistics.median(r["server_cpu_us_per_op"] for r in rounds),
         "errors": sum(r["errors"] for r in rounds),
     }
     print(f"  {kind:16} clients={clients:3} size={size:5}: {row['ops_per_s']:8.0f} ops/s  "
-          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms", flush=True)
+          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+          f"members' CPU {row['server_cpu_us_per_op']:5.0f} µs/op", flush=True)
     return row
 
 
@@ -449,6 +478,11 @@ async def run(results_dir: Path) -> dict[str, Any]:
               f"{st['ops_per_s'] / base:>6.2f} {ba['ops_per_s'] / base:>5.2f}       | "
               f"{st['p50_ms']:>6.1f} {st['p99_ms']:>6.1f} {ba['p50_ms']:>6.1f} {ba['p99_ms']:>6.1f} | "
               f"{b['p50_ms']:>6.1f} {b['p99_ms']:>6.1f}")
+    print("CPU of the three members per acknowledged operation (µs; clients not counted):")
+    for a, st, ba, b in zip(fs["load"], fs["load_stream"], fs["load_batch"], et["load"], strict=True):
+        print(f"{a['clients']:>7} {a['size']:>5} | unary {a['server_cpu_us_per_op']:>5.0f}  "
+              f"stream {st['server_cpu_us_per_op']:>5.0f}  batch {ba['server_cpu_us_per_op']:>5.0f}  "
+              f"etcd {b['server_cpu_us_per_op']:>5.0f}")
     ceiling = out["grpc_ceiling"]
     print("Python gRPC's own ceiling (a server that commits nothing, same clients, 256 B):")
     for u, st, ba in zip(ceiling["unary"], ceiling["stream"], ceiling["batch"], strict=True):
