@@ -47,6 +47,7 @@ from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
+from .cpu import cpu_seconds
 from .etcd_client import load_stubs
 
 CLIENTS = (1, 16, 64)
@@ -323,19 +324,6 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (0 for one gone)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 async def load_round(
     system: Any, pool: ProcessPoolExecutor, kind: str, clients: int, size: int, seconds: float
 ) -> dict[str, float]:
@@ -348,9 +336,9 @@ async def load_round(
         for w in range(procs)
     ]
     pids = system.server_pids()
-    cpu_before = _cpu_s(pids)
+    cpu_before = sum(cpu_seconds(p) for p in pids)
     results = await asyncio.gather(*(loop.run_in_executor(pool, _worker, spec) for spec in specs))
-    server_cpu = _cpu_s(pids) - cpu_before
+    server_cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
     latencies = sorted(x for r in results for x in r["latencies"])
     elapsed = max(r["elapsed"] for r in results)
     return {

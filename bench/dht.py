@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.cpu import cpu_seconds
 from fleetsuit.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
 from fleetsuit.ports import free_port
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
@@ -100,14 +101,14 @@ class Transfer:
 
 def _timed(nbytes: int, sender_pid: int, receive: Callable[[], int]) -> Transfer:
     """Run ``receive`` (in this process) against a sender process, timing it."""
-    sender0, receiver0 = _cpu_seconds(sender_pid), time.process_time()
+    sender0, receiver0 = cpu_seconds(sender_pid), time.process_time()
     start = time.perf_counter()
     assert receive() == nbytes
     elapsed = time.perf_counter() - start
     gib = nbytes / 1024**3
     return Transfer(
         _mb_s(nbytes, elapsed),
-        (_cpu_seconds(sender_pid) - sender0) / gib,
+        (cpu_seconds(sender_pid) - sender0) / gib,
         (time.process_time() - receiver0) / gib,
     )
 
@@ -411,9 +412,9 @@ def _wait_idle(pid: int, timeout_s: float = 15.0) -> None:
     """Until process ``pid`` uses under 5% of a core over 0.5 s (or the timeout)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        before = _cpu_seconds(pid)
+        before = cpu_seconds(pid)
         time.sleep(0.5)
-        if _cpu_seconds(pid) - before < 0.025:
+        if cpu_seconds(pid) - before < 0.025:
             return
 
 
@@ -427,15 +428,6 @@ class Spread:
     cpu_s: list[float]  # CPU seconds each node's process used
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def spread_run(root: pathlib.Path, count: int, seed: int, limit: int = 0) -> Spread:
     """Spread one payload to ``count`` nodes; ``limit`` caps each node's
     upload in bytes per second (``--upload-bytes-per-s``; 0: none)."""
@@ -443,7 +435,7 @@ def spread_run(root: pathlib.Path, count: int, seed: int, limit: int = 0) -> Spr
     nodes = _cluster(root / f"spread{count}-{limit}-{seed}", count, metrics=True, extra=extra)
     try:
         pids = [n.proc.pid for n in nodes if n.proc is not None]
-        cpu0 = [_cpu_seconds(pid) for pid in pids]
+        cpu0 = [cpu_seconds(pid) for pid in pids]
         data = os.urandom(SPREAD_BYTES)
         start = time.perf_counter()
         assert nodes[0].channel is not None
@@ -457,7 +449,7 @@ def spread_run(root: pathlib.Path, count: int, seed: int, limit: int = 0) -> Spr
             done = list(pool.map(pin, nodes))
         seconds = time.perf_counter() - start
         served = [n.metric("fleetsuit_dht_bytes_out_total") / MIB for n in nodes]
-        cpu = [_cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
         return Spread(seconds, done, served, cpu)
     finally:
         for node in nodes:

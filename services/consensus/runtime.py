@@ -263,7 +263,8 @@ class ConsensusNode:
     def submit_future(self, payload: bytes, key: RequestKey, timeout_s: float) -> asyncio.Future[Applied]:
         """Queue a submission; the future resolves with its ``Applied`` answer,
         or fails with a ConsensusError (CommitTimeout, NoLeader, ...) at the
-        deadline. No task per submission: a timer handle enforces the deadline."""
+        deadline. No task or timer per submission: the deadline goes into a
+        heap that the ticker checks (``_expire_due``)."""
         loop = self._aio_loop or asyncio.get_running_loop()
         fut: asyncio.Future[Applied] = loop.create_future()
         if self._stopped:
@@ -303,7 +304,7 @@ class ConsensusNode:
         deadlines = self._deadlines
         if not deadlines:
             return
-        now = asyncio.get_running_loop().time()
+        now = (self._aio_loop or asyncio.get_running_loop()).time()
         while deadlines and deadlines[0][0] <= now:
             _, _, key, fut, timeout_s = heapq.heappop(deadlines)
             if not fut.done():

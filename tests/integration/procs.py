@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetsuit.cluster import start_cluster, stop_processes
+from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.ports import free_base_port
+from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
@@ -73,3 +76,14 @@ class LocalCluster:
 
     def close(self) -> None:
         stop_processes(self._procs)
+
+
+@asynccontextmanager
+async def ledger_stubs(cluster: LocalCluster) -> AsyncIterator[dict[str, pb_grpc.LedgerStub]]:
+    """A Ledger stub per node id, on channels closed when the block ends."""
+    channels = {n["id"]: insecure_channel(cluster.endpoint(n["id"])) for n in cluster.nodes}
+    try:
+        yield {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
+    finally:
+        for ch in channels.values():
+            await ch.close()

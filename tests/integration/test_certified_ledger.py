@@ -10,7 +10,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ CLI = [sys.executable, "-m", "fleetsuit.cli"]
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(3, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.mark.asyncio

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -26,15 +25,6 @@ from .procs import LocalCluster, wait_for
 pytestmark = pytest.mark.slow
 
 CLIENTS = 8
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(3, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 async def _statuses(stubs: dict[str, pb_grpc.LedgerStub]) -> dict[str, pb.StatusResponse]:

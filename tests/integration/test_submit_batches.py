@@ -7,29 +7,18 @@ with StreamBroken, and resubmitting those keys elsewhere applies each once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.ledger_client import StreamBroken, SubmitBatcher, SubmitFailed
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
-from .procs import LocalCluster, wait_for
-from .test_consensus_failover import _all_applied, _leader_seen_by_all
+from .procs import LocalCluster, ledger_stubs, wait_for
+from .test_consensus_failover import _all_applied, _leader_seen_by_all, _ready
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(3, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _entry(client: str, rid: int) -> pb.LedgerEntry:
@@ -50,9 +39,7 @@ async def _applied_keys(stub: pb_grpc.LedgerStub, client: str) -> list[int]:
 @pytest.mark.asyncio
 async def test_batcher_answers_each_caller_and_batches_on_the_wire(cluster: LocalCluster) -> None:
     ids = [n["id"] for n in cluster.nodes]
-    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
-    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
-    try:
+    async with ledger_stubs(cluster) as stubs:
         leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
         follower = next(nid for nid in ids if nid != leader)
         batcher = SubmitBatcher(stubs[follower], client_id="batched")  # forwarded to the leader
@@ -91,9 +78,6 @@ async def test_batcher_answers_each_caller_and_batches_on_the_wire(cluster: Loca
         for stub in stubs.values():
             assert sorted(await _applied_keys(stub, "batched")) == list(range(1, total + 2))
         await batcher.close()
-    finally:
-        for ch in channels.values():
-            await ch.close()
 
 
 @pytest.mark.asyncio
@@ -101,9 +85,7 @@ async def test_a_cut_stream_fails_in_flight_entries_and_a_resubmission_applies_o
     cluster: LocalCluster,
 ) -> None:
     ids = [n["id"] for n in cluster.nodes]
-    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
-    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
-    try:
+    async with ledger_stubs(cluster) as stubs:
         leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
         follower = next(nid for nid in ids if nid != leader)
         doomed = SubmitBatcher(stubs[follower], client_id="cut", timeout_ms=3000)
@@ -142,13 +124,6 @@ async def test_a_cut_stream_fails_in_flight_entries_and_a_resubmission_applies_o
         keys = await _applied_keys(stubs[leader], "cut")
         assert len(keys) == len(set(keys)), "an entry was applied twice"
         assert set(acked) | set(broken) <= set(keys)
-    finally:
-        for ch in channels.values():
-            await ch.close()
-
-
-async def _ready(cond: bool) -> bool | None:
-    return True if cond else None
 
 
 @pytest.mark.asyncio
@@ -157,36 +132,30 @@ async def test_a_node_refuses_submissions_beyond_its_pending_limit(
 ) -> None:
     monkeypatch.setenv("FLEETSUIT_MAX_PENDING_SUBMISSIONS", "5")
     cluster = LocalCluster(3, tmp_path)
-    ids = [n["id"] for n in cluster.nodes]
-    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
-    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
     try:
-        leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
-        batcher = SubmitBatcher(stubs[leader], client_id="flood")
-        for round_ in range(2):
-            # Twelve in one message: five wait for commit, seven are refused at once.
-            first = round_ * 100
-            results = await asyncio.gather(
-                *(batcher.submit(_entry("flood", first + i)) for i in range(1, 13)), return_exceptions=True
-            )
-            ok = [r for r in results if isinstance(r, pb.SubmitStreamResponse)]
-            refused = [r for r in results if isinstance(r, SubmitFailed) and r.code == "OVERLOADED"]
-            assert (len(ok), len(refused)) == (5, 7), results
-        keys = await _applied_keys(stubs[leader], "flood")
-        assert sorted(keys) == [*range(1, 6), *range(101, 106)]
-        await batcher.close()
+        async with ledger_stubs(cluster) as stubs:
+            leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
+            batcher = SubmitBatcher(stubs[leader], client_id="flood")
+            for round_ in range(2):
+                # Twelve in one message: five wait for commit, seven are refused at once.
+                first = round_ * 100
+                results = await asyncio.gather(
+                    *(batcher.submit(_entry("flood", first + i)) for i in range(1, 13)), return_exceptions=True
+                )
+                ok = [r for r in results if isinstance(r, pb.SubmitStreamResponse)]
+                refused = [r for r in results if isinstance(r, SubmitFailed) and r.code == "OVERLOADED"]
+                assert (len(ok), len(refused)) == (5, 7), results
+            keys = await _applied_keys(stubs[leader], "flood")
+            assert sorted(keys) == [*range(1, 6), *range(101, 106)]
+            await batcher.close()
     finally:
-        for ch in channels.values():
-            await ch.close()
         cluster.close()
 
 
 @pytest.mark.asyncio
 async def test_watch_blocks_streams_the_history_then_each_new_block(cluster: LocalCluster) -> None:
     ids = [n["id"] for n in cluster.nodes]
-    channels = {nid: insecure_channel(cluster.endpoint(nid)) for nid in ids}
-    stubs = {nid: pb_grpc.LedgerStub(ch) for nid, ch in channels.items()}
-    try:
+    async with ledger_stubs(cluster) as stubs:
         leader = await wait_for(lambda: _leader_seen_by_all(stubs), 30, "a leader known to all")
         follower = next(nid for nid in ids if nid != leader)
         batcher = SubmitBatcher(stubs[leader], client_id="watched")
@@ -215,6 +184,3 @@ async def test_watch_blocks_streams_the_history_then_each_new_block(cluster: Loc
         for prev, block in zip(seen, seen[1:], strict=False):
             assert block.prev_hash == prev.hash
         await batcher.close()
-    finally:
-        for ch in channels.values():
-            await ch.close()

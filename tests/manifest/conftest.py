@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from hypothesis import strategies as st
 
 from services.manifest.auth import TrustAnchor
 from services.manifest.build import build_envelope, sign_envelope
@@ -70,6 +71,31 @@ def description(**overrides: Any) -> dict[str, Any]:
 
 def signed(key: Any, **overrides: Any) -> bytes:
     return sign_envelope(build_envelope(description(**overrides), {}), key)
+
+
+def mutations(seeds: list[bytes], *, max_ops: int, max_span: int) -> st.SearchStrategy[bytes]:
+    """Envelopes from ``seeds`` with 1..max_ops random edits: a flipped bit, a
+    replaced byte, up to ``max_span`` bytes cut or inserted."""
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(1, max_ops))):
+            op = draw(st.integers(0, 3))
+            pos = draw(st.integers(0, len(data) - 1))
+            if op == 0:
+                data[pos] ^= 1 << draw(st.integers(0, 7))
+            elif op == 1:
+                data[pos] = draw(st.integers(0, 255))
+            elif op == 2:
+                del data[pos : pos + draw(st.integers(1, max_span))]
+            else:
+                data[pos:pos] = draw(st.binary(min_size=1, max_size=max_span))
+            if not data:
+                break
+        return bytes(data)
+
+    return mutated()
 
 
 def device(**overrides: Any) -> DeviceContext:

@@ -20,7 +20,6 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from services.manifest import auth, cbor, cose, fastpath
 from services.manifest.auth import TrustAnchor
@@ -35,7 +34,7 @@ from services.manifest.processor import (
     process_typed,
 )
 
-from .conftest import PAYLOAD, URI, VECTORS, description, device
+from .conftest import PAYLOAD, URI, VECTORS, description, device, mutations
 
 ES256 = ec.generate_private_key(ec.SECP256R1())
 ED25519 = ed25519.Ed25519PrivateKey.generate()
@@ -690,25 +689,6 @@ SEEDS = [
 FUZZ_ANCHORS = [TrustAnchor(ES256.public_key()), TrustAnchor(ED25519.public_key())]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.integers(0, 3))
-        pos = draw(st.integers(0, len(data) - 1))
-        if op == 0:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == 1:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == 2:
-            del data[pos : pos + draw(st.integers(1, 4))]
-        else:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        if not data:
-            break
-    return bytes(data)
-
-
 @settings(
     max_examples=1500,
     deadline=None,
@@ -716,6 +696,6 @@ def mutated(draw: st.DrawFn) -> bytes:
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-@given(mutated())
+@given(mutations(SEEDS, max_ops=3, max_span=4))
 def test_random_mutations_agree(data: bytes) -> None:
     agree(data, FUZZ_ANCHORS)

@@ -19,7 +19,7 @@ from services.manifest.errors import SuitError
 from services.manifest.processor import Procedure, validate
 from services.manifest.show import diagnostic
 
-from .conftest import CLASS, VECTORS, VENDOR, device
+from .conftest import CLASS, VECTORS, VENDOR, device, mutations
 
 TOTAL = int(os.environ.get("FLEETSUIT_FUZZ_EXAMPLES", "10000"))
 SEEDS = [(VECTORS / n).read_bytes() for n in ("example2.cbor", "example4.cbor", "example3.cbor")]
@@ -65,27 +65,8 @@ def test_fuzz_random_bytes(data: bytes) -> None:
     _check(data, ANCHOR)
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.integers(0, 3))
-        pos = draw(st.integers(0, len(data) - 1))
-        if op == 0:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == 1:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == 2:
-            del data[pos : pos + draw(st.integers(1, 8))]
-        else:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        if not data:
-            break
-    return bytes(data)
-
-
 @_settings(0.45)
-@given(mutated())
+@given(mutations(SEEDS, max_ops=4, max_span=8))
 def test_fuzz_mutated_envelopes(data: bytes) -> None:
     _check(data, ANCHOR)
 

@@ -1,0 +1,21 @@
+"""Fixtures shared by the multi-process tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .procs import LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three nodes on loopback, every process stopped by pid afterwards.
+    (Tests that need other settings define their own ``cluster``.)"""
+    c = LocalCluster(3, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
