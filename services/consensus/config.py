@@ -111,7 +111,8 @@ class ConsensusConfig:
                        help="Ed25519 block-signing key (PEM); created if missing; default DATA/node.key")
         p.add_argument("--snapshot-entries", type=int,
                        default=env_int("FLEETSUIT_SNAPSHOT_ENTRIES", 10_000, env),
-                       help="snapshot the ledger every N applied Raft entries")
+                       help="compact the Raft log every N applied entries (no file is written: "
+                            "the applied ledger is the snapshot; a file is made when a follower needs one)")
         p.add_argument("--snapshot-keep-entries", type=int,
                        default=env_int("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", 1_000, env),
                        help="log entries kept behind a snapshot for slightly lagging followers")

@@ -14,14 +14,16 @@ the leader changes, every submission still in flight is proposed again:
 idempotency keys make the retry harmless, and a failover costs one election
 instead of a client timeout.
 
-Snapshots (Raft §7): every ``snapshot_entries`` applied entries the loop
-takes a consistent RocksDB view of the applied state and a task writes it to
-a snapshot file; once that is durable and ``snapshot_keep_entries`` more
-entries are applied (a tail for followers that are only a little behind), the
-core and the stored log are compacted up to it. A SNAPSHOT message from the
-core is streamed to its peer in chunks by a task of its own, which reports
-back with ``snapshot_status`` exactly once. A snapshot received from a leader
-is installed (one atomic RocksDB batch) before anything else of its Ready.
+Compaction and snapshots (Raft §7): the applied ledger is durable in
+RocksDB, so every ``snapshot_entries`` applied entries the core and the stored
+log are compacted up to ``snapshot_keep_entries`` behind the applied index (a
+tail for followers that are only a little behind), with no file written: the
+cost does not grow with the ledger. A snapshot file is written only when a
+follower needs one (a SNAPSHOT message from the core): from a consistent
+RocksDB view of the applied state, by a thread, and then streamed to the peer
+in chunks by a task of its own, which reports back with ``snapshot_status``
+exactly once. A snapshot received from a leader is installed (one atomic
+RocksDB batch) before anything else of its Ready.
 
 Membership: the address of every member comes with the CONFIG entry that
 added it; the transport and the certifier follow the configuration in
@@ -147,7 +149,7 @@ class ConsensusNode:
             storage, on_block=self._new_blocks.append, cluster_id=cluster_id, on_config=self._on_config
         )
         self._certify_interval_s = certify_interval_s
-        snapshot = self._restore_snapshot()
+        snapshot = self._restore_log_start()
         hard_state, entries = storage.load()
         self._core = RaftNode(
             raft_config, rng, hard_state=hard_state, log=entries, applied=self.machine.applied_index(),
@@ -161,10 +163,9 @@ class ConsensusNode:
         self._membership: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.certifier: Certifier | None = None
         self._build_certifier()
-        self._last_snapshot_index = snapshot.index if snapshot else 0
-        self._snapshot_task: asyncio.Task[None] | None = None
-        self._compact_at: SnapshotMeta | None = None
-        self._compact_now = False
+        self._compacted = snapshot.index if snapshot else 0  # where the log starts
+        self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
+        self._snapshot_meta: SnapshotMeta | None = None  # the file being written
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._sending_meta: dict[str, SnapshotMeta] = {}
         self._snapshot_results: list[tuple[str, bool]] = []
@@ -434,7 +435,7 @@ class ConsensusNode:
             self._propose_queued()
             self._ask_reads()
         self._sync_membership()
-        self._maybe_snapshot()
+        self._maybe_compact()
 
     def _run_calls(self) -> None:
         """Requests that need the core (membership changes, transfers) and
@@ -539,99 +540,124 @@ class ConsensusNode:
 
     # ------------------------------------------------------------ snapshots
 
-    def _restore_snapshot(self) -> SnapshotMeta | None:
-        """At start: the newest snapshot file the applied state covers. Files
-        beyond the applied index were received but never installed (a crash
-        in between): dropped, the leader sends again. The stored log it
-        covers is deleted (a compaction cut short by a crash)."""
+    def _restore_log_start(self) -> SnapshotMeta | None:
+        """At start: where the log begins, the point of the last compaction or
+        installed snapshot. (A data directory written before compaction was
+        recorded has only its snapshot files to say so; the newest one the
+        applied state covers is taken then.) Files older than that point can
+        serve nobody and are deleted, as are files beyond the applied index:
+        received but never installed (a crash in between), the leader sends
+        again. The log the point covers is deleted (a compaction cut short)."""
+        start = self._storage.compacted()
         if self.snapshots is None:
-            return None
+            return start
         applied = self._storage.applied_index()
-        meta = self.snapshots.latest(max_index=applied)
-        self.snapshots.prune([meta.index] if meta else [])
-        if meta is not None:
-            self._storage.delete_log_through(meta.index)
-            self._metrics.snapshot_index.set(meta.index)
-        return meta
+        newest = self.snapshots.latest(max_index=applied)
+        if newest is not None and (start is None or newest.index > start.index):
+            start = newest
+        self.snapshots.prune(m.index for m in self.snapshots.list() if start and start.index <= m.index <= applied)
+        if start is not None:
+            self._storage.compact_log(start)
+            self._metrics.snapshot_index.set(start.index)
+        return start
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_compact(self) -> None:
+        """Raft §7 log compaction. The applied ledger is durable in RocksDB, so
+        compacting writes no snapshot file: every ``snapshot_entries``
+        applied entries the log is cut ``snapshot_keep_entries`` behind the
+        applied index (a tail for followers that are only a little behind).
+        Never past a snapshot file being written or sent: a follower
+        installing it needs the entries after it."""
         if self.snapshots is None:
             return
-        core = self._core
-        applied = core.status().applied_index
-        pending = self._compact_at
-        if pending is not None and (applied >= pending.index + self._snapshot_keep or self._compact_now):
-            self._compact_now = False
-            # Raft §7: compact behind a durable snapshot, keeping a tail.
-            self._compact_at = None
-            core.compact(pending.index)
-            self._storage.delete_log_through(pending.index)
-            self._metrics.snapshot_index.set(pending.index)
-            keep = {pending.index} | {m.index for m in self._sending_metas()}
-            self.snapshots.prune(keep)
-        if (
-            self._snapshot_task is None
-            and self._compact_at is None
-            and applied - self._last_snapshot_index >= self._snapshot_entries
-        ):
-            self.take_snapshot()
-
-    def take_snapshot(self) -> None:
-        """Snapshot the applied state as of now (a consistent RocksDB view);
-        a task writes the file and then schedules the compaction."""
-        assert self.snapshots is not None
-        applied = self._core.status().applied_index
-        if applied < 1 or self._snapshot_task is not None:
+        target = self.machine.applied_index() - self._snapshot_keep
+        if target - self._compacted < self._snapshot_entries:
+            return  # the common case, checked first: no status built per round
+        for meta in self._busy_metas():
+            target = min(target, meta.index)
+        if target - self._compacted < self._snapshot_entries:
             return
+        meta = self._core.compact(target)
+        self._storage.compact_log(meta)
+        self._compacted = meta.index
+        self._metrics.snapshot_index.set(meta.index)
+        keep = {m.index for m in self._busy_metas()}
+        self.snapshots.prune(m.index for m in self.snapshots.list() if m.index >= meta.index or m.index in keep)
+
+    def _busy_metas(self) -> list[SnapshotMeta]:
+        """Snapshot files being written or streamed to a peer."""
+        metas = list(self._sending_meta.values())
+        if self._snapshot_task is not None and self._snapshot_meta is not None:
+            metas.append(self._snapshot_meta)
+        return metas
+
+    def take_snapshot(self) -> asyncio.Task[SnapshotMeta]:
+        """Write a snapshot file of the applied state as of now (a consistent
+        RocksDB view, read by a thread while the ledger moves on); one at a
+        time: while one is being written, that one is returned."""
+        assert self.snapshots is not None
+        if self._snapshot_task is not None:
+            return self._snapshot_task
+        applied = self._core.status().applied_index
         meta = self._core.snapshot_meta(applied)
         self._storage.sync()  # the applied state the view holds is durable
         view = self._storage.state_view()
-        self._last_snapshot_index = applied
+        self._snapshot_meta = meta
         self._snapshot_task = asyncio.create_task(self._write_snapshot(meta, view), name="snapshot")
+        return self._snapshot_task
 
-    async def _write_snapshot(self, meta: SnapshotMeta, view: StateView) -> None:
+    async def _write_snapshot(self, meta: SnapshotMeta, view: StateView) -> SnapshotMeta:
         assert self.snapshots is not None
         started = time.perf_counter()
         try:
             size = await asyncio.to_thread(self.snapshots.save, meta, self._storage.state_records(view))
-        except Exception as exc:  # a full disk: retried at the next threshold
+        except Exception as exc:  # a full disk: the peer's send fails and is retried
             log.error("snapshot at %d failed: %s", meta.index, exc)
             self._metrics.snapshot_failures.labels("save").inc()
-            self._last_snapshot_index = self._core.status().snapshot_index
-            return
+            raise
         finally:
             self._snapshot_task = None
+            self._snapshot_meta = None
         self._metrics.snapshots.labels("saved").inc()
         self._metrics.snapshot_bytes.set(size)
         self._metrics.snapshot_duration.labels("save").observe(time.perf_counter() - started)
         log.info("snapshot at index %d: %d bytes", meta.index, size)
-        self._compact_at = meta
-        self._wake.set()
-
-    def _sending_metas(self) -> list[SnapshotMeta]:
-        return list(self._sending_meta.values())
+        return meta
 
     def _start_snapshot_send(self, msg: Message) -> None:
-        """Stream the snapshot a SNAPSHOT message names to its peer; the core
-        hears back exactly once (``snapshot_status``)."""
-        assert msg.snapshot is not None
+        """Stream a snapshot to the peer a SNAPSHOT message names; the core
+        hears back exactly once (``snapshot_status``). Any snapshot at or
+        after the one the core names will do (it covers the compacted
+        prefix, and the log holds what follows it): the newest stored file
+        if there is one, or else one written now, on demand."""
+        assert msg.snapshot is not None and self.snapshots is not None
         old = self._sending.get(msg.dst)
         if old is not None and not old.done():
             old.cancel()  # its status is reported by its own finally
-        self._sending_meta[msg.dst] = msg.snapshot
-        self._sending[msg.dst] = asyncio.create_task(self._send_snapshot(msg), name=f"snap-{msg.dst}")
+        applied = self._core.status().applied_index
+        stored = self.snapshots.latest(max_index=applied)
+        if stored is not None and stored.index >= msg.snapshot.index:
+            meta, writing = stored, None
+        else:
+            writing = self.take_snapshot()
+            assert self._snapshot_meta is not None
+            meta = self._snapshot_meta
+        self._sending_meta[msg.dst] = meta
+        self._sending[msg.dst] = asyncio.create_task(
+            self._send_snapshot(replace(msg, snapshot=meta), writing), name=f"snap-{msg.dst}"
+        )
 
-    async def _send_snapshot(self, msg: Message) -> None:
+    async def _send_snapshot(self, msg: Message, writing: asyncio.Task[SnapshotMeta] | None) -> None:
         assert msg.snapshot is not None
         meta, ok = msg.snapshot, False
         started = time.perf_counter()
         try:
+            if writing is not None:
+                await asyncio.shield(writing)
             if self.snapshots is None or not self.snapshots.has(meta) or not isinstance(
                 self._transport, GrpcTransport
             ):
-                log.warning("snapshot %d for %s is not stored; taking a new one", meta.index, msg.dst)
-                if self.snapshots is not None:
-                    self._force_snapshot()
+                log.warning("snapshot %d for %s is not stored", meta.index, msg.dst)
                 return
             store, size = self.snapshots, self.snapshots.size_of(meta)
 
@@ -652,6 +678,8 @@ class ConsensusNode:
                 log.info("snapshot %d sent to %s (%d bytes)", meta.index, msg.dst, size)
             else:
                 self._metrics.snapshot_failures.labels("send").inc()
+        except Exception as exc:  # writing it failed (logged there)
+            log.warning("snapshot for %s not sent: %s", msg.dst, exc)
         finally:
             self._snapshot_results.append((msg.dst, ok))
             self._sending_meta.pop(msg.dst, None)
@@ -663,13 +691,6 @@ class ConsensusNode:
         self._metrics.snapshots.labels("received").inc()
         self._metrics.snapshot_duration.labels("receive").observe(seconds)
         self.deliver([replace(msg, data=b"", offset=0, done=True)])
-
-    def _force_snapshot(self) -> None:
-        """The snapshot a peer needs is gone: take a new one and compact to
-        it at once (no tail), so the core names a snapshot that exists."""
-        self._last_snapshot_index = 0
-        self._compact_now = True
-        self._wake.set()
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """Ready.snapshot: replace the applied state and the log with the
@@ -694,9 +715,8 @@ class ConsensusNode:
         self.machine.reload()
         self._build_certifier()
         self.addresses.update(storage.addresses())
-        self._last_snapshot_index = meta.index
-        self._compact_at = None
         store.prune([meta.index])
+        self._compacted = meta.index
         self._metrics.snapshots.labels("installed").inc()
         self._metrics.snapshot_bytes.set(store.size_of(meta))
         self._metrics.snapshot_duration.labels("install").observe(time.perf_counter() - started)

@@ -6,6 +6,8 @@ On-disk format, version 1 (all integers big-endian):
     m/format       -> b"1"
     m/identity     -> b"<cluster_id>\\n<node_id>"
     m/hard_state   -> record(u64 term | u64 commit | vote utf-8)
+    m/compacted    -> record(JSON {index, term, voters, learners}): the log
+                      starts after this point (absent: nothing compacted)
     l/<u64 index>  -> record(u64 term | u8 type | data)
     a/applied      -> u64 applied index
     b/<u64 height> -> record(encoded Block protobuf)
@@ -18,6 +20,10 @@ On-disk format, version 1 (all integers big-endian):
 The applied state (a/, b/, r/, k/, s/, p/) is what a snapshot holds
 (``ledger/snapshot.py``); ``install_snapshot`` replaces it and the whole log
 in one atomic batch, so a crash leaves either the old state or the new one.
+The applied state lives here, durable, so compacting the log needs no
+snapshot file (etcd's backend works the same way): ``compact_log`` deletes
+the log up to an applied index and records that point, in one synced batch.
+A file is written only when a follower needs one (runtime.py).
 
 where record(x) = u32 crc32(x) | x. A record whose checksum does not match
 stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
@@ -32,6 +38,7 @@ same atomic batch as the blocks it covers.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -52,6 +59,7 @@ _HS_HEAD = struct.Struct(">QQ")
 K_FORMAT = b"m/format"
 K_IDENTITY = b"m/identity"
 K_HARD_STATE = b"m/hard_state"
+K_COMPACTED = b"m/compacted"
 K_APPLIED = b"a/applied"
 P_LOG = b"l/"
 P_BLOCK = b"b/"
@@ -104,6 +112,11 @@ def decode_entry(index: int, raw: bytes) -> Entry:
     except ValueError:
         raise StorageCorrupt(f"log entry {index} has unknown type {etype}") from None
     return Entry(term=term, index=index, type=kind, data=payload[_ENTRY_HEAD.size :])
+
+
+def _encode_compacted(meta: SnapshotMeta) -> bytes:
+    doc = {"index": meta.index, "term": meta.term, "voters": list(meta.voters), "learners": list(meta.learners)}
+    return _record(json.dumps(doc, sort_keys=True).encode())
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -364,14 +377,35 @@ class RocksStorage:
         for key, value in records:
             batch.put(key, value)
         batch.put(K_APPLIED, _U64.pack(meta.index))
+        batch.put(K_COMPACTED, _encode_compacted(meta))
         self._write(batch, sync=True)
         self._last_index = meta.index
 
-    def delete_log_through(self, index: int) -> None:
-        """Compaction: the log up to ``index`` is covered by a durable snapshot."""
+    def compact_log(self, meta: SnapshotMeta) -> None:
+        """Raft §7 compaction without a snapshot file: the applied state up to
+        ``meta.index`` is here already, so the log up to it is deleted and the
+        point recorded, in one synced batch. (The writes that applied those
+        entries precede this batch in the WAL, so no crash can keep the
+        deletion and lose them.)"""
+        if meta.index > self.applied_index():
+            raise StorageError(f"cannot compact to {meta.index}: applied only {self.applied_index()}")
         batch = WriteBatch(raw_mode=True)
-        batch.delete_range(log_key(0), log_key(index + 1))
-        self._write(batch, sync=False)
+        batch.delete_range(log_key(0), log_key(meta.index + 1))
+        batch.put(K_COMPACTED, _encode_compacted(meta))
+        self._write(batch, sync=True)
+
+    def compacted(self) -> SnapshotMeta | None:
+        """Where the log starts: the last compaction or installed snapshot."""
+        raw = self._db.get(K_COMPACTED)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(_unrecord(K_COMPACTED, raw))
+            return SnapshotMeta(
+                int(doc["index"]), int(doc["term"]), tuple(doc["voters"]), tuple(doc["learners"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageCorrupt(f"record {K_COMPACTED!r} is malformed: {exc}") from exc
 
     def sync(self) -> None:
         """Make every write so far durable (before a snapshot is taken of it)."""

@@ -76,6 +76,27 @@ def test_a_follower_behind_the_compaction_point_gets_install_snapshot() -> None:
     assert net.applied["n3"][-1].data == b"after"
 
 
+def test_no_snapshot_goes_to_a_follower_not_heard_from_until_it_answers() -> None:
+    """A snapshot may have to be written for its receiver: none is sent to a
+    follower that is down or cut off, only heartbeats, and the first answer
+    to one brings the snapshot."""
+    net = RaftNet()
+    net.isolate("n3")
+    net.elect("n1")  # n3 is probed, and never answers
+    net.tick_all(net.configs["n1"].election_ticks + 1)  # an election timeout without a word from n3
+    _fill(net, "n1", 6)
+    meta = net.compact("n1")
+    net.sent.clear()
+    net.tick_all(3 * net.configs["n1"].election_ticks)
+    assert net.nodes["n1"].role is Role.LEADER
+    to_n3 = [m for m in net.sent if m.dst == "n3"]
+    assert to_n3 and not [m for m in to_n3 if m.type is MessageType.SNAPSHOT]
+    net.heal()
+    net.tick_all(3)
+    assert net.installed["n3"] == [meta]
+    assert net.nodes["n3"].commit_index == net.nodes["n1"].commit_index
+
+
 def test_the_leader_sends_no_entries_while_a_snapshot_is_in_flight() -> None:
     net = RaftNet()
     net.elect("n1")

@@ -1,6 +1,9 @@
 """Real processes on loopback: a follower that was down while the others
 wrote and compacted their logs catches up through InstallSnapshot and ends
-with the same chain, hash for hash."""
+with the same chain, hash for hash. Compaction writes no snapshot file (the
+applied ledger in RocksDB is the snapshot); the leader writes one only when
+the follower needs it, and a node restarted after compaction starts from the
+recorded compaction point."""
 
 from __future__ import annotations
 
@@ -75,6 +78,8 @@ async def test_lagging_follower_catches_up_through_a_snapshot(cluster: LocalClus
             return s if s.snapshot_index > behind + 1 else None
 
         status = await wait_for(compacted, 30, "the leader compacting past the stopped follower")
+        leader_files = Path(cluster.node(leader)["data_dir"]) / "snapshots"
+        assert not list(leader_files.glob("*.fsnap")), "compaction alone must not write a snapshot file"
         cluster.restart(lagging)
 
         async def caught_up() -> bool | None:
@@ -93,6 +98,25 @@ async def test_lagging_follower_catches_up_through_a_snapshot(cluster: LocalClus
         )
         log = (Path(cluster.node(lagging)["data_dir"]) / "consensus.log").read_text()
         assert "installed snapshot" in log
+        assert len(list(leader_files.glob("*.fsnap"))) == 1, "one file, written for the lagging follower"
+
+        # Every node restarts from its compaction point (no file needed) and
+        # still serves the whole chain.
+        for nid in ids:
+            cluster.kill(nid)
+        for nid in ids:
+            cluster.restart(nid)
+        await wait_for(lambda: _leader(stubs), 30, "a leader after restarting every node")
+        entry = pb.LedgerEntry(client_id="after-restart", request_id=1, app=pb.AppEntry(payload=b"x"))
+        ack = await stubs[lagging].Submit(pb.SubmitRequest(entry=entry, timeout_ms=5000), timeout=10)
+        for nid in ids:
+            await wait_for(lambda nid=nid: _at_least(stubs[nid], ack.index), 20, f"{nid} applying after restart")
+            s = await stubs[nid].Status(pb.StatusRequest(), timeout=2)
+            assert s.snapshot_index > behind  # it started from its compaction point
+        chains = [await chain(stubs[nid]) for nid in ids]
+        for got in chains:
+            assert len(got) >= ack.block_height
+            assert got[: ack.block_height] == chains[0][: ack.block_height]
     finally:
         for ch in channels.values():
             await ch.close()

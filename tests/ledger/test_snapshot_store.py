@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetsuit.v1 import consensus_pb2 as pb
-from services.consensus.errors import SnapshotRejected
+from services.consensus.errors import SnapshotRejected, StorageError
 from services.consensus.ledger.machine import LedgerMachine, encode_batch
 from services.consensus.ledger.snapshot import (
     SnapshotFormatError,
@@ -58,6 +58,42 @@ def test_install_reproduces_the_applied_state(tmp_path: Path) -> None:
     assert machine.head_hash == src_machine.head_hash
     assert dst.get_request("client", 17) == src.get_request("client", 17)
     assert dst.load()[1] == []  # the log the snapshot covers is gone
+    src.close()
+    dst.close()
+
+
+def test_compaction_records_where_the_log_starts_and_survives_a_restart(tmp_path: Path) -> None:
+    storage, machine = _ledger(tmp_path / "a", 30)
+    storage.save(None, [_entry(i, "client", i) for i in range(1, 31)])
+    assert storage.compacted() is None
+    meta = SnapshotMeta(index=20, term=3, voters=("n1", "n2", "n3"), learners=("n4",))
+    storage.compact_log(meta)
+    assert [e.index for e in storage.load()[1]] == list(range(21, 31))
+    head = machine.head_hash
+    storage.close()
+    storage = RocksStorage(str(tmp_path / "a"), node_id="n1", cluster_id="c")
+    assert storage.compacted() == meta
+    assert [e.index for e in storage.load()[1]] == list(range(21, 31))
+    assert LedgerMachine(storage, cluster_id="c").head_hash == head  # the applied state is untouched
+    storage.close()
+
+
+def test_compaction_never_passes_the_applied_index(tmp_path: Path) -> None:
+    storage, _ = _ledger(tmp_path / "a", 10)
+    storage.save(None, [_entry(i, "client", i) for i in range(1, 16)])
+    with pytest.raises(StorageError, match="applied only 10"):
+        storage.compact_log(SnapshotMeta(index=12, term=3, voters=("n1",)))
+    assert storage.compacted() is None
+    assert len(storage.load()[1]) == 15
+    storage.close()
+
+
+def test_installing_a_snapshot_records_its_point_as_the_log_start(tmp_path: Path) -> None:
+    src, _ = _ledger(tmp_path / "a", 40)
+    data = _snapshot_bytes(src, META)
+    dst = RocksStorage(str(tmp_path / "b"), node_id="n2", cluster_id="c")
+    dst.install_snapshot(*read_snapshot(io.BytesIO(data), len(data)))
+    assert dst.compacted() == META
     src.close()
     dst.close()
 

@@ -279,8 +279,10 @@ class RaftNode:
         return SnapshotMeta(index, term, tuple(sorted(m.voters)), tuple(sorted(m.learners)))
 
     def compact(self, index: int) -> SnapshotMeta:
-        """The runtime stored a snapshot at applied ``index``: drop the log up to
-        it (Raft §7). Returns the snapshot's meta (``snapshot_meta(index)``)."""
+        """The state machine holds everything up to applied ``index`` durably
+        (the runtime's ledger, or a snapshot file): drop the log up to it
+        (Raft §7). Returns the snapshot's meta (``snapshot_meta(index)``).
+        A lagging follower is then sent a snapshot at or after ``index``."""
         meta = self.snapshot_meta(index)
         if index <= self._log.snapshot_index:
             return meta
@@ -827,7 +829,12 @@ class RaftNode:
         if prev_term is None:
             if prev > self._log.last_index:
                 raise LogInvariantError(f"next_index {pr.next_index} of {to} beyond our log")
-            self._send_snapshot(to, pr)
+            if pr.recent_active:
+                # Not to a follower we have not heard from lately (down, or
+                # cut off): a snapshot may have to be written for it, for
+                # nothing. Heartbeats reach it meanwhile, and its first
+                # answer makes it active again (etcd's raft does the same).
+                self._send_snapshot(to, pr)
             return False
         cfg = self._config
         entries = self._log.slice_limited(
@@ -874,7 +881,7 @@ class RaftNode:
             pr.probe_sent = False
             if self._send_append(to, send_if_empty=True, read_id=read_id):
                 return
-            if pr.state is ProgressState.PROBE:
+            if pr.state is ProgressState.PROBE and self._log.term_at(pr.next_index - 1) is not None:
                 return
         # Anchored at the known match, so it always succeeds and carries a commit
         # index the follower is sure to hold. Below our snapshot the match's
