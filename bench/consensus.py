@@ -11,6 +11,12 @@ rows and to the survivors for the failover rows. One Python client process
 tops out near 1,500-2,000 calls/s, so the load rows spread their clients
 over up to 4 client processes (the same split for both systems).
 
+Both clusters run side by side for the whole load part, and the rounds of a
+row are interleaved (fleetsuit unary, stream, batch, etcd; again; again):
+a host that slows down for a minute slows every system of the row alike
+instead of the one that happened to run then. The cluster not being
+measured idles meanwhile.
+
 fleetsuit is driven three ways: unary Submit (one call per entry, as etcd's
 Put), SubmitStream (one stream per client, one entry in flight), and the
 SubmitBatcher client library (the clients of one process share a
@@ -351,23 +357,31 @@ async def load_round(
     }
 
 
-async def measure_load(system: Any, kind: str, sizes: tuple[int, ...] = SIZES) -> list[dict[str, Any]]:
-    rows = []
+async def measure_load(
+    runs: list[tuple[Any, str]], sizes: tuple[int, ...] = SIZES
+) -> dict[str, list[dict[str, Any]]]:
+    """Every (system, kind) of ``runs`` for every row, their rounds
+    interleaved (A B C A B C ...): a host that slows down for a minute slows
+    every system of the row alike, rather than the one that ran then."""
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for _, kind in runs}
     pool = ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn"))
     try:
         for size in sizes:
             for clients in CLIENTS:
-                rows.append(await _load_row(system, pool, kind, clients, size))
+                rounds: dict[str, list[dict[str, float]]] = {kind: [] for _, kind in runs}
+                for system, kind in runs:
+                    await load_round(system, pool, kind, clients, size, 0.5)  # warm-up
+                for _ in range(ROUNDS):
+                    for system, kind in runs:
+                        rounds[kind].append(await load_round(system, pool, kind, clients, size, ROUND_S))
+                for _, kind in runs:
+                    out[kind].append(_row(kind, clients, size, rounds[kind]))
     finally:
         pool.shutdown()
-    return rows
+    return out
 
 
-async def _load_row(
-    system: Any, pool: ProcessPoolExecutor, kind: str, clients: int, size: int
-) -> dict[str, Any]:
-    await load_round(system, pool, kind, clients, size, 0.5)  # warm-up
-    rounds = [await load_round(system, pool, kind, clients, size, ROUND_S) for _ in range(ROUNDS)]
+def _row(kind: str, clients: int, size: int, rounds: list[dict[str, float]]) -> dict[str, Any]:
     row = {
         "clients": clients,
         "size": size,
@@ -426,26 +440,38 @@ async def run(results_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "systems": {}}
     try:
         rpc_pb2, rpc_grpc = load_stubs(root / "etcd-stubs")
-        factories = (lambda: Fleetsuit(root), lambda: Etcd(root, rpc_pb2, rpc_grpc), lambda: Noop(root))
-        for factory in factories:
-            system = factory()
+        # Both clusters run side by side; the one not being measured idles.
+        fleetsuit = Fleetsuit(root)
+        try:
+            etcd = Etcd(root, rpc_pb2, rpc_grpc)
             try:
-                await _until(system.leader, 30, f"{system.name} leader")
-                if system.name == "noop":
-                    out["grpc_ceiling"] = {
-                        "unary": await measure_load(system, "fleetsuit", sizes=(256,)),
-                        "stream": await measure_load(system, "fleetsuit-stream", sizes=(256,)),
-                        "batch": await measure_load(system, "fleetsuit-batch", sizes=(256,)),
-                    }
-                    continue
-                result: dict[str, Any] = {"load": await measure_load(system, system.name)}
-                if system.name == "fleetsuit":
-                    result["load_stream"] = await measure_load(system, "fleetsuit-stream")
-                    result["load_batch"] = await measure_load(system, "fleetsuit-batch")
-                result["failover"] = await measure_failover(system)
-                out["systems"][system.name] = result
+                for system in (fleetsuit, etcd):
+                    await _until(system.leader, 30, f"{system.name} leader")
+                loads = await measure_load([
+                    (fleetsuit, "fleetsuit"), (fleetsuit, "fleetsuit-stream"),
+                    (fleetsuit, "fleetsuit-batch"), (etcd, "etcd"),
+                ])
+                out["systems"]["fleetsuit"] = {
+                    "load": loads["fleetsuit"], "load_stream": loads["fleetsuit-stream"],
+                    "load_batch": loads["fleetsuit-batch"], "failover": await measure_failover(fleetsuit),
+                }
+                out["systems"]["etcd"] = {"load": loads["etcd"], "failover": await measure_failover(etcd)}
             finally:
-                await system.close()
+                await etcd.close()
+        finally:
+            await fleetsuit.close()
+        noop = Noop(root)
+        try:
+            await _until(noop.leader, 30, "noop leader")
+            ceiling = await measure_load(
+                [(noop, "fleetsuit"), (noop, "fleetsuit-stream"), (noop, "fleetsuit-batch")], sizes=(256,)
+            )
+            out["grpc_ceiling"] = {
+                "unary": ceiling["fleetsuit"], "stream": ceiling["fleetsuit-stream"],
+                "batch": ceiling["fleetsuit-batch"],
+            }
+        finally:
+            await noop.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     fs, et = out["systems"]["fleetsuit"], out["systems"]["etcd"]
