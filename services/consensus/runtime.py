@@ -514,14 +514,15 @@ class ConsensusNode:
                 self._queue.append(key)
 
     def _apply(self, entries: list) -> None:  # type: ignore[type-arg]
-        results = self.machine.apply(entries)
-        applied_count = 0
+        results: list[Applied] = self.machine.apply(entries)  # type: ignore[assignment]
+        applied_count = len(results)
+        waiting_by_key = self._waiting
         for result in results:
-            assert isinstance(result, Applied)
-            applied_count += 0 if result.duplicate else 1
-            if result.key is None:
-                continue
-            waiting = self._waiting.pop(result.key, None)
+            if result.duplicate:
+                applied_count -= 1
+            if not waiting_by_key or result.key is None:
+                continue  # a follower's usual case: nobody here waits
+            waiting = waiting_by_key.pop(result.key, None)
             if waiting is None:
                 continue
             for fut in waiting.futures:
@@ -603,8 +604,10 @@ class ConsensusNode:
         self._storage.sync()  # the applied state the view holds is durable
         view = self._storage.state_view()
         self._snapshot_meta = meta
-        self._snapshot_task = asyncio.create_task(self._write_snapshot(meta, view), name="snapshot")
-        return self._snapshot_task
+        task = asyncio.create_task(self._write_snapshot(meta, view), name="snapshot")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged and counted there
+        self._snapshot_task = task
+        return task
 
     async def _write_snapshot(self, meta: SnapshotMeta, view: StateView) -> SnapshotMeta:
         assert self.snapshots is not None

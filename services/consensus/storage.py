@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import StorageCorrupt, StorageError, StorageFull, WrongDataDirectory
 from .ledger.snapshot import ALLOWED_KEYS, ALLOWED_PREFIXES
@@ -55,6 +55,7 @@ FORMAT_VERSION = b"1"
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">QB")
 _HS_HEAD = struct.Struct(">QQ")
+_ANSWER = struct.Struct(">QQ")  # a request's stored answer: index, block height
 
 K_FORMAT = b"m/format"
 K_IDENTITY = b"m/identity"
@@ -138,6 +139,12 @@ class RocksStorage:
         os.makedirs(path, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # Bloom filters: every submission looks its request key up (on the
+        # leader twice), and nearly every lookup misses; a filter answers a
+        # miss without reading blocks (about 1.2 -> 0.5 µs here).
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
         try:
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception
@@ -273,8 +280,13 @@ class RocksStorage:
         raw = self._db.get(request_key(client_id, request_id))
         if raw is None:
             return None
-        index, height = struct.unpack(">QQ", raw)
+        index, height = _ANSWER.unpack(raw)
         return int(index), int(height)
+
+    def get_request_raw(self, key: bytes) -> bytes | None:
+        """The stored answer (u64 index | u64 height) under a ``request_key``."""
+        raw = self._db.get(key)
+        return None if raw is None else bytes(raw)
 
     def member_key(self, node_id: str) -> bytes | None:
         raw = self._db.get(P_KEY + node_id.encode())
@@ -296,7 +308,7 @@ class RocksStorage:
         self,
         applied: int,
         blocks: Sequence[tuple[int, bytes]],
-        requests: Sequence[tuple[str, int, int, int]],
+        requests: Sequence[tuple[bytes, int, int]],
         member_keys: Sequence[tuple[str, bytes | None]] = (),
         addresses: Sequence[tuple[str, str | None]] = (),
     ) -> None:
@@ -310,8 +322,8 @@ class RocksStorage:
                 batch.put(P_ADDRESS + node_id.encode(), address.encode())
         for height, encoded in blocks:
             batch.put(block_key(height), _record(encoded))
-        for client_id, request_id, index, height in requests:
-            batch.put(request_key(client_id, request_id), struct.pack(">QQ", index, height))
+        for key, index, height in requests:  # key: request_key(client_id, request_id)
+            batch.put(key, _ANSWER.pack(index, height))
         for node_id, public_key in member_keys:
             if public_key is None:
                 batch.delete(P_KEY + node_id.encode())

@@ -51,6 +51,25 @@ def test_a_retried_request_is_applied_once_and_gets_the_first_answer(tmp_path: P
     storage.close()
 
 
+def test_a_request_twice_in_one_batch_or_one_apply_is_answered_with_its_block(tmp_path: Path) -> None:
+    """A retry that lands in the same batch as the original, or in a later
+    entry of the same apply, gets the original's index and block height."""
+    storage, m = _machine(tmp_path)
+    results = m.apply([
+        Entry(term=1, index=1, data=encode_batch([_payload("a", 1), _payload("b", 1), _payload("a", 1)])),
+        Entry(term=1, index=2, data=encode_batch([_payload("b", 1), _payload("c", 1)])),
+    ])
+    answers = [(r.key.client_id, r.index, r.block_height, r.duplicate) for r in results]  # type: ignore[attr-defined]
+    assert sorted(answers) == [
+        ("a", 1, 1, False), ("a", 1, 1, True), ("b", 1, 1, False), ("b", 1, 1, True), ("c", 2, 2, False),
+    ]
+    first, second = m.get_block(1), m.get_block(2)
+    assert first is not None and len(first.entries) == 2
+    assert second is not None and len(second.entries) == 1
+    assert storage.get_request("a", 1) == (1, 1) and storage.get_request("c", 1) == (2, 2)
+    storage.close()
+
+
 def test_restart_resumes_the_chain(tmp_path: Path) -> None:
     storage, m = _machine(tmp_path)
     m.apply([Entry(term=1, index=1, data=encode_batch([_payload("a", 1)]))])

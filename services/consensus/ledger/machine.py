@@ -19,6 +19,7 @@ new key (the first key recorded while a node is a member stands).
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from ..convert import block_from_pb, block_to_pb
 from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
 from ..raft.roles import RequestKey
 from ..raft.types import Entry, EntryType
-from ..storage import RocksStorage
+from ..storage import RocksStorage, request_key
 from .block import GENESIS_HASH, BlockData, make_block
 from .certify import key_message, verify
 
@@ -46,6 +47,7 @@ class Applied(NamedTuple):
 
 
 MAX_CONTEXT_BYTES = 1024
+_ANSWER = struct.Struct(">QQ")  # a request's stored answer: index, block height
 
 
 def encode_member_context(address: str) -> bytes:
@@ -127,14 +129,20 @@ class LedgerMachine:
         return self._head_hash
 
     def apply(self, entries: Sequence[Entry]) -> list[object]:
+        """Apply committed entries; one ``Applied`` per ledger entry, in order
+        (a duplicate's answer follows the first one's when both are in the
+        same batch). The loop runs once per submission on every node, so it
+        computes each request key once, for the lookup and the write."""
         results: list[object] = []
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
-        requests: list[tuple[str, int, int, int]] = []
+        requests: list[tuple[bytes, int, int]] = []
         member_keys: dict[str, bytes | None] = {}
         addresses: dict[str, str | None] = {}
         changes: list[ConfChange] = []
-        seen_now: dict[RequestKey, tuple[int, int]] = {}
+        seen_now: dict[bytes, tuple[int, int]] = {}  # request key -> (index, height) in this call
+        lookup = self._storage.get_request_raw
+        inspect = self._inspector.inspect
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
@@ -145,35 +153,54 @@ class LedgerMachine:
             if entry.type != EntryType.NORMAL:
                 continue
             included: list[bytes] = []
-            pending: list[RequestKey | None] = []
+            keys: list[tuple[RequestKey, bytes] | None] = []
+            again: list[RequestKey] = []  # duplicates of this batch's own entries
             for payload in decode_batch(entry.data):
-                key, decoded = self._inspector.inspect(payload)
+                key, decoded = inspect(payload)
+                if decoded is None:
+                    included.append(payload)  # not a ledger entry: kept as it is, the log ordered it
+                    keys.append(None)
+                    continue
                 if key is not None:
-                    earlier = seen_now.get(key) or self._storage.get_request(
-                        key.client_id, key.request_id
-                    )
+                    rkey = request_key(key.client_id, key.request_id)
+                    earlier = seen_now.get(rkey)
+                    if earlier is None:
+                        raw = lookup(rkey)
+                        if raw is not None:
+                            earlier = _ANSWER.unpack(raw)
                     if earlier is not None:
-                        results.append(Applied(key, earlier[0], earlier[1], True))
+                        if earlier[1] == 0:
+                            again.append(key)  # its height is known once the block is
+                        else:
+                            results.append(Applied(key, earlier[0], earlier[1], True))
                         continue
-                    seen_now[key] = (entry.index, 0)  # height filled below
+                    seen_now[rkey] = (entry.index, 0)
+                    keys.append((key, rkey))
+                else:
+                    keys.append(None)
                 included.append(payload)
-                pending.append(key)
-                if decoded is not None and decoded.HasField("membership_changed"):
+                if decoded.HasField("membership_changed"):
                     self._register_keys(decoded, member_keys)
             if not included:
                 continue
             block = make_block(
                 self._height + 1, self._head_hash, entry.index, entry.index, entry.term, included
             )
-            self._height = block.height
+            height = self._height = block.height
             self._head_hash = block.hash
-            blocks.append((block.height, block_to_pb(block).SerializeToString()))
+            blocks.append((height, block_to_pb(block).SerializeToString()))
             new_blocks.append(block)
-            for key in pending:
-                if key is not None:
-                    seen_now[key] = (entry.index, block.height)
-                    requests.append((key.client_id, key.request_id, entry.index, block.height))
-                results.append(Applied(key, entry.index, block.height, False))
+            index = entry.index
+            for item in keys:
+                if item is None:
+                    results.append(Applied(None, index, height, False))
+                    continue
+                key, rkey = item
+                seen_now[rkey] = (index, height)
+                requests.append((rkey, index, height))
+                results.append(Applied(key, index, height, False))
+            for key in again:
+                results.append(Applied(key, index, height, True))
         self._storage.write_applied(
             self._applied, blocks, requests, list(member_keys.items()), list(addresses.items())
         )
