@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fleetsuit.v1 import consensus_pb2 as pb
 
@@ -94,10 +94,19 @@ SIGN_INTERVAL_S = 0.05  # batch block signatures: at most 20 pushes a second per
 PULL_AFTER_ROUNDS = 2  # pull signatures once certification has not moved for this many rounds
 
 
+class Waiter(Protocol):
+    """Who hears a submission's answer: an asyncio future, or an object with
+    the same three methods that passes the answer on at once."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Applied, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass
 class _Waiting:
     payload: bytes
-    futures: list[asyncio.Future[Applied]]
+    futures: list[Waiter]
     proposed_term: int = -1  # term in which it was last proposed (-1: not yet)
     proposed_at: float = 0.0  # monotonic time of the last proposal
 
@@ -180,7 +189,7 @@ class ConsensusNode:
         self._waiting: dict[RequestKey, _Waiting] = {}
         # Submission deadlines, checked every tick: a heap instead of a timer
         # handle (and a done callback to cancel it) per submission.
-        self._deadlines: list[tuple[float, int, RequestKey, asyncio.Future[Applied], float]] = []
+        self._deadlines: list[tuple[float, int, RequestKey, Waiter, float]] = []
         self._deadline_seq = 0
         self._leader = ""
         self._stopped = False
@@ -264,41 +273,49 @@ class ConsensusNode:
     def submit_future(self, payload: bytes, key: RequestKey, timeout_s: float) -> asyncio.Future[Applied]:
         """Queue a submission; the future resolves with its ``Applied`` answer,
         or fails with a ConsensusError (CommitTimeout, NoLeader, ...) at the
-        deadline. No task or timer per submission: the deadline goes into a
-        heap that the ticker checks (``_expire_due``)."""
-        loop = self._aio_loop or asyncio.get_running_loop()
-        fut: asyncio.Future[Applied] = loop.create_future()
+        deadline."""
+        fut: asyncio.Future[Applied] = (self._aio_loop or asyncio.get_running_loop()).create_future()
+        self.submit_waiter(payload, key, timeout_s, fut)
+        return fut
+
+    def submit_waiter(self, payload: bytes, key: RequestKey, timeout_s: float, waiter: Waiter) -> None:
+        """Queue a submission answered through ``waiter``: a future, or an
+        object that answers at once when called (the streams' way: no future
+        and no callback scheduled through the loop per submission). No task
+        or timer per submission either: the deadline goes into a heap that
+        the ticker checks (``_expire_due``)."""
         if self._stopped:
-            fut.set_exception(ShuttingDown("node is shutting down"))
-            return fut
+            waiter.set_exception(ShuttingDown("node is shutting down"))
+            return
         if self.fatal is not None:
-            fut.set_exception(StorageError(f"node stopped: {self.fatal}"))
-            return fut
+            waiter.set_exception(StorageError(f"node stopped: {self.fatal}"))
+            return
         if len(payload) > self._max_batch_bytes:
-            fut.set_exception(InvalidEntry(f"entry of {len(payload)} bytes exceeds {self._max_batch_bytes}"))
-            return fut
+            waiter.set_exception(InvalidEntry(f"entry of {len(payload)} bytes exceeds {self._max_batch_bytes}"))
+            return
         earlier = self._storage.get_request(key.client_id, key.request_id)
         if earlier is not None:
-            fut.set_result(Applied(key, earlier[0], earlier[1], True))
-            return fut
+            waiter.set_result(Applied(key, earlier[0], earlier[1], True))
+            return
         waiting = self._waiting.get(key)
         if waiting is None and len(self._waiting) >= self._max_pending:
             self._metrics.proposals_failed.labels("overloaded").inc()
-            fut.set_exception(Overloaded(
+            waiter.set_exception(Overloaded(
                 f"{len(self._waiting)} submissions are already waiting for commit on this node; retry later"
             ))
-            return fut
+            return
         if waiting is None:
-            self._waiting[key] = _Waiting(payload, [fut])
+            self._waiting[key] = _Waiting(payload, [waiter])
             self._queue.append(key)
         else:
-            waiting.futures.append(fut)
+            waiting.futures.append(waiter)
         self._deadline_seq += 1
         heapq.heappush(
-            self._deadlines, (loop.time() + timeout_s, self._deadline_seq, key, fut, timeout_s)
+            self._deadlines,
+            ((self._aio_loop or asyncio.get_running_loop()).time() + timeout_s, self._deadline_seq, key,
+             waiter, timeout_s),
         )
         self._wake.set()
-        return fut
 
     def _expire_due(self) -> None:
         """Fail the submissions whose deadline has passed (at tick precision)."""
@@ -311,7 +328,7 @@ class ConsensusNode:
             if not fut.done():
                 self._expire(key, fut, timeout_s)
 
-    def _expire(self, key: RequestKey, fut: asyncio.Future[Applied], timeout_s: float) -> None:
+    def _expire(self, key: RequestKey, fut: Waiter, timeout_s: float) -> None:
         if fut.done():
             return
         waiting = self._waiting.get(key)
@@ -466,6 +483,10 @@ class ConsensusNode:
         if leader != self._leader:
             if leader:
                 self._metrics.leader_changes.inc()
+                log.info("leader is %s in term %d%s", leader, self._core.term,
+                         " (this node)" if leader == self.config.node_id else "")
+            else:
+                log.info("no leader in term %d (was %s)", self._core.term, self._leader)
             self._leader = leader
             # Re-propose everything in flight to the new leader (idempotent).
             for key, waiting in self._waiting.items():

@@ -440,24 +440,21 @@ class _Submissions:
                 error_code=exc.code, error_message=str(exc)))
             return
         self._pending += 1
-        fut = self._node.submit_future(
-            payload, RequestKey(entry.client_id, entry.request_id), timeout_s
+        self._node.submit_waiter(
+            payload, RequestKey(entry.client_id, entry.request_id), timeout_s, _Answer(self, entry)
         )
-        fut.add_done_callback(lambda f, e=entry: self._answer(e, f))
 
     def done_reading(self) -> None:
         self._reading = False
         if self._pending == 0:
             self.answers.put_nowait(None)
 
-    def _answer(self, entry: pb.LedgerEntry, fut: asyncio.Future[Applied]) -> None:
+    def answer(self, entry: pb.LedgerEntry, result: Applied | None, exc: BaseException | None) -> None:
         self._pending -= 1
-        exc = fut.exception()
-        if exc is None:
-            r = fut.result()
+        if result is not None:
             self.answers.put_nowait(pb.SubmitStreamResponse(
-                client_id=entry.client_id, request_id=entry.request_id, index=r.index,
-                block_height=r.block_height, duplicate=r.duplicate))
+                client_id=entry.client_id, request_id=entry.request_id, index=result.index,
+                block_height=result.block_height, duplicate=result.duplicate))
         else:
             code = exc.code if isinstance(exc, ConsensusError) else "INTERNAL"
             self.answers.put_nowait(pb.SubmitStreamResponse(
@@ -465,6 +462,32 @@ class _Submissions:
                 error_code=code, error_message=str(exc)))
         if not self._reading and self._pending == 0:
             self.answers.put_nowait(None)
+
+
+class _Answer:
+    """A stream entry's waiter (runtime.Waiter): the runtime's answer goes
+    into the stream's queue the moment it is known, with no future and no
+    callback scheduled through the event loop per entry."""
+
+    __slots__ = ("_entry", "_pump", "_done")
+
+    def __init__(self, pump: _Submissions, entry: pb.LedgerEntry) -> None:
+        self._pump = pump
+        self._entry = entry
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Applied, /) -> None:
+        if not self._done:
+            self._done = True
+            self._pump.answer(self._entry, result, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if not self._done:
+            self._done = True
+            self._pump.answer(self._entry, None, exception)
 
 
 @dataclass

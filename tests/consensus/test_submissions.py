@@ -1,5 +1,5 @@
 """The submissions of one SubmitStream / SubmitBatches call, with a scripted
-node: answers are queued as their futures resolve, a typed error answers an
+node: answers are queued as the runtime answers each entry's waiter, a typed error answers an
 invalid entry at once, and a client that does not read its answers stops
 being read once the stream's limit of outstanding entries is reached."""
 
@@ -13,17 +13,18 @@ from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.errors import CommitTimeout, InvalidEntry
 from services.consensus.ledger.machine import Applied
 from services.consensus.raft.roles import RequestKey
+from services.consensus.runtime import Waiter
 from services.consensus.server import _Submissions
 
 
 class ScriptedNode:
-    def __init__(self) -> None:
-        self.futures: dict[RequestKey, asyncio.Future[Applied]] = {}
+    """Keeps each submission's waiter; a test answers them as the runtime would."""
 
-    def submit_future(self, payload: bytes, key: RequestKey, timeout_s: float) -> asyncio.Future[Applied]:
-        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        self.futures[key] = fut
-        return fut
+    def __init__(self) -> None:
+        self.futures: dict[RequestKey, Waiter] = {}
+
+    def submit_waiter(self, payload: bytes, key: RequestKey, timeout_s: float, waiter: Waiter) -> None:
+        self.futures[key] = waiter
 
 
 def _prepare(request: pb.SubmitRequest) -> tuple[bytes, float]:
@@ -81,3 +82,21 @@ async def test_a_client_that_does_not_read_stops_being_read_at_the_limit() -> No
     pump.answers.get_nowait()
     pump.taken()  # the stream sent it
     assert not await _blocked(pump)
+
+
+@pytest.mark.asyncio
+async def test_an_entry_is_answered_once_even_if_its_waiter_is_answered_twice() -> None:
+    """A deadline that fires just before the entry applies: the stream
+    carries the first answer only, and the entry stops counting as pending."""
+    node = ScriptedNode()
+    pump = _Submissions(node, _prepare, "stream")  # type: ignore[arg-type]
+    pump.submit(_request(1))
+    waiter = node.futures[RequestKey("c", 1)]
+    assert not waiter.done()
+    waiter.set_exception(CommitTimeout("late"))
+    waiter.set_result(Applied(RequestKey("c", 1), 5, 1, False))
+    assert waiter.done()
+    first = await pump.answers.get()
+    assert first is not None and first.error_code == "COMMIT_TIMEOUT"
+    pump.done_reading()
+    assert await pump.answers.get() is None  # no second answer, nothing pending
