@@ -40,11 +40,15 @@ class ConsensusConfig:
     max_pending_submissions: int = 50_000
     log_level: str = "INFO"
     key_file: str = ""  # the node's block-signing key; default DATA/node.key
-    # Raft §7: snapshot the ledger every this many applied entries, then
-    # compact the log behind it once this many more are applied (a tail for
-    # followers only a little behind).
+    # Raft §7: compact the log every this many applied entries, keeping this
+    # many behind the applied index (a tail for followers only a little
+    # behind); no file is written, the applied ledger is the snapshot ...
     snapshot_entries: int = 10_000
     snapshot_keep_entries: int = 1_000
+    # ... or once the log held in memory reaches this many bytes (large
+    # entries), keeping a tail of at most half of them: bounds a node's
+    # memory whatever the entries' size.
+    compact_log_bytes: int = 128 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot chunk size
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
     # Join a running cluster: start as a learner; peers = its current voters.
@@ -75,6 +79,8 @@ class ConsensusConfig:
             raise ConfigError("snapshot_entries must be >= 1")
         if not 0 <= self.snapshot_keep_entries < self.snapshot_entries:
             raise ConfigError("snapshot_keep_entries must be >= 0 and below snapshot_entries")
+        if self.compact_log_bytes < 1024 * 1024:
+            raise ConfigError("compact_log_bytes must be at least 1 MiB")
         if not 1024 <= self.snapshot_chunk_bytes <= 16 * 1024 * 1024:
             raise ConfigError("snapshot_chunk_bytes must be between 1 KiB and 16 MiB")
 
@@ -116,6 +122,9 @@ class ConsensusConfig:
         p.add_argument("--snapshot-keep-entries", type=int,
                        default=env_int("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", 1_000, env),
                        help="log entries kept behind a snapshot for slightly lagging followers")
+        p.add_argument("--compact-log-bytes", type=int,
+                       default=env_int("FLEETSUIT_COMPACT_LOG_BYTES", 128 * 1024 * 1024, env),
+                       help="also compact once the Raft log held in memory reaches this many bytes")
         p.add_argument("--snapshot-chunk-bytes", type=int,
                        default=env_int("FLEETSUIT_SNAPSHOT_CHUNK_BYTES", 1024 * 1024, env))
         p.add_argument("--join", action="store_true",
@@ -140,6 +149,7 @@ class ConsensusConfig:
             snapshot_entries=a.snapshot_entries,
             snapshot_keep_entries=a.snapshot_keep_entries,
             snapshot_chunk_bytes=a.snapshot_chunk_bytes,
+            compact_log_bytes=a.compact_log_bytes,
             join=a.join,
         )
         config.validate()

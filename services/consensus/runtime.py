@@ -15,10 +15,12 @@ idempotency keys make the retry harmless, and a failover costs one election
 instead of a client timeout.
 
 Compaction and snapshots (Raft §7): the applied ledger is durable in
-RocksDB, so every ``snapshot_entries`` applied entries the core and the stored
-log are compacted up to ``snapshot_keep_entries`` behind the applied index (a
-tail for followers that are only a little behind), with no file written: the
-cost does not grow with the ledger. A snapshot file is written only when a
+RocksDB, so every ``snapshot_entries`` applied entries, or once the log held
+in memory reaches ``compact_log_bytes``, the core and the stored log are
+compacted up to ``snapshot_keep_entries`` behind the applied index (a tail
+for followers that are only a little behind, of at most half those bytes),
+with no file written: the cost does not grow with the ledger, and the memory
+the log takes is bounded whatever the entries' size. A snapshot file is written only when a
 follower needs one (a SNAPSHOT message from the core): from a consistent
 RocksDB view of the applied state, by a thread, and then streamed to the peer
 in chunks by a task of its own, which reports back with ``snapshot_status``
@@ -132,6 +134,7 @@ class ConsensusNode:
         snapshot_entries: int = 10_000,
         snapshot_keep_entries: int = 1_000,
         snapshot_chunk_bytes: int = 1024 * 1024,
+        compact_log_bytes: int = 128 * 1024 * 1024,
         addresses: dict[str, str] | None = None,
     ) -> None:
         self.config = raft_config
@@ -173,6 +176,9 @@ class ConsensusNode:
         self.certifier: Certifier | None = None
         self._build_certifier()
         self._compacted = snapshot.index if snapshot else 0  # where the log starts
+        self._compact_bytes = compact_log_bytes
+        self._log_bytes = self._core.log_bytes  # payload bytes of the log held in memory
+        self._compact_retry_at = 0
         self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
         self._snapshot_meta: SnapshotMeta | None = None  # the file being written
         self._sending: dict[str, asyncio.Task[None]] = {}
@@ -422,6 +428,7 @@ class ConsensusNode:
                 self._metrics.fsync_duration.observe(time.perf_counter() - started)
             if rd.entries:
                 self._learn_addresses(rd.entries)
+                self._log_bytes += sum(len(e.data) for e in rd.entries)
             snapshots = [m for m in messages if m.type == MessageType.SNAPSHOT]
             if snapshots:
                 messages = [m for m in messages if m.type != MessageType.SNAPSHOT]
@@ -586,22 +593,30 @@ class ConsensusNode:
     def _maybe_compact(self) -> None:
         """Raft §7 log compaction. The applied ledger is durable in RocksDB, so
         compacting writes no snapshot file: every ``snapshot_entries``
-        applied entries the log is cut ``snapshot_keep_entries`` behind the
-        applied index (a tail for followers that are only a little behind).
-        Never past a snapshot file being written or sent: a follower
-        installing it needs the entries after it."""
+        applied entries, or once the log in memory holds ``compact_log_bytes``,
+        the log is cut ``snapshot_keep_entries`` behind the applied index, or
+        closer if those would hold more than half the bytes (a tail for
+        followers that are only a little behind). Never past a snapshot file
+        being written or sent: a follower installing it needs the entries
+        after it."""
         if self.snapshots is None:
             return
-        target = self.machine.applied_index() - self._snapshot_keep
-        if target - self._compacted < self._snapshot_entries:
-            return  # the common case, checked first: no status built per round
+        applied = self.machine.applied_index()
+        by_count = applied - self._snapshot_keep - self._compacted >= self._snapshot_entries
+        by_bytes = self._log_bytes >= self._compact_bytes
+        if not (by_count or by_bytes) or applied < self._compact_retry_at:
+            return  # the common case, checked first: a few comparisons per round
+        core = self._core
+        target = core.compaction_index(self._snapshot_keep, self._compact_bytes // 2)
         for meta in self._busy_metas():
             target = min(target, meta.index)
-        if target - self._compacted < self._snapshot_entries:
+        if target <= self._compacted or (not by_bytes and target - self._compacted < self._snapshot_entries):
+            self._compact_retry_at = applied + 64  # a snapshot being sent holds it back: not every round
             return
-        meta = self._core.compact(target)
+        meta = core.compact(target)
         self._storage.compact_log(meta)
         self._compacted = meta.index
+        self._log_bytes = core.log_bytes
         self._metrics.snapshot_index.set(meta.index)
         keep = {m.index for m in self._busy_metas()}
         self.snapshots.prune(m.index for m in self.snapshots.list() if m.index >= meta.index or m.index in keep)
@@ -741,6 +756,7 @@ class ConsensusNode:
         self.addresses.update(storage.addresses())
         store.prune([meta.index])
         self._compacted = meta.index
+        self._log_bytes = self._core.log_bytes
         self._metrics.snapshots.labels("installed").inc()
         self._metrics.snapshot_bytes.set(store.size_of(meta))
         self._metrics.snapshot_duration.labels("install").observe(time.perf_counter() - started)

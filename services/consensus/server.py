@@ -535,6 +535,7 @@ def build_node(
         snapshot_entries=config.snapshot_entries,
         snapshot_keep_entries=config.snapshot_keep_entries,
         snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+        compact_log_bytes=config.compact_log_bytes,
         addresses=addresses,
     )
     return node, transport

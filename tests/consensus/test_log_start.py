@@ -75,3 +75,25 @@ def test_an_older_data_directory_starts_from_its_newest_snapshot_file(tmp_path: 
     assert [e.index for e in storage.load()[1]] == list(range(26, 31))
     assert store.list() == [newest]  # the one that can still serve a lagging follower
     storage.close()
+
+
+def test_a_log_that_outgrows_its_byte_bound_is_compacted_before_the_entry_count(tmp_path: Path) -> None:
+    """Large entries: the log held in memory is bounded by bytes, keeping a
+    tail of at most half of them behind the applied index."""
+    storage = _applied_storage(tmp_path, 30)
+    store = FileSnapshotStore(tmp_path / "snapshots")
+    entry_bytes = len(_entries(1)[0].data)
+    node = ConsensusNode(
+        RaftConfig("n1", VOTERS), storage, NoTransport(), ConsensusMetrics(),  # type: ignore[arg-type]
+        random.Random(1), tick_s=0.01, snapshots=store, snapshot_entries=10_000,
+        compact_log_bytes=20 * entry_bytes,
+    )
+    node._maybe_compact()  # 30 entries held: over the bound of 20
+    status = node.status()
+    assert status["snapshot_index"] == 20  # a tail of 10 entries, half the bound
+    assert [e.index for e in storage.load()[1]] == list(range(21, 31))
+    assert storage.compacted() == SnapshotMeta(20, 1, VOTERS)
+    assert store.list() == []  # and no file written
+    node._maybe_compact()  # 10 entries held: nothing to do
+    assert node.status()["snapshot_index"] == 20
+    storage.close()

@@ -234,3 +234,16 @@ def test_log_with_a_snapshot_offset_finds_conflicts_within_its_entries() -> None
     assert log.last_index_of_term(2, 6) == 5
     assert log.last_index_of_term(1, 6) == 0
     assert log.slice(1, 5) == [Entry(2, 4)]
+
+
+def test_the_compaction_index_keeps_a_tail_bounded_by_count_and_by_bytes() -> None:
+    net = RaftNet()
+    leader = net.elect("n1")
+    _fill(net, "n1", 10)  # 10 payloads of 2 bytes after the leader's empty entry
+    applied = leader.status().applied_index
+    assert leader.log_bytes == sum(len(b"p%d" % i) for i in range(10))
+    assert leader.compaction_index(keep_entries=4, keep_bytes=1_000) == applied - 4
+    assert leader.compaction_index(keep_entries=4, keep_bytes=4) == applied - 2  # two 2-byte entries fit
+    assert leader.compaction_index(keep_entries=0, keep_bytes=1_000) == applied
+    net.compact("n1", applied - 3)
+    assert leader.compaction_index(keep_entries=100, keep_bytes=1_000) == applied - 3  # never backwards

@@ -177,6 +177,20 @@ class RaftLog:
         self.commit = index
         return True
 
+    def size(self) -> int:
+        """Payload bytes of every entry held (what compaction frees)."""
+        return sum(len(e.data) for e in self._entries)
+
+    def tail_start(self, max_bytes: int) -> int:
+        """The lowest index after which the entries held fit in ``max_bytes``
+        (``snapshot_index`` when they all do)."""
+        total = 0
+        for e in reversed(self._entries):
+            total += len(e.data)
+            if total > max_bytes:
+                return e.index
+        return self.snapshot_index
+
     def compact(self, index: int) -> None:
         """Forget the entries up to ``index`` (a snapshot covers them). Only
         applied, durable entries may be compacted."""

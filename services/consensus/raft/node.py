@@ -278,6 +278,20 @@ class RaftNode:
         m = self._membership_at(index)
         return SnapshotMeta(index, term, tuple(sorted(m.voters)), tuple(sorted(m.learners)))
 
+    @property
+    def log_bytes(self) -> int:
+        """Payload bytes of the entries the core holds in memory."""
+        return self._log.size()
+
+    def compaction_index(self, keep_entries: int, keep_bytes: int) -> int:
+        """Where to compact so that at most ``keep_entries`` entries and at
+        most ``keep_bytes`` bytes of them stay behind the applied index (a
+        tail for followers a little behind): never past the applied index,
+        never before the current compaction point."""
+        by_count = self._applied - keep_entries
+        by_bytes = self._log.tail_start(keep_bytes)
+        return max(self._log.snapshot_index, min(self._applied, max(by_count, by_bytes)))
+
     def compact(self, index: int) -> SnapshotMeta:
         """The state machine holds everything up to applied ``index`` durably
         (the runtime's ledger, or a snapshot file): drop the log up to it
