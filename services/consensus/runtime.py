@@ -20,11 +20,11 @@ in memory reaches ``compact_log_bytes``, the core and the stored log are
 compacted up to ``snapshot_keep_entries`` behind the applied index (a tail
 for followers that are only a little behind, of at most half those bytes),
 with no file written: the cost does not grow with the ledger, and the memory
-the log takes is bounded whatever the entries' size. A snapshot file is written only when a
-follower needs one (a SNAPSHOT message from the core): from a consistent
-RocksDB view of the applied state, by a thread, and then streamed to the peer
-in chunks by a task of its own, which reports back with ``snapshot_status``
-exactly once. A snapshot received from a leader is installed (one atomic
+the log takes is bounded whatever the entries' size. A snapshot file is
+written only when a follower needs one (a SNAPSHOT message from the core):
+from a consistent RocksDB view of the applied state, by a thread, and then
+streamed to the peer in chunks by a task of its own, which reports back with
+``snapshot_status`` exactly once. A snapshot received from a leader is installed (one atomic
 RocksDB batch) before anything else of its Ready.
 
 Membership: the address of every member comes with the CONFIG entry that
@@ -578,13 +578,13 @@ class ConsensusNode:
         received but never installed (a crash in between), the leader sends
         again. The log the point covers is deleted (a compaction cut short)."""
         start = self._storage.compacted()
-        if self.snapshots is None:
-            return start
-        applied = self._storage.applied_index()
-        newest = self.snapshots.latest(max_index=applied)
-        if newest is not None and (start is None or newest.index > start.index):
-            start = newest
-        self.snapshots.prune(m.index for m in self.snapshots.list() if start and start.index <= m.index <= applied)
+        if self.snapshots is not None:
+            applied = self._storage.applied_index()
+            newest = self.snapshots.latest(max_index=applied)
+            if newest is not None and (start is None or newest.index > start.index):
+                start = newest
+            low = start.index if start else applied + 1
+            self.snapshots.prune(m.index for m in self.snapshots.list() if low <= m.index <= applied)
         if start is not None:
             self._storage.compact_log(start)
             self._metrics.snapshot_index.set(start.index)
