@@ -277,16 +277,17 @@ class RocksStorage:
         return 0
 
     def get_request(self, client_id: str, request_id: int) -> tuple[int, int] | None:
-        raw = self._db.get(request_key(client_id, request_id))
+        return self.get_request_by_key(request_key(client_id, request_id))
+
+    def get_request_by_key(self, key: bytes) -> tuple[int, int] | None:
+        """The (index, block height) answered to the request under ``key``
+        (``request_key``), or None: a caller that also writes the answer
+        builds the key once."""
+        raw = self._db.get(key)
         if raw is None:
             return None
         index, height = _ANSWER.unpack(raw)
         return int(index), int(height)
-
-    def get_request_raw(self, key: bytes) -> bytes | None:
-        """The stored answer (u64 index | u64 height) under a ``request_key``."""
-        raw = self._db.get(key)
-        return None if raw is None else bytes(raw)
 
     def member_key(self, node_id: str) -> bytes | None:
         raw = self._db.get(P_KEY + node_id.encode())

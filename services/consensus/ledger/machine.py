@@ -19,7 +19,6 @@ new key (the first key recorded while a node is a member stands).
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -47,7 +46,6 @@ class Applied(NamedTuple):
 
 
 MAX_CONTEXT_BYTES = 1024
-_ANSWER = struct.Struct(">QQ")  # a request's stored answer: index, block height
 
 
 def encode_member_context(address: str) -> bytes:
@@ -141,7 +139,7 @@ class LedgerMachine:
         addresses: dict[str, str | None] = {}
         changes: list[ConfChange] = []
         seen_now: dict[bytes, tuple[int, int]] = {}  # request key -> (index, height) in this call
-        lookup = self._storage.get_request_raw
+        lookup = self._storage.get_request_by_key
         inspect = self._inspector.inspect
         for entry in entries:
             if entry.index <= self._applied:
@@ -163,11 +161,7 @@ class LedgerMachine:
                     continue
                 if key is not None:
                     rkey = request_key(key.client_id, key.request_id)
-                    earlier = seen_now.get(rkey)
-                    if earlier is None:
-                        raw = lookup(rkey)
-                        if raw is not None:
-                            earlier = _ANSWER.unpack(raw)
+                    earlier = seen_now.get(rkey) or lookup(rkey)
                     if earlier is not None:
                         if earlier[1] == 0:
                             again.append(key)  # its height is known once the block is
