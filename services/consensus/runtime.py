@@ -628,7 +628,7 @@ class ConsensusNode:
             metas.append(self._snapshot_meta)
         return metas
 
-    def take_snapshot(self) -> asyncio.Task[SnapshotMeta]:
+    def _take_snapshot(self) -> asyncio.Task[SnapshotMeta]:
         """Write a snapshot file of the applied state as of now (a consistent
         RocksDB view, read by a thread while the ledger moves on); one at a
         time: while one is being written, that one is returned."""
@@ -678,7 +678,7 @@ class ConsensusNode:
         if stored is not None and stored.index >= msg.snapshot.index:
             meta, writing = stored, None
         else:
-            writing = self.take_snapshot()
+            writing = self._take_snapshot()
             assert self._snapshot_meta is not None
             meta = self._snapshot_meta
         self._sending_meta[msg.dst] = meta
