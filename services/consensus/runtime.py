@@ -108,7 +108,7 @@ class Waiter(Protocol):
 @dataclass
 class _Waiting:
     payload: bytes
-    futures: list[Waiter]
+    waiters: list[Waiter]
     proposed_term: int = -1  # term in which it was last proposed (-1: not yet)
     proposed_at: float = 0.0  # monotonic time of the last proposal
 
@@ -262,9 +262,9 @@ class ConsensusNode:
             if not fut.done():
                 fut.set_exception(ShuttingDown("node is shutting down"))
         for waiting in self._waiting.values():
-            for fut in waiting.futures:
-                if not fut.done():
-                    fut.set_exception(ShuttingDown("node is shutting down"))
+            for waiter in waiting.waiters:
+                if not waiter.done():
+                    waiter.set_exception(ShuttingDown("node is shutting down"))
         self._waiting.clear()
 
     # ------------------------------------------------------------ inputs
@@ -314,7 +314,7 @@ class ConsensusNode:
             self._waiting[key] = _Waiting(payload, [waiter])
             self._queue.append(key)
         else:
-            waiting.futures.append(waiter)
+            waiting.waiters.append(waiter)
         self._deadline_seq += 1
         heapq.heappush(
             self._deadlines,
@@ -338,9 +338,9 @@ class ConsensusNode:
         if fut.done():
             return
         waiting = self._waiting.get(key)
-        if waiting is not None and fut in waiting.futures:
-            waiting.futures.remove(fut)
-            if not waiting.futures:
+        if waiting is not None and fut in waiting.waiters:
+            waiting.waiters.remove(fut)
+            if not waiting.waiters:
                 del self._waiting[key]
         reason = "no_leader" if not self._core.leader_id else "timeout"
         self._metrics.proposals_failed.labels(reason).inc()
@@ -553,7 +553,7 @@ class ConsensusNode:
             waiting = waiting_by_key.pop(result.key, None)
             if waiting is None:
                 continue
-            for fut in waiting.futures:
+            for fut in waiting.waiters:
                 if not fut.done():
                     fut.set_result(result)
         self._metrics.proposals_committed.inc(applied_count)
@@ -584,7 +584,7 @@ class ConsensusNode:
             if newest is not None and (start is None or newest.index > start.index):
                 start = newest
             low = start.index if start else applied + 1
-            self.snapshots.prune(m.index for m in self.snapshots.list() if low <= m.index <= applied)
+            self.snapshots.prune(lambda index: low <= index <= applied)
         if start is not None:
             self._storage.compact_log(start)
             self._metrics.snapshot_index.set(start.index)
@@ -618,8 +618,8 @@ class ConsensusNode:
         self._compacted = meta.index
         self._log_bytes = core.log_bytes
         self._metrics.snapshot_index.set(meta.index)
-        keep = {m.index for m in self._busy_metas()}
-        self.snapshots.prune(m.index for m in self.snapshots.list() if m.index >= meta.index or m.index in keep)
+        busy = {m.index for m in self._busy_metas()}
+        self.snapshots.prune(lambda index: index >= meta.index or index in busy)
 
     def _busy_metas(self) -> list[SnapshotMeta]:
         """Snapshot files being written or streamed to a peer."""
@@ -754,7 +754,7 @@ class ConsensusNode:
         self.machine.reload()
         self._build_certifier()
         self.addresses.update(storage.addresses())
-        store.prune([meta.index])
+        store.prune(lambda index: index == meta.index)
         self._compacted = meta.index
         self._log_bytes = self._core.log_bytes
         self._metrics.snapshots.labels("installed").inc()
@@ -766,7 +766,7 @@ class ConsensusNode:
         for key in list(self._waiting):
             earlier = storage.get_request(key.client_id, key.request_id)
             if earlier is not None:
-                for fut in self._waiting.pop(key).futures:
+                for fut in self._waiting.pop(key).waiters:
                     if not fut.done():
                         fut.set_result(Applied(key, earlier[0], earlier[1], True))
         self._reads.applied(self.machine.applied_index())

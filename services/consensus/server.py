@@ -16,9 +16,10 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -44,6 +45,8 @@ from .synchronizer import advertised_address, plan_rejoin, rejoin
 from .transport import CLUSTER_HEADER, GrpcTransport
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")  # a stream's request message: one request, or a batch of them
 
 # Entries of one submission stream that may be pending or answered but not
 # yet sent before the stream stops being read (backpressure).
@@ -180,16 +183,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
         pump = _Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await pump.room()
-                    pump.submit(request)
-            finally:
-                pump.done_reading()
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(pump.read(request_iterator, lambda request: (request,)))
         try:
             while (item := await pump.answers.get()) is not None:
                 yield item
@@ -201,22 +195,12 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         self, request_iterator: AsyncIterator[pb.SubmitBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitBatchAnswers]:
         pump = _Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
-
-        async def read() -> None:
-            try:
-                async for batch in request_iterator:
-                    await pump.room()
-                    for request in batch.requests:
-                        pump.submit(request)
-            finally:
-                pump.done_reading()
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(pump.read(request_iterator, lambda batch: batch.requests))
         answers = pump.answers
         try:
             while (item := await answers.get()) is not None:
                 # Everything else already answered goes in the same message:
-                # the futures of one commit resolve in one pass of the loop.
+                # the entries of one commit are answered in one pass of the loop.
                 out = [item]
                 ended = False
                 while not answers.empty():
@@ -414,6 +398,17 @@ class _Submissions:
         self._stream_client = stream_client
         self._pending = 0
         self._reading = True
+
+    async def read(self, messages: AsyncIterator[M], requests: Callable[[M], Iterable[pb.SubmitRequest]]) -> None:
+        """Submit the requests of every message the client sends (one, or a
+        batch), reading no further while the stream is at its limit."""
+        try:
+            async for message in messages:
+                await self.room()
+                for request in requests(message):
+                    self.submit(request)
+        finally:
+            self.done_reading()
 
     async def room(self) -> None:
         """Backpressure: a client that sends without reading its answers stops

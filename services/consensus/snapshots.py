@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import SnapshotRejected
@@ -104,12 +104,12 @@ class FileSnapshotStore:
             f.seek(offset)
             return f.read(size)
 
-    def prune(self, keep: Iterable[int]) -> None:
-        """Delete complete snapshots whose index is not in ``keep``."""
-        wanted = set(keep)
+    def prune(self, keep: Callable[[int], bool]) -> None:
+        """Delete the complete snapshots whose index ``keep`` refuses (the
+        index is read from the file's name: no file is opened)."""
         for path in self.dir.iterdir():
             m = _NAME.match(path.name)
-            if m and int(m.group(1)) not in wanted:
+            if m and not keep(int(m.group(1))):
                 path.unlink()
 
     # ------------------------------------------------------------ receiving

@@ -40,11 +40,11 @@ def _applied_storage(path: Path, last: int) -> RocksStorage:
     return storage
 
 
-def _node(path: Path, storage: RocksStorage) -> tuple[ConsensusNode, FileSnapshotStore]:
+def _node(path: Path, storage: RocksStorage, **options: int) -> tuple[ConsensusNode, FileSnapshotStore]:
     store = FileSnapshotStore(path / "snapshots")
     node = ConsensusNode(
         RaftConfig("n1", VOTERS), storage, NoTransport(), ConsensusMetrics(),  # type: ignore[arg-type]
-        random.Random(1), tick_s=0.01, snapshots=store,
+        random.Random(1), tick_s=0.01, snapshots=store, **options,  # type: ignore[arg-type]
     )
     return node, store
 
@@ -81,13 +81,8 @@ def test_a_log_that_outgrows_its_byte_bound_is_compacted_before_the_entry_count(
     """Large entries: the log held in memory is bounded by bytes, keeping a
     tail of at most half of them behind the applied index."""
     storage = _applied_storage(tmp_path, 30)
-    store = FileSnapshotStore(tmp_path / "snapshots")
     entry_bytes = len(_entries(1)[0].data)
-    node = ConsensusNode(
-        RaftConfig("n1", VOTERS), storage, NoTransport(), ConsensusMetrics(),  # type: ignore[arg-type]
-        random.Random(1), tick_s=0.01, snapshots=store, snapshot_entries=10_000,
-        compact_log_bytes=20 * entry_bytes,
-    )
+    node, store = _node(tmp_path, storage, snapshot_entries=10_000, compact_log_bytes=20 * entry_bytes)
     node._maybe_compact()  # 30 entries held: over the bound of 20
     status = node.status()
     assert status["snapshot_index"] == 20  # a tail of 10 entries, half the bound

@@ -21,10 +21,10 @@ class ScriptedNode:
     """Keeps each submission's waiter; a test answers them as the runtime would."""
 
     def __init__(self) -> None:
-        self.futures: dict[RequestKey, Waiter] = {}
+        self.waiters: dict[RequestKey, Waiter] = {}
 
     def submit_waiter(self, payload: bytes, key: RequestKey, timeout_s: float, waiter: Waiter) -> None:
-        self.futures[key] = waiter
+        self.waiters[key] = waiter
 
 
 def _prepare(request: pb.SubmitRequest) -> tuple[bytes, float]:
@@ -56,8 +56,8 @@ async def test_answers_follow_resolution_and_invalid_entries_answer_at_once() ->
     pump.submit(_request(2, valid=False))
     pump.submit(_request(3))
     assert (await pump.answers.get()).error_code == "INVALID_ENTRY"  # type: ignore[union-attr]
-    node.futures[RequestKey("c", 3)].set_result(Applied(RequestKey("c", 3), 9, 4, False))
-    node.futures[RequestKey("c", 1)].set_exception(CommitTimeout("late"))
+    node.waiters[RequestKey("c", 3)].set_result(Applied(RequestKey("c", 3), 9, 4, False))
+    node.waiters[RequestKey("c", 1)].set_exception(CommitTimeout("late"))
     await asyncio.sleep(0)
     three, one = await pump.answers.get(), await pump.answers.get()
     assert three is not None and (three.request_id, three.index, three.block_height) == (3, 9, 4)
@@ -76,7 +76,7 @@ async def test_a_client_that_does_not_read_stops_being_read_at_the_limit() -> No
     assert not await _blocked(pump)
     pump.submit(_request(3))
     assert await _blocked(pump)  # three pending
-    node.futures[RequestKey("c", 1)].set_result(Applied(RequestKey("c", 1), 5, 1, False))
+    node.waiters[RequestKey("c", 1)].set_result(Applied(RequestKey("c", 1), 5, 1, False))
     await asyncio.sleep(0)
     assert await _blocked(pump)  # two pending and one answer not yet sent
     pump.answers.get_nowait()
@@ -91,7 +91,7 @@ async def test_an_entry_is_answered_once_even_if_its_waiter_is_answered_twice() 
     node = ScriptedNode()
     pump = _Submissions(node, _prepare, "stream")  # type: ignore[arg-type]
     pump.submit(_request(1))
-    waiter = node.futures[RequestKey("c", 1)]
+    waiter = node.waiters[RequestKey("c", 1)]
     assert not waiter.done()
     waiter.set_exception(CommitTimeout("late"))
     waiter.set_result(Applied(RequestKey("c", 1), 5, 1, False))
