@@ -228,7 +228,7 @@ async def test_cli_put_get_resume_and_stat(cluster: Cluster, tmp_path: pathlib.P
 
     async def cli(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fleetsuit.cli", "blob", *args,
+            sys.executable, "-m", "launcher", "blob", *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -25,7 +25,7 @@ from services.consensus.ledger.export import ExportFormatError, read_blocks, wri
 from .procs import LocalCluster, wait_for
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "fleetsuit.cli"]
+CLI = [sys.executable, "-m", "launcher"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from fleetsuit.ports import free_base_port
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "fleetsuit.cli"]
+CLI = [sys.executable, "-m", "launcher"]
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleetsuit.cli", "manifest", *map(str, args)],
+        [sys.executable, "-m", "launcher", "manifest", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,
