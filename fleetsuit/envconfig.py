@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+from fleetsuit.settings import ConfigError
+
+__all__ = ["ConfigError", "env_bool", "env_int", "env_str"]
 
 
 def env_str(name: str, default: str, env: Mapping[str, str] | None = None) -> str:

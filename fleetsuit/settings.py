@@ -39,7 +39,7 @@ class _Meta:
     env: str | None
     parse: Callable[[str], Any] | None
     metavar: str | None
-    flag: bool
+    flag: bool | str
 
 
 def setting(
@@ -49,12 +49,13 @@ def setting(
     env: str | None = None,
     parse: Callable[[str], T] | None = None,
     metavar: str | None = None,
-    flag: bool = True,
+    flag: bool | str = True,
 ) -> T:
     """A config field: ``default``, ``help`` for ``--help`` and the docs,
     ``env`` to override the variable's name, ``parse`` for types other than
     str, int, float, bool and tuple[str, ...] (a comma-separated list);
-    ``flag=False`` for a setting read only from the environment."""
+    ``flag="--name"`` when the flag is not ``--field-name``; ``flag=False``
+    for a setting read only from the environment."""
     meta = _Meta(help, env, parse, metavar, flag)
     return dataclasses.field(default=default, metadata={_META: meta})
 
@@ -71,7 +72,8 @@ def env_name(prefix: str, f: dataclasses.Field[Any]) -> str:
 
 
 def flag_name(f: dataclasses.Field[Any]) -> str:
-    return "--" + f.name.replace("_", "-")
+    flag = _meta(f).flag
+    return flag if isinstance(flag, str) else "--" + f.name.replace("_", "-")
 
 
 def _parser_for(f: dataclasses.Field[Any], hint: Any) -> Callable[[str], Any]:

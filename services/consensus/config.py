@@ -1,13 +1,24 @@
-"""Configuration of one consensus process: flags override environment
-variables (``FLEETSUIT_*``), which override the defaults."""
+"""Configuration of one consensus process, declared once
+(``fleetsuit.settings``): every flag, its environment variable
+(``FLEETSUIT_CONSENSUS_*``; the node's identity and data directory are
+shared by the node's services: ``FLEETSUIT_NODE_ID``, ``FLEETSUIT_CLUSTER_ID``,
+``FLEETSUIT_PEERS``, ``FLEETSUIT_DATA``), its default and its help come from
+the fields below. Flags override the environment, which overrides the
+defaults. Derived values are properties, computed here only."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from fleetsuit.envconfig import ConfigError, env_int, env_str
+from fleetsuit.logs import LOG_FORMATS
+from fleetsuit.settings import ConfigError, parse_config, setting
+
+from .raft.types import RaftConfig
+from .runtime.config import RuntimeConfig
+
+ENV_PREFIX = "FLEETSUIT_CONSENSUS_"
+MIB = 1024 * 1024
 
 
 def parse_peers(text: str) -> tuple[tuple[str, str], ...]:
@@ -23,42 +34,47 @@ def parse_peers(text: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True)
 class ConsensusConfig:
-    node_id: str
-    listen: str
-    peers: tuple[tuple[str, str], ...]  # every voter, this node included
-    data_dir: str
-    cluster_id: str = "fleetsuit"
-    metrics_port: int = 0  # 0: no metrics endpoint
-    tick_ms: int = 25
-    election_ticks: int = 12  # election timeout: 300-600 ms at 25 ms ticks
-    heartbeat_ticks: int = 2
-    submit_timeout_ms: int = 5_000
-    max_entry_bytes: int = 1_536 * 1024  # etcd's request limit (1.5 MiB)
-    max_batch_entries: int = 1_024
-    max_batch_bytes: int = 4 * 1024 * 1024
-    # Submissions waiting for commit on this node; beyond it, OVERLOADED.
-    max_pending_submissions: int = 50_000
-    log_level: str = "INFO"
-    key_file: str = ""  # the node's block-signing key; default DATA/node.key
-    # Raft §7: compact the log every this many applied entries, keeping this
-    # many behind the applied index (a tail for followers only a little
-    # behind); no file is written, the applied ledger is the snapshot ...
-    snapshot_entries: int = 10_000
-    snapshot_keep_entries: int = 1_000
-    # ... or once the log held in memory reaches this many bytes (large
-    # entries), keeping a tail of at most half of them: bounds a node's
-    # memory whatever the entries' size.
-    compact_log_bytes: int = 128 * 1024 * 1024
-    snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot chunk size
-    max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
-    # Join a running cluster: start as a learner; peers = its current voters.
-    join: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
+    node_id: str = setting("", "this node's id, unique in the cluster", env="FLEETSUIT_NODE_ID")
+    listen: str = setting("127.0.0.1:7101", "HOST:PORT to serve the Ledger and RaftPeer APIs on")
+    peers: tuple[tuple[str, str], ...] = setting(
+        (), "id=host:port,... for every voter, this node included (default: this node alone)",
+        env="FLEETSUIT_PEERS", parse=parse_peers, metavar="ID=HOST:PORT,...",
+    )
+    data_dir: str = setting("", "data directory (RocksDB, snapshots, node key)", env="FLEETSUIT_DATA", flag="--data")
+    cluster_id: str = setting("fleetsuit", "the cluster's id; a data directory of another cluster is refused",
+                              env="FLEETSUIT_CLUSTER_ID")
+    metrics_port: int = setting(0, "port of the Prometheus /metrics endpoint (0: none)")
+    metrics_host: str = setting("", "address of the /metrics endpoint (default: the listen host)")
+    tick_ms: int = setting(25, "Raft tick, in milliseconds")
+    election_ticks: int = setting(12, "election timeout in ticks (randomized up to twice that)")
+    heartbeat_ticks: int = setting(2, "heartbeat interval in ticks")
+    submit_timeout_ms: int = setting(5_000, "default deadline of a submission, in milliseconds")
+    max_entry_bytes: int = setting(1_536 * 1024, "largest ledger entry accepted (etcd's request limit)")
+    max_batch_entries: int = setting(1_024, "ledger entries per Raft entry at most")
+    max_batch_bytes: int = setting(4 * MIB, "bytes per Raft entry at most")
+    max_pending_submissions: int = setting(
+        50_000, "submissions waiting for commit on this node; more are refused (OVERLOADED)"
+    )
+    key_file: str = setting("", "Ed25519 block-signing key (PEM); created if missing (default: DATA/node.key)")
+    compact_every_entries: int = setting(
+        10_000, "compact the Raft log every N applied entries (no file is written: the applied ledger "
+        "is the snapshot; a file is made only when a follower needs one)",
+    )
+    compact_keep_entries: int = setting(1_000, "log entries kept behind the compaction point for "
+                                        "followers only a little behind")
+    compact_log_bytes: int = setting(128 * MIB, "also compact once the Raft log held in memory reaches "
+                                     "this many bytes")
+    snapshot_chunk_bytes: int = setting(MIB, "InstallSnapshot chunk size")
+    max_snapshot_bytes: int = setting(4 * 1024 * MIB, "largest snapshot file accepted from a leader")
+    join: bool = setting(False, "join a running cluster as a learner (peers = its voters); "
+                         "add it first with `fleetsuit cluster add`")
+    log_level: str = setting("INFO", "log level (DEBUG, INFO, WARNING, ERROR)")
+    log_format: str = setting("text", "log lines as text or json")
 
     def validate(self) -> None:
-        ids = [p[0] for p in self.peers]
+        ids = [p[0] for p in self.voters]
         if not self.node_id:
-            raise ConfigError("node_id is required")
+            raise ConfigError("node_id is required (--node-id or FLEETSUIT_NODE_ID)")
         if self.node_id not in ids and not self.join:
             raise ConfigError(f"node_id {self.node_id!r} is not among peers {ids}")
         if self.join and not [i for i in ids if i != self.node_id]:
@@ -74,15 +90,26 @@ class ConsensusConfig:
         if self.max_pending_submissions < 1:
             raise ConfigError("max_pending_submissions must be >= 1")
         if not self.data_dir:
-            raise ConfigError("data_dir is required")
-        if self.snapshot_entries < 1:
-            raise ConfigError("snapshot_entries must be >= 1")
-        if not 0 <= self.snapshot_keep_entries < self.snapshot_entries:
-            raise ConfigError("snapshot_keep_entries must be >= 0 and below snapshot_entries")
-        if self.compact_log_bytes < 1024 * 1024:
+            raise ConfigError("data_dir is required (--data or FLEETSUIT_DATA)")
+        if self.compact_every_entries < 1:
+            raise ConfigError("compact_every_entries must be >= 1")
+        if not 0 <= self.compact_keep_entries < self.compact_every_entries:
+            raise ConfigError("compact_keep_entries must be >= 0 and below compact_every_entries")
+        if self.compact_log_bytes < MIB:
             raise ConfigError("compact_log_bytes must be at least 1 MiB")
-        if not 1024 <= self.snapshot_chunk_bytes <= 16 * 1024 * 1024:
+        if not 1024 <= self.snapshot_chunk_bytes <= 16 * MIB:
             raise ConfigError("snapshot_chunk_bytes must be between 1 KiB and 16 MiB")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if ":" not in self.listen:
+            raise ConfigError(f"listen {self.listen!r} is not HOST:PORT")
+
+    # ------------------------------------------------------------ derived values
+
+    @property
+    def voters(self) -> tuple[tuple[str, str], ...]:
+        """The peers given, or else a cluster of one: this node at ``listen``."""
+        return self.peers or ((self.node_id, self.listen),)
 
     @property
     def key_path(self) -> str:
@@ -90,67 +117,56 @@ class ConsensusConfig:
 
     @property
     def peer_addresses(self) -> dict[str, str]:
-        return dict(self.peers)
+        return dict(self.voters)
+
+    @property
+    def tick_s(self) -> float:
+        return self.tick_ms / 1000
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.tick_s * self.election_ticks
+
+    @property
+    def submit_timeout_s(self) -> float:
+        return self.submit_timeout_ms / 1000
+
+    @property
+    def metrics_address(self) -> str:
+        return self.metrics_host or self.listen.rsplit(":", 1)[0]
+
+    def raft(self) -> RaftConfig:
+        ids = tuple(p[0] for p in self.voters)
+        config = RaftConfig(
+            node_id=self.node_id,
+            # A joining node starts as a learner: it never campaigns, so its
+            # bootstrap view of the voters does no harm until it learns the real one.
+            peers=tuple(i for i in ids if i != self.node_id) if self.join else ids,
+            learners=(self.node_id,) if self.join else (),
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+        )
+        config.validate()
+        return config
+
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(
+            raft=self.raft(),
+            cluster_id=self.cluster_id,
+            tick_s=self.tick_s,
+            max_batch_entries=self.max_batch_entries,
+            max_batch_bytes=self.max_batch_bytes,
+            max_pending=self.max_pending_submissions,
+            compact_every_entries=self.compact_every_entries,
+            compact_keep_entries=self.compact_keep_entries,
+            compact_log_bytes=self.compact_log_bytes,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+        )
 
     @classmethod
     def from_args(
         cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     ) -> ConsensusConfig:
-        p = argparse.ArgumentParser(prog="python -m services.consensus")
-        p.add_argument("--node-id", default=env_str("FLEETSUIT_NODE_ID", "", env))
-        p.add_argument("--cluster-id", default=env_str("FLEETSUIT_CLUSTER_ID", "fleetsuit", env))
-        p.add_argument("--listen", default=env_str("FLEETSUIT_CONSENSUS_LISTEN", "127.0.0.1:7101", env))
-        p.add_argument("--peers", default=env_str("FLEETSUIT_PEERS", "", env),
-                       help="id=host:port,... for every voter, this node included")
-        p.add_argument("--data", default=env_str("FLEETSUIT_DATA", "", env))
-        p.add_argument("--metrics-port", type=int, default=env_int("FLEETSUIT_CONSENSUS_METRICS_PORT", 0, env))
-        p.add_argument("--tick-ms", type=int, default=env_int("FLEETSUIT_TICK_MS", 25, env))
-        p.add_argument("--election-ticks", type=int, default=env_int("FLEETSUIT_ELECTION_TICKS", 12, env))
-        p.add_argument("--heartbeat-ticks", type=int, default=env_int("FLEETSUIT_HEARTBEAT_TICKS", 2, env))
-        p.add_argument("--submit-timeout-ms", type=int,
-                       default=env_int("FLEETSUIT_SUBMIT_TIMEOUT_MS", 5_000, env))
-        p.add_argument("--max-pending-submissions", type=int,
-                       default=env_int("FLEETSUIT_MAX_PENDING_SUBMISSIONS", 50_000, env),
-                       help="submissions waiting for commit on this node; more are refused (OVERLOADED)")
-        p.add_argument("--log-level", default=env_str("FLEETSUIT_LOG_LEVEL", "INFO", env))
-        p.add_argument("--key-file", default=env_str("FLEETSUIT_NODE_KEY_FILE", "", env),
-                       help="Ed25519 block-signing key (PEM); created if missing; default DATA/node.key")
-        p.add_argument("--snapshot-entries", type=int,
-                       default=env_int("FLEETSUIT_SNAPSHOT_ENTRIES", 10_000, env),
-                       help="compact the Raft log every N applied entries (no file is written: "
-                            "the applied ledger is the snapshot; a file is made when a follower needs one)")
-        p.add_argument("--snapshot-keep-entries", type=int,
-                       default=env_int("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", 1_000, env),
-                       help="log entries kept behind a snapshot for slightly lagging followers")
-        p.add_argument("--compact-log-bytes", type=int,
-                       default=env_int("FLEETSUIT_COMPACT_LOG_BYTES", 128 * 1024 * 1024, env),
-                       help="also compact once the Raft log held in memory reaches this many bytes")
-        p.add_argument("--snapshot-chunk-bytes", type=int,
-                       default=env_int("FLEETSUIT_SNAPSHOT_CHUNK_BYTES", 1024 * 1024, env))
-        p.add_argument("--join", action="store_true",
-                       help="join a running cluster as a learner (peers = its voters); "
-                            "add it first with `fleetsuit cluster add`")
-        a = p.parse_args(argv)
-        peers = parse_peers(a.peers) if a.peers else ((a.node_id, a.listen),)
-        config = cls(
-            node_id=a.node_id,
-            listen=a.listen,
-            peers=peers,
-            data_dir=a.data,
-            cluster_id=a.cluster_id,
-            metrics_port=a.metrics_port,
-            tick_ms=a.tick_ms,
-            election_ticks=a.election_ticks,
-            heartbeat_ticks=a.heartbeat_ticks,
-            submit_timeout_ms=a.submit_timeout_ms,
-            max_pending_submissions=a.max_pending_submissions,
-            log_level=a.log_level,
-            key_file=a.key_file,
-            snapshot_entries=a.snapshot_entries,
-            snapshot_keep_entries=a.snapshot_keep_entries,
-            snapshot_chunk_bytes=a.snapshot_chunk_bytes,
-            compact_log_bytes=a.compact_log_bytes,
-            join=a.join,
-        )
-        config.validate()
-        return config
+        """Flags, then the environment, then the defaults; validated."""
+        return parse_config(cls, argv, env, prog="python -m services.consensus", env_prefix=ENV_PREFIX,
+                            description="One consensus process of a fleetsuit node.")

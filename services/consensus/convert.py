@@ -3,14 +3,42 @@
 
 from __future__ import annotations
 
+import grpc
+
+from fleetsuit.rpc import ErrorTable
 from fleetsuit.v1 import consensus_pb2 as pb
 
-from .ledger.block import BlockData
+from . import errors
+from .ledger.codec import block_from_pb, block_to_pb, signature_from_pb, signature_to_pb
 from .raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
+
+# Every consensus error and its gRPC status (fleetsuit.rpc looks errors up
+# along their MRO: StorageError and its subclasses not listed map as
+# ConsensusError does).
+ERRORS: ErrorTable = {
+    errors.ConsensusError: grpc.StatusCode.INTERNAL,
+    errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.StorageCorrupt: grpc.StatusCode.DATA_LOSS,
+    errors.WrongDataDirectory: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NoLeader: grpc.StatusCode.UNAVAILABLE,
+    errors.CommitTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.InvalidEntry: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.BlockNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    errors.SnapshotRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotLeader: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.MembershipRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ReadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.ChangePending: grpc.StatusCode.UNAVAILABLE,
+    errors.WrongCluster: grpc.StatusCode.PERMISSION_DENIED,
+    errors.BadPeerMessage: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NoSnapshots: grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 def entry_to_pb(entry: Entry) -> pb.RaftEntry:
-    return pb.RaftEntry(term=entry.term, index=entry.index, type=int(entry.type), data=entry.data)
+    return pb.RaftEntry(term=entry.term, index=entry.index, type=int(entry.type), data=entry.data)  # type: ignore[arg-type]
 
 
 def entry_from_pb(msg: pb.RaftEntry) -> Entry:
@@ -29,7 +57,7 @@ def snapshot_meta_from_pb(msg: pb.SnapshotMeta) -> SnapshotMeta:
 
 def message_to_pb(msg: Message) -> pb.RaftMessage:
     out = pb.RaftMessage(
-        type=int(msg.type),
+        type=int(msg.type),  # type: ignore[arg-type]
         src=msg.src,
         dst=msg.dst,
         term=msg.term,
@@ -85,27 +113,4 @@ def message_from_pb(msg: pb.RaftMessage) -> Message:
     )
 
 
-def block_to_pb(block: BlockData) -> pb.Block:
-    return pb.Block(
-        height=block.height,
-        prev_hash=block.prev_hash,
-        first_index=block.first_index,
-        last_index=block.last_index,
-        entries=list(block.entries),
-        hash=block.hash,
-        term=block.term,
-        certificate=[pb.BlockSignature(node_id=n, signature=sig) for n, sig in block.certificate],
-    )
-
-
-def block_from_pb(msg: pb.Block) -> BlockData:
-    return BlockData(
-        height=msg.height,
-        prev_hash=msg.prev_hash,
-        first_index=msg.first_index,
-        last_index=msg.last_index,
-        term=msg.term,
-        entries=tuple(msg.entries),
-        hash=msg.hash,
-        certificate=tuple((c.node_id, c.signature) for c in msg.certificate),
-    )
+__all__ = ["ERRORS", "block_from_pb", "block_to_pb", "signature_from_pb", "signature_to_pb"]

@@ -1,16 +1,16 @@
-"""The consensus service's errors: one base, meaningful subclasses, and the
-table that maps them to gRPC status codes (STYLE: Errors)."""
+"""The consensus service's errors: one base, meaningful subclasses, each
+with a stable code. The table that maps them to gRPC statuses is at the
+protobuf edge (``convert.ERRORS``); nothing here imports gRPC."""
 
 from __future__ import annotations
 
-import grpc
+from fleetsuit.errors import ServiceError
 
 
-class ConsensusError(Exception):
+class ConsensusError(ServiceError):
     """Base of every error the consensus service raises on purpose."""
 
     code = "CONSENSUS_ERROR"
-    status = grpc.StatusCode.INTERNAL
 
 
 class StorageError(ConsensusError):
@@ -21,51 +21,42 @@ class StorageError(ConsensusError):
 
 class StorageFull(StorageError):
     code = "STORAGE_FULL"
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class StorageCorrupt(StorageError):
     code = "STORAGE_CORRUPT"
-    status = grpc.StatusCode.DATA_LOSS
 
 
 class WrongDataDirectory(StorageError):
     """The directory belongs to another node or cluster."""
 
     code = "WRONG_DATA_DIRECTORY"
-    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class NoLeader(ConsensusError):
     code = "NO_LEADER"
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 class CommitTimeout(ConsensusError):
     code = "COMMIT_TIMEOUT"
-    status = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class InvalidEntry(ConsensusError):
     code = "INVALID_ENTRY"
-    status = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class BlockNotFound(ConsensusError):
     code = "BLOCK_NOT_FOUND"
-    status = grpc.StatusCode.NOT_FOUND
 
 
 class Overloaded(ConsensusError):
     """Too many submissions are waiting for commit on this node; retry later."""
 
     code = "OVERLOADED"
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class ShuttingDown(ConsensusError):
     code = "SHUTTING_DOWN"
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 class SnapshotRejected(ConsensusError):
@@ -73,14 +64,12 @@ class SnapshotRejected(ConsensusError):
     size, format or checksum); the sender starts over."""
 
     code = "SNAPSHOT_REJECTED"
-    status = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotLeader(ConsensusError):
     """Only the leader takes this request."""
 
     code = "NOT_LEADER"
-    status = grpc.StatusCode.FAILED_PRECONDITION
 
     def __init__(self, message: str, leader_hint: str = "") -> None:
         super().__init__(message)
@@ -91,16 +80,31 @@ class MembershipRefused(ConsensusError):
     """A membership change that does not apply, or one while another is pending."""
 
     code = "MEMBERSHIP_REFUSED"
-    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class ReadTimeout(ConsensusError):
     code = "READ_TIMEOUT"
-    status = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class ChangePending(ConsensusError):
     """Another membership change (or the leader's first commit) is pending; retry."""
 
     code = "CHANGE_PENDING"
-    status = grpc.StatusCode.UNAVAILABLE
+
+
+class WrongCluster(ConsensusError):
+    """A peer that names another cluster."""
+
+    code = "WRONG_CLUSTER"
+
+
+class BadPeerMessage(ConsensusError):
+    """A peer message that cannot be read or is not what the call carries."""
+
+    code = "BAD_MESSAGE"
+
+
+class NoSnapshots(ConsensusError):
+    """A snapshot sent to a node that keeps none."""
+
+    code = "NO_SNAPSHOTS"

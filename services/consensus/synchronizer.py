@@ -44,14 +44,17 @@ RETRY_S = 0.5
 
 
 def advertised_address(config: ConsensusConfig) -> str:
-    return dict(config.peers).get(config.node_id, config.listen)
+    return config.peer_addresses.get(config.node_id, config.listen)
 
 
 async def _statuses(config: ConsensusConfig) -> list[pb.StatusResponse]:
     async def one(address: str) -> pb.StatusResponse | None:
         async with insecure_channel(address) as channel:
             with contextlib.suppress(grpc.RpcError):
-                return await pb_grpc.LedgerStub(channel).Status(pb.StatusRequest(), timeout=PROBE_TIMEOUT_S)
+                status: pb.StatusResponse = await pb_grpc.LedgerStub(channel).Status(
+                    pb.StatusRequest(), timeout=PROBE_TIMEOUT_S
+                )
+                return status
         return None
 
     others = [addr for nid, addr in config.peers if nid != config.node_id]

@@ -16,15 +16,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 
 import grpc
 
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.logs import RateLimitedLog
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
-from .convert import message_to_pb
+from .convert import message_to_pb, signature_from_pb, signature_to_pb
+from .ledger.certify import BlockSignature
 from .metrics import ConsensusMetrics
 from .raft.types import Message
 
@@ -50,13 +52,21 @@ class _Peer:
         # outlive its call inside grpc, and must not take messages meant for
         # the next stream (they would be lost on a dead connection).
         self.generation = 0
+        self.down_since: float | None = None  # monotonic time of the first failure in a row
 
 
 class GrpcTransport:
     def __init__(
-        self, node_id: str, cluster_id: str, peers: dict[str, str], metrics: ConsensusMetrics
+        self,
+        node_id: str,
+        cluster_id: str,
+        peers: Mapping[str, str],
+        metrics: ConsensusMetrics,
+        unreachable_after_s: float = 0.6,
     ) -> None:
         self._node_id = node_id
+        self._unreachable_after_s = unreachable_after_s
+        self._unreachable_log = RateLimitedLog(log, interval_s=30.0)
         self._metadata = ((CLUSTER_HEADER, cluster_id),)
         self._metrics = metrics
         self._peers = {pid: _Peer(pid, addr) for pid, addr in peers.items() if pid != node_id}
@@ -79,7 +89,7 @@ class GrpcTransport:
     def peers(self) -> dict[str, str]:
         return {pid: p.address for pid, p in self._peers.items()}
 
-    def set_peers(self, peers: dict[str, str]) -> None:
+    def set_peers(self, peers: Mapping[str, str]) -> None:
         """Follow the configuration: connect to new members (or new
         addresses), disconnect from removed ones."""
         peers = {pid: addr for pid, addr in peers.items() if pid != self._node_id}
@@ -167,9 +177,22 @@ class GrpcTransport:
             except grpc.RpcError as exc:
                 self._metrics.peer_sent_failures.labels(peer.node_id).inc()
                 log.debug("stream to %s ended: %s", peer.node_id, exc.code())
+                self._failed(peer, str(exc.code()))
             finally:
                 await channel.close(grace=None)
             await asyncio.sleep(RECONNECT_DELAY_S)
+
+    def _failed(self, peer: _Peer, why: str) -> None:
+        """A peer unreachable for longer than an election timeout is logged
+        (at most every 30 s per peer)."""
+        now = time.monotonic()
+        if peer.down_since is None:
+            peer.down_since = now
+        elif now - peer.down_since >= self._unreachable_after_s:
+            self._unreachable_log.log(
+                peer.node_id, logging.WARNING, "peer %s at %s unreachable for %.1f s (%s)",
+                peer.node_id, peer.address, now - peer.down_since, why,
+            )
 
     async def _measure_rtt(self, peer: _Peer) -> None:
         while not self._closing:
@@ -177,17 +200,20 @@ class GrpcTransport:
             try:
                 await peer.stub.Ping(pb.PeerAck(), timeout=1.0, metadata=self._metadata)
                 self._metrics.peer_rtt.labels(peer.node_id).observe(time.perf_counter() - start)
+                if peer.down_since is not None:
+                    log.info("peer %s at %s is reachable again", peer.node_id, peer.address)
+                    peer.down_since = None
             except grpc.RpcError:
-                pass
+                self._failed(peer, "ping failed")
             await asyncio.sleep(RTT_INTERVAL_S)
 
     # ------------------------------------------------------------ signatures
 
-    def share_signatures(self, signatures: Sequence[pb.SignedBlock]) -> None:
+    def share_signatures(self, signatures: Sequence[BlockSignature]) -> None:
         """Push block signatures to every peer; best effort (peers also pull)."""
         if not signatures or self._closing:
             return
-        batch = pb.SignatureBatch(signatures=list(signatures))
+        batch = pb.SignatureBatch(signatures=[signature_to_pb(s) for s in signatures])
         for peer in list(self._peers.values()):
             task = asyncio.create_task(self._share(peer, batch))
             self._oneshots.add(task)
@@ -197,9 +223,9 @@ class GrpcTransport:
         with contextlib.suppress(grpc.RpcError):
             await peer.stub.ShareSignatures(batch, timeout=2.0, metadata=self._metadata)
 
-    async def fetch_signatures(self, first: int, last: int) -> list[pb.SignedBlock]:
+    async def fetch_signatures(self, first: int, last: int) -> list[BlockSignature]:
         """Ask every peer for its signatures of heights first..last."""
-        async def ask(peer: _Peer) -> list[pb.SignedBlock]:
+        async def ask(peer: _Peer) -> list[BlockSignature]:
             try:
                 batch = await peer.stub.GetSignatures(
                     pb.SignatureRequest(from_height=first, to_height=last), timeout=2.0,
@@ -207,7 +233,7 @@ class GrpcTransport:
                 )
             except grpc.RpcError:
                 return []
-            return list(batch.signatures)
+            return [signature_from_pb(s) for s in batch.signatures]
 
         results = await asyncio.gather(*(ask(p) for p in list(self._peers.values())))
         return [s for batch in results for s in batch]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fleetsuit.envconfig import ConfigError
+from fleetsuit.settings import ConfigError
 from services.consensus.config import ConsensusConfig
 
 
 def test_the_log_byte_bound_comes_from_a_flag_or_the_environment() -> None:
     assert ConsensusConfig.from_args(["--node-id", "n1", "--data", "d"], env={}).compact_log_bytes == 128 * 1024 * 1024
-    env = {"FLEETSUIT_COMPACT_LOG_BYTES": str(8 * 1024 * 1024)}
+    env = {"FLEETSUIT_CONSENSUS_COMPACT_LOG_BYTES": str(8 * 1024 * 1024)}
     assert ConsensusConfig.from_args(["--node-id", "n1", "--data", "d"], env=env).compact_log_bytes == 8 * 1024 * 1024
     flag = ["--node-id", "n1", "--data", "d", "--compact-log-bytes", str(4 * 1024 * 1024)]
     assert ConsensusConfig.from_args(flag, env=env).compact_log_bytes == 4 * 1024 * 1024

@@ -9,11 +9,12 @@ import random
 from pathlib import Path
 
 from fleetsuit.v1 import consensus_pb2 as pb
-from services.consensus.ledger.machine import LedgerMachine, encode_batch
+from services.consensus.ledger.codec import encode_batch
+from services.consensus.ledger.machine import LedgerMachine
 from services.consensus.metrics import ConsensusMetrics
 from services.consensus.raft.types import Entry, HardState, RaftConfig, SnapshotMeta
-from services.consensus.runtime import ConsensusNode
-from services.consensus.snapshots import FileSnapshotStore
+from services.consensus.runtime import ConsensusNode, RuntimeConfig
+from services.consensus.storage import FileSnapshotStore
 from services.consensus.storage import RocksStorage
 
 VOTERS = ("n1",)
@@ -42,9 +43,10 @@ def _applied_storage(path: Path, last: int) -> RocksStorage:
 
 def _node(path: Path, storage: RocksStorage, **options: int) -> tuple[ConsensusNode, FileSnapshotStore]:
     store = FileSnapshotStore(path / "snapshots")
+    config = RuntimeConfig(RaftConfig("n1", VOTERS), cluster_id="c", tick_s=0.01, **options)
     node = ConsensusNode(
-        RaftConfig("n1", VOTERS), storage, NoTransport(), ConsensusMetrics(),  # type: ignore[arg-type]
-        random.Random(1), tick_s=0.01, snapshots=store, **options,  # type: ignore[arg-type]
+        config, storage, NoTransport(), ConsensusMetrics(),  # type: ignore[arg-type]
+        random.Random(1), snapshots=store,
     )
     return node, store
 
@@ -82,13 +84,13 @@ def test_a_log_that_outgrows_its_byte_bound_is_compacted_before_the_entry_count(
     tail of at most half of them behind the applied index."""
     storage = _applied_storage(tmp_path, 30)
     entry_bytes = len(_entries(1)[0].data)
-    node, store = _node(tmp_path, storage, snapshot_entries=10_000, compact_log_bytes=20 * entry_bytes)
-    node._maybe_compact()  # 30 entries held: over the bound of 20
+    node, store = _node(tmp_path, storage, compact_every_entries=10_000, compact_log_bytes=20 * entry_bytes)
+    node.compaction.maybe_compact(node.machine.applied_index())  # 30 entries held: over the bound of 20
     status = node.status()
     assert status["snapshot_index"] == 20  # a tail of 10 entries, half the bound
     assert [e.index for e in storage.load()[1]] == list(range(21, 31))
     assert storage.compacted() == SnapshotMeta(20, 1, VOTERS)
     assert store.list() == []  # and no file written
-    node._maybe_compact()  # 10 entries held: nothing to do
+    node.compaction.maybe_compact(node.machine.applied_index())  # 10 entries held: nothing to do
     assert node.status()["snapshot_index"] == 20
     storage.close()

@@ -12,7 +12,7 @@ from services.consensus.raft.memory import (
     MemoryTransport,
     PrefixInspector,
 )
-from services.consensus.raft.roles import RequestKey
+from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.types import Entry, EntryType, HardState, Message, MessageType
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from services.consensus.errors import ReadTimeout, ShuttingDown
 from services.consensus.raft.types import ReadState
-from services.consensus.reads import ReadTracker
+from services.consensus.runtime.reads import ReadTracker
 
 RETRY_AFTER_S = 1.0
 LONG_S = 60.0  # a deadline no test reaches

@@ -22,7 +22,8 @@ from services.consensus.ledger.certify import (
     key_message,
     verify_certified_chain,
 )
-from services.consensus.ledger.machine import LedgerMachine, encode_batch
+from services.consensus.ledger.codec import encode_batch
+from services.consensus.ledger.machine import LedgerMachine
 from services.consensus.raft.types import Entry
 from services.consensus.storage import RocksStorage
 

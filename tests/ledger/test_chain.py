@@ -10,7 +10,9 @@ import pytest
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.ledger.block import GENESIS_HASH, ChainError, make_block, verify_chain
 from services.consensus.ledger.export import ExportFormatError, read_blocks, write_blocks
-from services.consensus.ledger.machine import Applied, LedgerMachine, encode_batch
+from services.consensus.ledger.codec import encode_batch
+from services.consensus.ledger.keys import RequestKey
+from services.consensus.ledger.machine import Applied, LedgerMachine
 from services.consensus.raft.types import Entry, EntryType
 from services.consensus.storage import RocksStorage
 
@@ -66,7 +68,7 @@ def test_a_request_twice_in_one_batch_or_one_apply_is_answered_with_its_block(tm
     first, second = m.get_block(1), m.get_block(2)
     assert first is not None and len(first.entries) == 2
     assert second is not None and len(second.entries) == 1
-    assert storage.get_request("a", 1) == (1, 1) and storage.get_request("c", 1) == (2, 2)
+    assert storage.get_request(RequestKey("a", 1)) == (1, 1) and storage.get_request(RequestKey("c", 1)) == (2, 2)
     storage.close()
 
 

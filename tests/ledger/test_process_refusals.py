@@ -40,5 +40,5 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         out = _run("--node-id", "n1", "--listen", f"127.0.0.1:{port}",
                    "--peers", f"n1=127.0.0.1:{port}", "--data", str(tmp_path))
-    assert out.returncode == 2
+    assert out.returncode == 3
     assert "cannot start" in out.stderr and "Traceback" not in out.stderr

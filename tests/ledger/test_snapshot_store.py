@@ -12,15 +12,17 @@ import pytest
 
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.errors import SnapshotRejected, StorageError
-from services.consensus.ledger.machine import LedgerMachine, encode_batch
-from services.consensus.ledger.snapshot import (
+from services.consensus.ledger.codec import encode_batch
+from services.consensus.ledger.keys import RequestKey
+from services.consensus.ledger.machine import LedgerMachine
+from services.consensus.storage.snapshot_format import (
     SnapshotFormatError,
     read_snapshot,
     verify_snapshot,
     write_snapshot,
 )
 from services.consensus.raft.types import Entry, SnapshotMeta
-from services.consensus.snapshots import FileSnapshotStore
+from services.consensus.storage import FileSnapshotStore
 from services.consensus.storage import RocksStorage
 
 META = SnapshotMeta(index=40, term=3, voters=("n1", "n2", "n3"))
@@ -56,7 +58,7 @@ def test_install_reproduces_the_applied_state(tmp_path: Path) -> None:
     assert machine.applied_index() == 40
     assert machine.height == src_machine.height
     assert machine.head_hash == src_machine.head_hash
-    assert dst.get_request("client", 17) == src.get_request("client", 17)
+    assert dst.get_request(RequestKey("client", 17)) == src.get_request(RequestKey("client", 17))
     assert dst.load()[1] == []  # the log the snapshot covers is gone
     src.close()
     dst.close()

@@ -79,11 +79,11 @@ def test_disk_full_is_a_typed_error_and_keeps_old_data(tmp_path: Path) -> None:
         def __getattr__(self, name: str) -> object:
             return getattr(self.real, name)
 
-    real = s._db  # noqa: SLF001 (fault injection at the third-party edge)
-    s._db = FullDB(real)  # type: ignore[assignment]  # noqa: SLF001
+    real = s._kv._db  # type: ignore[attr-defined]  # noqa: SLF001 (fault injection at the third-party edge)
+    s._kv._db = FullDB(real)  # type: ignore[attr-defined]  # noqa: SLF001
     with pytest.raises(StorageFull, match="disk full"):
         s.save(HardState(term=2), _entries(3, 3, 2))
-    s._db = real  # noqa: SLF001
+    s._kv._db = real  # type: ignore[attr-defined]  # noqa: SLF001
     hs, log = s.load()
     assert hs.term == 1 and [e.index for e in log] == [1, 2]
     s.close()

@@ -32,6 +32,16 @@ BLOCK_DOMAIN = b"fleetsuit/block-signature/v1"
 KEY_DOMAIN = b"fleetsuit/member-key/v1"
 
 
+@dataclass(frozen=True, slots=True)
+class BlockSignature:
+    """One node's signature over the hash of the block at ``height``."""
+
+    height: int
+    hash: bytes
+    node_id: str
+    signature: bytes
+
+
 def block_message(cluster_id: str, height: int, block_hash: bytes) -> bytes:
     return BLOCK_DOMAIN + cluster_id.encode() + b"\x00" + struct.pack(">Q", height) + block_hash
 
@@ -166,7 +176,7 @@ def registered_keys(entries: Iterable[bytes]) -> list[tuple[str, bytes]]:
 
     from fleetsuit.v1 import consensus_pb2 as pb
 
-    out = []
+    out: list[tuple[str, bytes]] = []
     for raw in entries:
         try:
             entry = pb.LedgerEntry.FromString(raw)

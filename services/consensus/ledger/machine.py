@@ -22,17 +22,15 @@ import json
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from google.protobuf.message import DecodeError
-
 from fleetsuit.v1 import consensus_pb2 as pb
 
-from ..convert import block_from_pb, block_to_pb
 from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
-from ..raft.roles import RequestKey
 from ..raft.types import Entry, EntryType
-from ..storage import RocksStorage, request_key
 from .block import GENESIS_HASH, BlockData, make_block
 from .certify import key_message, verify
+from .codec import block_from_bytes, block_to_bytes, decode_batch, inspect_entry
+from .keys import RequestKey
+from .store import LedgerStore
 
 
 class Applied(NamedTuple):
@@ -40,7 +38,7 @@ class Applied(NamedTuple):
     named tuple: one is made per submission)."""
 
     key: RequestKey | None
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, on purpose
     block_height: int
     duplicate: bool
 
@@ -63,46 +61,16 @@ def decode_member_context(context: bytes) -> str:
     return address if isinstance(address, str) and ":" in address else ""
 
 
-class ProtoRequestInspector:
-    """RequestInspector for encoded LedgerEntry payloads."""
-
-    def key_of(self, payload: bytes) -> RequestKey | None:
-        return self.inspect(payload)[0]
-
-    def inspect(self, payload: bytes) -> tuple[RequestKey | None, pb.LedgerEntry | None]:
-        """The request key and the decoded entry (None, None: not an entry),
-        from one parse: the apply path needs both."""
-        try:
-            entry = pb.LedgerEntry.FromString(payload)
-        except DecodeError:
-            return None, None
-        if not entry.client_id:
-            return None, entry
-        return RequestKey(entry.client_id, entry.request_id), entry
-
-
-def encode_batch(payloads: Sequence[bytes]) -> bytes:
-    return pb.EntryBatch(entries=list(payloads)).SerializeToString()
-
-
-def decode_batch(data: bytes) -> list[bytes]:
-    try:
-        return list(pb.EntryBatch.FromString(data).entries)
-    except DecodeError:
-        return []
-
-
 class LedgerMachine:
     def __init__(
         self,
-        storage: RocksStorage,
+        storage: LedgerStore,
         on_block: Callable[[BlockData], None] | None = None,
         cluster_id: str = "",
         on_config: Callable[[ConfChange], None] | None = None,
     ) -> None:
         self._storage = storage
         self._cluster_id = cluster_id
-        self._inspector = ProtoRequestInspector()
         self._on_block = on_block
         self._on_config = on_config
         self.reload()
@@ -113,7 +81,7 @@ class LedgerMachine:
         self._applied = storage.applied_index()
         self._height = storage.last_block_height()
         head = storage.get_block(self._height) if self._height else None
-        self._head_hash = pb.Block.FromString(head).hash if head else GENESIS_HASH
+        self._head_hash = block_from_bytes(head).hash if head else GENESIS_HASH
 
     def applied_index(self) -> int:
         return self._applied
@@ -126,21 +94,21 @@ class LedgerMachine:
     def head_hash(self) -> bytes:
         return self._head_hash
 
-    def apply(self, entries: Sequence[Entry]) -> list[object]:
+    def apply(self, entries: Sequence[Entry]) -> list[Applied]:
         """Apply committed entries; one ``Applied`` per ledger entry, in order
         (a duplicate's answer follows the first one's when both are in the
         same batch). The loop runs once per submission on every node, so it
         computes each request key once, for the lookup and the write."""
-        results: list[object] = []
+        results: list[Applied] = []
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
-        requests: list[tuple[bytes, int, int]] = []
+        requests: list[tuple[RequestKey, int, int]] = []
         member_keys: dict[str, bytes | None] = {}
         addresses: dict[str, str | None] = {}
         changes: list[ConfChange] = []
-        seen_now: dict[bytes, tuple[int, int]] = {}  # request key -> (index, height) in this call
-        lookup = self._storage.get_request_by_key
-        inspect = self._inspector.inspect
+        seen_now: dict[RequestKey, tuple[int, int]] = {}  # request -> (index, height) in this call
+        lookup = self._storage.get_request
+        inspect = inspect_entry
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
@@ -151,7 +119,7 @@ class LedgerMachine:
             if entry.type != EntryType.NORMAL:
                 continue
             included: list[bytes] = []
-            keys: list[tuple[RequestKey, bytes] | None] = []
+            keys: list[RequestKey | None] = []
             again: list[RequestKey] = []  # duplicates of this batch's own entries
             for payload in decode_batch(entry.data):
                 key, decoded = inspect(payload)
@@ -160,16 +128,15 @@ class LedgerMachine:
                     keys.append(None)
                     continue
                 if key is not None:
-                    rkey = request_key(key.client_id, key.request_id)
-                    earlier = seen_now.get(rkey) or lookup(rkey)
+                    earlier = seen_now.get(key) or lookup(key)
                     if earlier is not None:
                         if earlier[1] == 0:
                             again.append(key)  # its height is known once the block is
                         else:
                             results.append(Applied(key, earlier[0], earlier[1], True))
                         continue
-                    seen_now[rkey] = (entry.index, 0)
-                    keys.append((key, rkey))
+                    seen_now[key] = (entry.index, 0)
+                    keys.append(key)
                 else:
                     keys.append(None)
                 included.append(payload)
@@ -182,17 +149,16 @@ class LedgerMachine:
             )
             height = self._height = block.height
             self._head_hash = block.hash
-            blocks.append((height, block_to_pb(block).SerializeToString()))
+            blocks.append((height, block_to_bytes(block)))
             new_blocks.append(block)
             index = entry.index
             for item in keys:
                 if item is None:
                     results.append(Applied(None, index, height, False))
                     continue
-                key, rkey = item
-                seen_now[rkey] = (index, height)
-                requests.append((rkey, index, height))
-                results.append(Applied(key, index, height, False))
+                seen_now[item] = (index, height)
+                requests.append((item, index, height))
+                results.append(Applied(item, index, height, False))
             for key in again:
                 results.append(Applied(key, index, height, True))
         self._storage.write_applied(
@@ -245,5 +211,5 @@ class LedgerMachine:
         raw = self._storage.get_block(height)
         if raw is None:
             return None
-        return block_from_pb(pb.Block.FromString(raw))
+        return block_from_bytes(raw)
 

@@ -53,6 +53,7 @@ def verify_entry_proof(raw: bytes, anchors: Anchors) -> pb.LedgerEntry:
             f"{len(anchors.keys)} needs {need}"
         )
     try:
-        return pb.LedgerEntry.FromString(proof.entry)
+        entry: pb.LedgerEntry = pb.LedgerEntry.FromString(proof.entry)
+        return entry
     except DecodeError:
         raise ProofError("the proven entry is not a ledger entry") from None

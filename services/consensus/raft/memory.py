@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from .roles import RequestKey
 from .types import Entry, EntryType, HardState, Message, SnapshotMeta
 
 
@@ -117,12 +116,13 @@ class PrefixInspector:
     (what tests and the simulation propose); anything else has no key."""
 
     @staticmethod
-    def encode(key: RequestKey, body: bytes = b"") -> bytes:
-        if "/" in key.client_id:
+    def encode(key: tuple[str, int], body: bytes = b"") -> bytes:
+        client_id, request_id = key
+        if "/" in client_id:
             raise ValueError("client_id must not contain '/'")
-        return f"{key.client_id}/{key.request_id}/".encode() + body
+        return f"{client_id}/{request_id}/".encode() + body
 
-    def key_of(self, payload: bytes) -> RequestKey | None:
+    def key_of(self, payload: bytes) -> tuple[str, int] | None:
         parts = payload.split(b"/", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             return None
@@ -130,7 +130,7 @@ class PrefixInspector:
             client = parts[0].decode()
         except UnicodeDecodeError:
             return None
-        return RequestKey(client, int(parts[1]))
+        return client, int(parts[1])
 
 
 class Deduplicator:
@@ -139,9 +139,9 @@ class Deduplicator:
     applies the same log decides the same."""
 
     def __init__(self) -> None:
-        self._seen: set[RequestKey] = set()
+        self._seen: set[tuple[str, int]] = set()
 
-    def first_time(self, key: RequestKey | None) -> bool:
+    def first_time(self, key: tuple[str, int] | None) -> bool:
         """True (and remembered) the first time ``key`` is seen; None is
         always new."""
         if key is None:

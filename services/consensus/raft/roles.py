@@ -10,9 +10,9 @@ order the ``Ready`` contract gives (persist, send, apply, advance).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from .types import Entry, HardState, Message, SnapshotMeta
+from .types import Entry, HardState, Message
 
 
 class Storage(Protocol):
@@ -31,42 +31,18 @@ class Storage(Protocol):
     def close(self) -> None: ...
 
 
-class SnapshotStore(Protocol):
-    """Snapshots of the state machine (Raft §7). Only the latest is kept."""
-
-    def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None: ...
-
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Our own state machine's snapshot at ``meta.index`` (taken after
-        applying it); the stored log up to ``meta.index`` may then be deleted.
-        Call ``node.compact(meta.index)`` once this is durable."""
-        ...
-
-    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """``Ready.snapshot``: durably replace the state machine and the whole
-        stored log with the received snapshot, before saving Ready.entries."""
-        ...
-
-
 class Transport(Protocol):
     """Delivers messages to peers; best effort, never blocks the caller."""
 
     def send(self, messages: Sequence[Message]) -> None: ...
 
 
-class RequestKey(NamedTuple):
-    """Identifies one client request: a retry carries the same key. (A named
-    tuple: made, hashed and compared once or more per submission, which a
-    frozen dataclass does several times slower.)"""
-
-    client_id: str
-    request_id: int
-
-
 class RequestInspector(Protocol):
     """Reads the idempotency key of a payload (None: not idempotent)."""
 
-    def key_of(self, payload: bytes) -> RequestKey | None: ...
+    def key_of(self, payload: bytes) -> tuple[str, int] | None:
+        """(client id, request id): the ledger's RequestKey is one."""
+        ...
 
 
 class Application(Protocol):
@@ -88,17 +64,3 @@ class Assembler(Protocol):
         """Remove and return up to ``max_count`` payloads / ``max_bytes`` bytes
         (at least one payload when any is waiting)."""
         ...
-
-
-class Signer(Protocol):
-    def sign(self, message: bytes) -> bytes: ...
-
-
-class Verifier(Protocol):
-    def verify(self, signer_id: str, message: bytes, signature: bytes) -> bool: ...
-
-
-class Synchronizer(Protocol):
-    """Brings a lagging or new replica up to date from its peers."""
-
-    def entries_from(self, index: int, max_count: int) -> list[Entry]: ...

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from services.consensus.raft.membership import ConfChange, ConfChangeError, ConfChangeKind
 from services.consensus.raft.memory import MemoryStorage, PrefixInspector
 from services.consensus.raft.node import RaftNode
-from services.consensus.raft.roles import RequestKey
+from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.types import (
     Entry,
     Message,

@@ -9,8 +9,7 @@ Format version 1 (integers big-endian)::
     record*   : u32 key_len | u32 value_len | key | value
     trailer   : u32 0xFFFFFFFF | SHA-256 of every byte before the trailer
 
-Records hold the keys of the applied state only (``ALLOWED_PREFIXES`` and
-``ALLOWED_KEYS``): blocks, the request table, member keys, block signatures,
+Records hold the keys of the applied state only (``layout.is_state_key``): blocks, the request table, member keys, block signatures,
 peer addresses, the applied and certified heights. A reader refuses any other
 key, so a snapshot can never overwrite a node's identity or its log. Every
 length is checked against its bound before anything is read or allocated.
@@ -26,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from ..raft.types import SnapshotMeta
+from .layout import is_state_key
 
 MAGIC = b"FSNAP"
 VERSION = 1
@@ -36,16 +36,10 @@ END = 0xFFFFFFFF
 _U32 = struct.Struct(">I")
 _REC = struct.Struct(">II")
 
-ALLOWED_PREFIXES = (b"b/", b"r/", b"k/", b"s/", b"p/")
-ALLOWED_KEYS = (b"a/applied", b"a/certified")
 
 
 class SnapshotFormatError(ValueError):
     """Bytes that are not a complete, intact version-1 snapshot."""
-
-
-def allowed_key(key: bytes) -> bool:
-    return key in ALLOWED_KEYS or any(key.startswith(p) for p in ALLOWED_PREFIXES)
 
 
 def encode_header(meta: SnapshotMeta) -> bytes:
@@ -94,7 +88,7 @@ class SnapshotWriter:
         self.size += len(data)
 
     def add(self, key: bytes, value: bytes) -> None:
-        if not allowed_key(key):
+        if not is_state_key(key):
             raise SnapshotFormatError(f"key {key[:40]!r} is not part of the applied state")
         if len(key) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
             raise SnapshotFormatError(f"record {key[:40]!r} exceeds the record bounds")
@@ -174,7 +168,7 @@ def read_snapshot(src: BinaryIO, limit: int) -> tuple[SnapshotMeta, Iterator[tup
             if key_len > MAX_KEY_BYTES or value_len > MAX_VALUE_BYTES:
                 raise SnapshotFormatError(f"record at byte {r.pos} exceeds the record bounds")
             key = r.read(key_len)
-            if not allowed_key(key):
+            if not is_state_key(key):
                 raise SnapshotFormatError(f"key {key[:40]!r} is not part of the applied state")
             yield key, r.read(value_len)
 

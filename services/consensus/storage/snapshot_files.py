@@ -3,7 +3,7 @@ received from a leader in chunks.
 
 Layout, in a directory of its own beside the RocksDB (``DATA/snapshots``)::
 
-    snap-<index:020>-<term:020>.fsnap   complete snapshots (ledger/snapshot.py format)
+    snap-<index:020>-<term:020>.fsnap   complete snapshots (snapshot_format.py)
     *.tmp                               one being written (ours)
     incoming.part                       one being received (chunks so far)
 
@@ -26,9 +26,15 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import SnapshotRejected
-from .ledger.snapshot import SnapshotFormatError, read_header, verify_snapshot, write_snapshot
-from .raft.types import SnapshotMeta
+from ..errors import SnapshotRejected
+from ..raft.types import SnapshotMeta
+from .snapshot_format import (
+    SnapshotFormatError,
+    read_header,
+    read_snapshot,
+    verify_snapshot,
+    write_snapshot,
+)
 
 _NAME = re.compile(r"^snap-(\d{20})-(\d{20})\.fsnap$")
 INCOMING = "incoming.part"
@@ -103,6 +109,16 @@ class FileSnapshotStore:
         with open(self.path_of(meta), "rb") as f:
             f.seek(offset)
             return f.read(size)
+
+    def install_into(self, meta: SnapshotMeta, install: Callable[[SnapshotMeta, Iterable[tuple[bytes, bytes]]], None]) -> None:
+        """Read the stored snapshot ``meta`` and hand its records to
+        ``install`` (the node storage's ``install_snapshot``, which consumes
+        them all, checksum included, before it writes anything)."""
+        with open(self.path_of(meta), "rb") as f:
+            got, records = read_snapshot(f, self.max_snapshot_bytes)
+            if got != meta:
+                raise SnapshotRejected(f"stored snapshot holds {got}, not {meta}")
+            install(meta, records)
 
     def prune(self, keep: Callable[[int], bool]) -> None:
         """Delete the complete snapshots whose index ``keep`` refuses (the

@@ -17,8 +17,8 @@ import itertools
 import time
 from collections.abc import Callable
 
-from .errors import ReadTimeout
-from .raft.types import ReadState
+from ..errors import ReadTimeout
+from ..raft.types import ReadState
 
 
 class ReadTracker:

@@ -6,21 +6,32 @@ the key that node recorded in the ledger and against its own block at that
 height, keeps the valid ones, and advances ``certified_height`` while the next
 block has signatures from a majority of the voters. Signatures that cannot be
 checked yet (the block or the signer's key not applied here yet) wait in a
-bounded pending set. Runs on the runtime's event loop; no locks.
+bounded pending set.
+
+``CertificationLoop`` (the runtime's task): signs applied blocks and pushes
+the signatures to the peers in batches (one RPC per peer for many blocks,
+not one per block), records this node's key in the ledger once, and pulls
+the signatures of blocks whose certification has stalled (a push can be
+lost), rather than of every block still in flight. Runs on the runtime's
+event loop; no locks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from fleetsuit.v1 import consensus_pb2 as pb
 
-from .ledger.block import BlockData
-from .ledger.certify import NodeKey, block_message, quorum, verify
-from .ledger.machine import LedgerMachine
-from .metrics import ConsensusMetrics
-from .storage import RocksStorage
+from ..ledger.block import BlockData
+from ..ledger.certify import BlockSignature, NodeKey, block_message, key_message, quorum, verify
+from ..ledger.keys import RequestKey
+from ..ledger.machine import LedgerMachine
+from ..ledger.store import LedgerStore
+from ..metrics import ConsensusMetrics
+from .config import RuntimeConfig
+from .ports import PeerTransport
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +46,9 @@ class Certifier:
         node_id: str,
         cluster_id: str,
         key: NodeKey,
-        storage: RocksStorage,
+        storage: LedgerStore,
         machine: LedgerMachine,
-        voters: Sequence[str],
+        voters: Iterable[str],
         metrics: ConsensusMetrics,
     ) -> None:
         self._node_id = node_id
@@ -50,7 +61,7 @@ class Certifier:
         self._metrics = metrics
         self._certified = storage.certified_height()
         self._signers: dict[int, set[str]] = {}
-        self._pending: dict[tuple[int, str], pb.SignedBlock] = {}
+        self._pending: dict[tuple[int, str], BlockSignature] = {}
         self._hashes: dict[int, bytes] = {}
         for height in range(self._certified + 1, machine.height + 1):
             self._signers[height] = {nid for nid, _ in storage.signatures(height)}
@@ -72,18 +83,16 @@ class Certifier:
 
     def key_registration(self) -> pb.Member:
         """This node's MembershipChanged member, with its proof of possession."""
-        from .ledger.certify import key_message
 
         proof = self._key.sign(key_message(self._cluster_id, self._node_id, self._key.public))
         return pb.Member(node_id=self._node_id, public_key=self._key.public, key_proof=proof, voter=True)
 
-    def sign_blocks(self, blocks: Sequence[BlockData]) -> list[pb.SignedBlock]:
+    def sign_blocks(self, blocks: Sequence[BlockData]) -> list[BlockSignature]:
         signed = []
         for block in blocks:
             self._remember_hash(block.height, block.hash)
             signature = self._key.sign(block_message(self._cluster_id, block.height, block.hash))
-            signed.append(pb.SignedBlock(
-                height=block.height, hash=block.hash, node_id=self._node_id, signature=signature))
+            signed.append(BlockSignature(block.height, block.hash, self._node_id, signature))
         if signed:
             self._storage.put_signatures([(s.height, s.node_id, s.signature) for s in signed])
             for s in signed:
@@ -92,7 +101,7 @@ class Certifier:
             self._advance()
         return signed
 
-    def receive(self, items: Iterable[pb.SignedBlock]) -> None:
+    def receive(self, items: Iterable[BlockSignature]) -> None:
         accepted: list[tuple[int, str, bytes]] = []
         accepted_at: dict[int, int] = {}
         for item in items:
@@ -119,7 +128,7 @@ class Certifier:
                 accepted_at[item.height] = accepted_at.get(item.height, 0) + 1
         self._accept(accepted)
 
-    def _check(self, item: pb.SignedBlock) -> bool | None:
+    def _check(self, item: BlockSignature) -> bool | None:
         """True: valid; False: invalid; None: cannot tell yet."""
         key = self._machine.member_key(item.node_id)
         block_hash = self._block_hash(item.height)
@@ -185,17 +194,111 @@ class Certifier:
             return None
         return self._certified + 1, min(self._machine.height, self._certified + MAX_RANGE)
 
-    def signatures_between(self, first: int, last: int) -> list[pb.SignedBlock]:
-        out = []
+    def signatures_between(self, first: int, last: int) -> list[BlockSignature]:
+        out: list[BlockSignature] = []
         for height in range(max(1, first), min(last, first + MAX_RANGE - 1, self._machine.height) + 1):
             block = self._machine.get_block(height)
             if block is None:
                 break
             out.extend(
-                pb.SignedBlock(height=height, hash=block.hash, node_id=nid, signature=sig)
+                BlockSignature(height, block.hash, nid, sig)
                 for nid, sig in self._storage.signatures(height)
             )
         return out
 
     def certificate(self, height: int) -> list[tuple[str, bytes]]:
         return self._storage.signatures(height)
+
+
+class CertificationLoop:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        certifier: Certifier,
+        store: LedgerStore,
+        machine: LedgerMachine,
+        transport: PeerTransport,
+        submit: Callable[[bytes, RequestKey, float], asyncio.Future[object]],
+        has_leader: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self.certifier = certifier
+        self._store = store
+        self._machine = machine
+        self._transport = transport
+        self._submit = submit
+        self._has_leader = has_leader
+        self._to_sign: list[BlockData] = []
+        self._to_push: list[BlockSignature] = []
+        self._stopped = False
+
+    def applied(self, blocks: list[BlockData]) -> None:
+        """Blocks applied here: signed and pushed by the loop, off the commit path."""
+        self._to_sign.extend(blocks)
+
+    def _sign_applied(self) -> None:
+        if self._to_sign:
+            blocks, self._to_sign = self._to_sign, []
+            self._to_push.extend(self.certifier.sign_blocks(blocks))
+
+    def push(self) -> None:
+        self._sign_applied()
+        if self._to_push:
+            signed, self._to_push = self._to_push, []
+            self._transport.share_signatures(signed)
+
+    def receive(self, items: Iterable[BlockSignature]) -> None:
+        """Peers' block signatures. Our own go first: a height we signed
+        needs one peer signature less, and each one not needed is a verify
+        saved. (Signed now, pushed with the next round: no extra RPC.)"""
+        self._sign_applied()
+        self.certifier.receive(items)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def run(self) -> None:
+        config = self._config
+        registered = False
+        rounds = max(1, round(config.certify_interval_s / config.sign_interval_s))
+        stalled_at = (-1, 0)  # (certified height, rounds it has not moved while lagging)
+        tick = 0
+        node_id = config.node_id
+        while not self._stopped:
+            await asyncio.sleep(config.sign_interval_s)
+            self.push()
+            tick += 1
+            if tick % rounds:
+                continue
+            certifier = self.certifier
+            registered = registered and self._machine.member_key(node_id) == certifier.public_key
+            if not registered:
+                # Registered once the ledger holds our key; a node removed and
+                # added again (its key forgotten) registers anew.
+                registered = self._machine.member_key(node_id) == certifier.public_key
+                if not registered and self._has_leader():
+                    self._register(certifier)
+            certifier.on_applied()
+            gap = certifier.missing()
+            if gap is None:
+                stalled_at = (-1, 0)
+                continue
+            height = certifier.certified_height
+            stalled_at = (height, stalled_at[1] + 1) if stalled_at[0] == height else (height, 0)
+            if stalled_at[1] >= config.pull_after_rounds:
+                certifier.receive(await self._transport.fetch_signatures(*gap))
+
+    def _register(self, certifier: Certifier) -> None:
+        """Submit this node's key with its proof of possession. A key
+        registration already applied (before a removal) would be answered as
+        a duplicate: take the first request id not used yet."""
+        client_id = f"node/{self._config.node_id}"
+        request_id = int.from_bytes(certifier.public_key[:6], "big") << 8
+        while self._store.get_request(RequestKey(client_id, request_id)) is not None:
+            request_id += 1
+        entry = pb.LedgerEntry(
+            client_id=client_id, request_id=request_id,
+            membership_changed=pb.MembershipChanged(members=[certifier.key_registration()]),
+        )
+        fut = self._submit(entry.SerializeToString(), RequestKey(client_id, request_id), 5.0)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retried next round
