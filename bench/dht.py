@@ -64,10 +64,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.cpu import cpu_seconds
 from fleetsuit.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
-from fleetsuit.ports import free_port
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import wire
 from services.dht.cli import get_call, put_call
+from tests.support.ports import free_port
 
 MIB = 1024 * 1024
 BLOB_BYTES = 256 * MIB

@@ -86,7 +86,7 @@ def _description() -> dict[str, Any]:
 
 
 def _signature(data: bytes) -> bytes:
-    from services.manifest.codec import decode_envelope
+    from suit.codec import decode_envelope
 
     auth = decode_envelope(data).authentication
     assert auth is not None and auth.blocks[0].sign1 is not None
@@ -97,9 +97,9 @@ async def _grpc_rate(data: bytes, key: Any) -> float:
     from fleetsuit import grpcutil
     from fleetsuit.v1 import manifest_pb2 as pb
     from fleetsuit.v1 import manifest_pb2_grpc as pb_grpc
-    from services.manifest.auth import TrustAnchor
     from services.manifest.config import ManifestConfig
     from services.manifest.server import ManifestDeps, build_server
+    from suit.auth import TrustAnchor
 
     deps = ManifestDeps(anchors=(TrustAnchor(key.public_key()),))
     server, port = build_server(ManifestConfig(listen="127.0.0.1:0"), deps)
@@ -135,9 +135,9 @@ async def _grpc_rate(data: bytes, key: Any) -> float:
 
 
 def main(results_dir: pathlib.Path) -> dict[str, Any]:
-    from services.manifest.auth import TrustAnchor
-    from services.manifest.build import build_envelope, sign_envelope
-    from services.manifest.processor import DeviceContext, image_info, validate
+    from suit.auth import TrustAnchor
+    from suit.build import build_envelope, sign_envelope
+    from suit.processor import DeviceContext, image_info, validate
 
     unsigned = build_envelope(_description(), {})
     message = b"\x84jSignature1" + bytes(60)  # a Sig_structure-sized message

@@ -1,7 +1,7 @@
 """The root of every service's error tree.
 
 Each service declares one base exception (``ConsensusError``, ``DhtError``,
-``ManifestError``, ...) that derives from :class:`ServiceError`, with one
+``suit.errors.SuitError``, ...) that derives from :class:`ServiceError`, with one
 subclass per thing that can go wrong, each carrying a stable,
 machine-readable ``code`` (``NOT_LEADER``, ``DHT_NOT_FOUND``, ...). The codes
 are part of the API: clients and scripts branch on them, so they never
@@ -21,3 +21,7 @@ class ServiceError(Exception):
     message a person can act on."""
 
     code: str = "INTERNAL"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Pairs sent with the error besides its code (a retry-after hint)."""
+        return ()

@@ -128,7 +128,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._refused.log(
             (method, code), logging.INFO, "%s refused %s: %s: %s", self._service, method, code, exc
         )
-        context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
+        context.set_trailing_metadata(((ERROR_CODE_KEY, code), *exc.trailing_metadata()))
         await context.abort(status, f"{code}: {exc}")
 
     def _finish(self, method: str, context: grpc.aio.ServicerContext, started: float,

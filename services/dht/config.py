@@ -1,91 +1,117 @@
-"""The dht service's configuration: one frozen dataclass.
+"""The dht service's configuration: one frozen dataclass, declared once.
 
-``from_env`` is the only reader of environment variables (prefix
-``FLEETSUIT_DHT_``); command-line flags override it in ``__main__``.
+Every field is a ``fleetsuit.settings.setting``: its flag (``--field-name``),
+its environment variable (``FLEETSUIT_DHT_FIELD_NAME``), its default and its
+help come from that one declaration. A value is taken from the flag, else
+the environment, else the default; an unknown ``FLEETSUIT_DHT_`` variable, a
+value that does not parse and a failed ``validate()`` are ``ConfigError``s
+naming the setting. Derived values are properties.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fleetsuit.envconfig import ConfigError, env_int, env_str
+from fleetsuit import settings
+from fleetsuit.logs import LOG_FORMATS
+from fleetsuit.settings import ConfigError, setting
 
 MIB = 1024 * 1024
+ENV_PREFIX = "FLEETSUIT_DHT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, slots=True)
 class DhtConfig:
-    node_id: str = "node-1"
-    listen: str = "127.0.0.1:7102"  # HOST:PORT; port 0 picks a free one
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 7107  # 0 picks a free one, -1 disables
-    data_dir: str = "data/dht"
-    seeds: tuple[str, ...] = ()  # HOST:PORT of other nodes' dht services
-    k: int = 3  # replicas per blob
-    bucket_size: int = 20  # Kademlia's k for buckets and lookups
-    alpha: int = 3  # lookup parallelism
-    chunk_bytes: int = 1 * MIB
-    max_disk_bytes: int = 10 * 1024 * MIB
-    max_blob_bytes: int = 4 * 1024 * MIB
-    repair_interval_ms: int = 5_000
-    rpc_timeout_ms: int = 2_000
-    fetch_timeout_ms: int = 30_000
-    fetch_parallelism: int = 8  # chunks in flight per blob fetch
-    max_uploads: int = 4  # chunks served to peers at once; more are told Busy
-    provider_ttl_ms: int = 30_000  # provider records expire unless re-announced
-    scrub_interval_ms: int = 600_000  # pause between scrub passes
-    scrub_bytes_per_s: int = 32 * MIB  # scrub read rate limit
-    # Upload cap (chunks served to peers and Get streams), so spreading a
-    # release does not saturate an edge link; 0 = unlimited (ratelimit.py).
-    upload_bytes_per_s: int = 0
-    upload_burst_bytes: int = 1 * MIB  # credit an idle node may spend at once
-    grace_ms: int = 2_000
+    node_id: str = setting("node-1", "this node's name; its routing id is the SHA-256 of it")
+    listen: str = setting(
+        "127.0.0.1:7102", "address of the Dht and DhtPeer services (port 0 picks a free one)",
+        metavar="HOST:PORT",
+    )  # fmt: skip
+    metrics_host: str = setting("127.0.0.1", "address /metrics listens on", metavar="HOST")
+    metrics_port: int = setting(
+        7107, "port of /metrics (0 picks a free one, -1 disables it)", metavar="PORT"
+    )
+    data_dir: str = setting(
+        "data/dht", "directory of the blob store", flag="--data", env="FLEETSUIT_DHT_DATA",
+        metavar="DIR",
+    )  # fmt: skip
+    seeds: tuple[str, ...] = setting(
+        (), "other nodes' dht services to join through", metavar="HOST:PORT,..."
+    )
+    k: int = setting(3, "replicas per blob", metavar="N")
+    bucket_size: int = setting(
+        20, "Kademlia's k: contacts per bucket and per lookup result", metavar="N"
+    )
+    alpha: int = setting(3, "lookup parallelism (requests in flight)", metavar="N")
+    chunk_bytes: int = setting(1 * MIB, "chunk size of new blobs (at most 4 MiB)", metavar="BYTES")
+    max_disk_bytes: int = setting(
+        10 * 1024 * MIB, "disk-use limit of stored chunks and roots", metavar="BYTES"
+    )
+    max_blob_bytes: int = setting(
+        4 * 1024 * MIB, "largest blob accepted or fetched", metavar="BYTES"
+    )
+    repair_interval_ms: int = setting(5_000, "pause between repair passes", metavar="MS")
+    rpc_timeout_ms: int = setting(2_000, "deadline of a routing call to a peer", metavar="MS")
+    fetch_timeout_ms: int = setting(30_000, "deadline of a chunk fetched from a peer", metavar="MS")
+    fetch_parallelism: int = setting(8, "chunks in flight per blob fetch", metavar="N")
+    max_uploads: int = setting(4, "chunks served to peers at once; more are told Busy", metavar="N")
+    provider_ttl_ms: int = setting(
+        30_000, "provider records expire unless announced again", metavar="MS"
+    )
+    scrub_interval_ms: int = setting(600_000, "pause between scrub passes", metavar="MS")
+    scrub_bytes_per_s: int = setting(
+        32 * MIB, "read rate of the background scrub", metavar="BYTES_PER_S"
+    )
+    # The upload cap (chunks served to peers and Get streams), so spreading a
+    # release does not saturate an edge link (ratelimit.py).
+    upload_bytes_per_s: int = setting(
+        0, "cap on bytes uploaded to peers and clients (0: unlimited)", metavar="BYTES_PER_S"
+    )
+    upload_burst_bytes: int = setting(
+        1 * MIB, "upload credit an idle node may spend at once", metavar="BYTES"
+    )
+    grace_ms: int = setting(2_000, "time calls in flight get to finish at shutdown", metavar="MS")
+    log_level: str = setting("INFO", "lowest level logged", metavar="|".join(LOG_LEVELS))
+    log_format: str = setting("text", "log lines as text or as JSON", metavar="|".join(LOG_FORMATS))
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None, env: Mapping[str, str] | None = None
+    ) -> DhtConfig:
+        """Flags, then the environment (``os.environ`` when ``env`` is None),
+        then defaults; validated. ``--help`` lists every default and variable."""
+        return settings.parse_config(
+            cls, argv, env, prog="python -m services.dht", env_prefix=ENV_PREFIX,
+            description="A fleetsuit dht node: content-addressed payload storage.",
+        )  # fmt: skip
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DhtConfig:
-        d = cls()
-        seeds = env_str("FLEETSUIT_DHT_SEEDS", "", env)
-        return cls(
-            node_id=env_str("FLEETSUIT_DHT_NODE_ID", d.node_id, env),
-            listen=env_str("FLEETSUIT_DHT_LISTEN", d.listen, env),
-            metrics_host=env_str("FLEETSUIT_DHT_METRICS_HOST", d.metrics_host, env),
-            metrics_port=env_int("FLEETSUIT_DHT_METRICS_PORT", d.metrics_port, env),
-            data_dir=env_str("FLEETSUIT_DHT_DATA", d.data_dir, env),
-            seeds=parse_seeds(seeds),
-            k=env_int("FLEETSUIT_DHT_K", d.k, env),
-            bucket_size=env_int("FLEETSUIT_DHT_BUCKET_SIZE", d.bucket_size, env),
-            alpha=env_int("FLEETSUIT_DHT_ALPHA", d.alpha, env),
-            chunk_bytes=env_int("FLEETSUIT_DHT_CHUNK_BYTES", d.chunk_bytes, env),
-            max_disk_bytes=env_int("FLEETSUIT_DHT_MAX_DISK_BYTES", d.max_disk_bytes, env),
-            max_blob_bytes=env_int("FLEETSUIT_DHT_MAX_BLOB_BYTES", d.max_blob_bytes, env),
-            repair_interval_ms=env_int(
-                "FLEETSUIT_DHT_REPAIR_INTERVAL_MS", d.repair_interval_ms, env
-            ),
-            rpc_timeout_ms=env_int("FLEETSUIT_DHT_RPC_TIMEOUT_MS", d.rpc_timeout_ms, env),
-            fetch_timeout_ms=env_int("FLEETSUIT_DHT_FETCH_TIMEOUT_MS", d.fetch_timeout_ms, env),
-            fetch_parallelism=env_int("FLEETSUIT_DHT_FETCH_PARALLELISM", d.fetch_parallelism, env),
-            max_uploads=env_int("FLEETSUIT_DHT_MAX_UPLOADS", d.max_uploads, env),
-            provider_ttl_ms=env_int("FLEETSUIT_DHT_PROVIDER_TTL_MS", d.provider_ttl_ms, env),
-            scrub_interval_ms=env_int("FLEETSUIT_DHT_SCRUB_INTERVAL_MS", d.scrub_interval_ms, env),
-            scrub_bytes_per_s=env_int("FLEETSUIT_DHT_SCRUB_BYTES_PER_S", d.scrub_bytes_per_s, env),
-            upload_bytes_per_s=env_int(
-                "FLEETSUIT_DHT_UPLOAD_BYTES_PER_S", d.upload_bytes_per_s, env
-            ),
-            upload_burst_bytes=env_int(
-                "FLEETSUIT_DHT_UPLOAD_BURST_BYTES", d.upload_burst_bytes, env
-            ),
-            grace_ms=env_int("FLEETSUIT_DHT_GRACE_MS", d.grace_ms, env),
-        )
+        """The environment, then defaults; validated."""
+        return settings.from_sources(cls, None, env, ENV_PREFIX)
 
     def replace(self, **changes: object) -> DhtConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def store_path(self) -> str:
+        """The RocksDB directory of the blob store."""
+        return os.path.join(self.data_dir, "blobs")
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.metrics_host}:{self.metrics_port}" if self.metrics_port >= 0 else "off"
 
     def validate(self) -> DhtConfig:
         """Returns self; raises ConfigError naming the first bad field."""
         if not self.node_id or len(self.node_id) > 128:
             raise ConfigError("node_id must be 1..128 characters")
+        if not self.data_dir:
+            raise ConfigError("data_dir must name a directory")
         for name, value in [("listen", self.listen), *[("seeds", s) for s in self.seeds]]:
             split_host_port(value, name)
         positive = {
@@ -132,11 +158,11 @@ class DhtConfig:
             raise ConfigError(f"metrics_port out of range: {self.metrics_port}")
         if self.grace_ms < 0:
             raise ConfigError("grace_ms must not be negative")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         return self
-
-
-def parse_seeds(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def split_host_port(value: str, field: str = "address") -> tuple[str, int]:

@@ -1,23 +1,26 @@
 """Translation between the dht's domain types and fleetsuit.v1 protobuf.
 
-Also the one table mapping dht errors to gRPC status codes; the stable error
-code travels in the trailing metadata key ``fleetsuit-error-code``.
+Also the one table mapping dht errors to gRPC status codes (``ERRORS``,
+applied by ``fleetsuit.rpc``'s interceptor, which sends the stable error code
+in the trailing metadata key ``fleetsuit-error-code``), and the reverse: the
+dht error a failed peer call stands for.
 """
 
 from __future__ import annotations
 
 import grpc
 
+from fleetsuit.rpc import ERROR_CODE_KEY as ERROR_CODE_KEY  # re-exported for clients
+from fleetsuit.rpc import ErrorTable
 from fleetsuit.v1 import dht_pb2
 from services.dht import errors
 from services.dht.routing import ID_BYTES, Contact, NodeId
 
-ERROR_CODE_KEY = "fleetsuit-error-code"
 # Busy's retry_after_s in whole milliseconds; absent from older peers (read as 0).
-RETRY_AFTER_KEY = "fleetsuit-retry-after-ms"
+RETRY_AFTER_KEY = errors.RETRY_AFTER_KEY
 MAX_RETRY_AFTER_S = 10.0  # a peer's hint is capped: it must not park a fetch
 
-STATUS_OF: dict[type[errors.DhtError], grpc.StatusCode] = {
+ERRORS: ErrorTable = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidContentId: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -30,16 +33,13 @@ STATUS_OF: dict[type[errors.DhtError], grpc.StatusCode] = {
     errors.Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
+# Codes whose error can be rebuilt from a message alone (StoreFull and
+# ChunkCorrupt carry fields a peer's answer does not).
 _ERROR_OF_CODE: dict[str, type[errors.DhtError]] = {
-    cls.code.value: cls for cls in STATUS_OF if cls is not errors.StoreFull
+    cls.code: cls
+    for cls in ERRORS
+    if issubclass(cls, errors.DhtError) and cls not in (errors.StoreFull, errors.ChunkCorrupt)
 }
-
-
-def status_of(exc: errors.DhtError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return grpc.StatusCode.INTERNAL
 
 
 def contact_to_pb(contact: Contact) -> dht_pb2.DhtContact:
@@ -72,32 +72,33 @@ def key_from_pb(key: bytes) -> bytes:
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.DhtError:
     """The dht error a failed call stands for (transport failures included)."""
-    code = None
+    code = ""
     retry_after_ms = ""
     for key, value in exc.trailing_metadata() or ():
         if key == ERROR_CODE_KEY:
-            code = value
+            code = str(value)
         elif key == RETRY_AFTER_KEY:
             retry_after_ms = str(value)
-    cls = _ERROR_OF_CODE.get(str(code)) if code else None
+    details = _message(exc.details() or "", code)
+    cls = _ERROR_OF_CODE.get(code)
     if cls is errors.Busy:
-        return errors.Busy(exc.details() or "", _retry_after_s(retry_after_ms))
-    if cls is not None and cls is not errors.ChunkCorrupt:
-        return cls(exc.details() or "")
+        return errors.Busy(details, _retry_after_s(retry_after_ms))
+    if cls is not None:
+        return cls(details)
     if exc.code() == grpc.StatusCode.NOT_FOUND:
-        return errors.NotFound(exc.details() or "")
+        return errors.NotFound(details)
     if exc.code() == grpc.StatusCode.DATA_LOSS:
-        return errors.DigestMismatch(exc.details() or "")
+        return errors.DigestMismatch(details)
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.InvalidArgument(exc.details() or "")
-    return errors.PeerUnavailable(f"{exc.code().name}: {exc.details()}")
+        return errors.InvalidArgument(details)
+    return errors.PeerUnavailable(f"{exc.code().name}: {details}")
 
 
-def retry_after_metadata(exc: errors.DhtError) -> tuple[tuple[str, str], ...]:
-    """The trailing metadata carrying a Busy error's hint (none without one)."""
-    if isinstance(exc, errors.Busy) and exc.retry_after_s > 0:
-        return ((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000)))),)
-    return ()
+def _message(details: str, code: str) -> str:
+    """The peer's message without the ``CODE: `` the interceptor put before
+    it, so an error passed on from node to node is not prefixed twice."""
+    prefix = f"{code}: "
+    return details[len(prefix) :] if code and details.startswith(prefix) else details
 
 
 def _retry_after_s(text: str) -> float:

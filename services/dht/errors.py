@@ -1,17 +1,26 @@
 """The dht's exception tree and its stable error codes.
 
-``DhtError`` is the base. Errors about data a peer or client sent
+``DhtError`` is the base, under fleetsuit's ``ServiceError``; each error
+carries a stable ``code`` (``DHT_NOT_FOUND``, ...) that clients branch on and
+that never changes once published. Errors about data a peer or client sent
 (``BadRemoteData``) are kept apart from transport failures (``PeerUnavailable``)
 so callers can tell "this peer lied" from "this peer is gone". The mapping to
-gRPC status codes lives in ``services/dht/convert.py``.
+gRPC status codes lives in ``services/dht/convert.py`` (applied by the
+interceptor of ``fleetsuit.rpc``); this module imports no gRPC, so the
+sans-I/O cores raise these errors.
 """
 
 from __future__ import annotations
 
 import enum
 
+from fleetsuit.errors import ServiceError
 
-class ErrorCode(enum.Enum):
+# Trailing metadata of a Busy refusal: when to ask again (absent: no estimate).
+RETRY_AFTER_KEY = "fleetsuit-retry-after-ms"
+
+
+class ErrorCode(enum.StrEnum):
     INVALID_CONTENT_ID = "DHT_INVALID_CONTENT_ID"
     INVALID_ROOT = "DHT_INVALID_ROOT"
     NOT_FOUND = "DHT_NOT_FOUND"
@@ -24,7 +33,7 @@ class ErrorCode(enum.Enum):
     BUSY = "DHT_BUSY"
 
 
-class DhtError(Exception):
+class DhtError(ServiceError):
     code: ErrorCode = ErrorCode.INVALID_ARGUMENT
 
 
@@ -97,3 +106,9 @@ class Busy(DhtError):
     def __init__(self, message: str = "", retry_after_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The hint, in whole milliseconds, sent beside the error's code."""
+        if self.retry_after_s > 0:
+            return ((RETRY_AFTER_KEY, str(max(1, round(self.retry_after_s * 1000)))),)
+        return ()

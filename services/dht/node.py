@@ -24,6 +24,8 @@ It turns client and peer requests into store operations and network calls:
   to a node that joined closer to a blob;
 - ``scrub`` re-verifies every stored chunk in the background, at most
   ``scrub_bytes_per_s``, and repairs corrupt ones from peers;
+- a peer that stays unreachable for longer than ``rpc_timeout_ms`` is
+  logged, at most once a minute per peer (unreachable.py);
 - with ``upload_bytes_per_s`` set, every byte uploaded (chunks served to
   peers, Get streams) first passes a token bucket (ratelimit.py). A chunk
   upload waits for it while holding its upload slot, so peers asking a
@@ -47,6 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fleetsuit.logs import RateLimitedLog
 from services.dht.config import DhtConfig
 from services.dht.content import (
     Chunker,
@@ -73,6 +76,7 @@ from services.dht.ratelimit import TokenBucket
 from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
 from services.dht.store import BlobStore
 from services.dht.transport import PeerTransport
+from services.dht.unreachable import Unreachable
 
 log = logging.getLogger("fleetsuit.dht.node")
 
@@ -88,6 +92,7 @@ REFRESH_MIN_S = 0.25  # a fetch re-reads have-maps at most this often
 HAVE_PER_REFRESH = 3
 LOOKUP_MIN_S = 1.0  # and looks providers up again at most this often
 LOOKUP_MAX_S = 8.0  # or, while lookups find no new holder, this often
+UNREACHABLE_LOG_S = 60.0  # at most one "peer unreachable" line per peer this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,8 @@ class DhtNode:
         self._tasks: set[asyncio.Task[object]] = set()
         self.repair_passes = 0
         self._evictions_seen = 0
+        self._unreachable = Unreachable(config.rpc_timeout_ms / 1000)
+        self._unreachable_log = RateLimitedLog(log, interval_s=UNREACHABLE_LOG_S)
         self._refresh()
 
     # ------------------------------------------------------------ plumbing
@@ -165,6 +172,7 @@ class DhtNode:
             self._evictions_seen = self.store.evictions
 
     def observe(self, contact: Contact) -> None:
+        self._unreachable.answered(contact.address)
         stale = self.table.observe(contact)
         if stale is not None:
             self._spawn(self._probe(stale))
@@ -174,12 +182,26 @@ class DhtNode:
         try:
             await self.transport.ping(contact.address)
             self.table.observe(contact)
-        except DhtError:
+        except DhtError as exc:
+            self._note_failure(contact.address, exc)
             self._forget(contact.node_id)
 
-    def _peer_failed(self, contact: Contact) -> None:
+    def _peer_failed(self, contact: Contact, error: DhtError) -> None:
+        self._note_failure(contact.address, error)
         if self.table.record_failure(contact.node_id):
             self._forget(contact.node_id)
+
+    def _note_failure(self, address: str, error: DhtError) -> None:
+        """Log a peer unreachable for longer than a call's timeout (rate limited)."""
+        if not isinstance(error, PeerUnavailable):
+            return  # it answered, if only with an error
+        down_s = self._unreachable.failed(address, self.clock())
+        if down_s is not None:
+            self._unreachable_log.log(
+                address, logging.WARNING,
+                "peer %s unreachable for %.1f s (call timeout %.1f s): %s",
+                address, down_s, self.config.rpc_timeout_ms / 1000, error,
+            )  # fmt: skip
 
     def _forget(self, node_id: NodeId) -> None:
         self.table.remove(node_id)
@@ -219,9 +241,9 @@ class DhtNode:
                 contact = pending.pop(task)
                 try:
                     closer = task.result()
-                except DhtError:
+                except DhtError as exc:
                     lookup.on_failure(contact)
-                    self._peer_failed(contact)
+                    self._peer_failed(contact, exc)
                     continue
                 self.observe(contact)
                 lookup.on_response(contact, closer)
@@ -262,6 +284,7 @@ class DhtNode:
             try:
                 self.observe(await self.transport.ping(address))
             except DhtError as exc:
+                self._note_failure(address, exc)
                 log.debug("seed %s not reachable: %s", address, exc)
         if len(self.table):
             await self.lookup(self.contact.node_id)  # Kademlia §2.3: join by looking up self
@@ -421,8 +444,8 @@ class DhtNode:
                 except Busy:
                     busy = True
                     continue
-                except PeerUnavailable:
-                    self._peer_failed(holder)
+                except PeerUnavailable as exc:
+                    self._peer_failed(holder, exc)
                     continue
                 except DhtError:
                     continue
@@ -547,8 +570,8 @@ class DhtNode:
         for holder in holders:
             try:
                 root = decode_root(await self.transport.fetch_root(holder, blob))
-            except PeerUnavailable:
-                self._peer_failed(holder)
+            except PeerUnavailable as exc:
+                self._peer_failed(holder, exc)
                 continue
             except DhtError:
                 continue
@@ -676,10 +699,10 @@ class DhtNode:
                 self.metrics.chunk_requests.labels("busy").inc()
                 picker.busy(holder, index, busy.retry_after_s, loop.time())
                 continue
-            except PeerUnavailable:
+            except PeerUnavailable as exc:
                 self.metrics.chunk_requests.labels("failed").inc()
                 picker.done(holder, ok=False)
-                self._peer_failed(holder)
+                self._peer_failed(holder, exc)
                 continue
             except DhtError:
                 self.metrics.chunk_requests.labels("failed").inc()
@@ -709,8 +732,8 @@ class DhtNode:
             try:
                 if await self.transport.replicate(contact, blob, [self.contact]):
                     started += 1
-            except PeerUnavailable:
-                self._peer_failed(contact)
+            except PeerUnavailable as exc:
+                self._peer_failed(contact, exc)
             except DhtError as exc:
                 log.info("replicate to %s refused: %s", contact.address, exc)
         await self._announce(blob, closest)
@@ -724,8 +747,8 @@ class DhtNode:
                 continue
             try:
                 await self.transport.store(contact, blob, self.contact)
-            except PeerUnavailable:
-                self._peer_failed(contact)
+            except PeerUnavailable as exc:
+                self._peer_failed(contact, exc)
             except DhtError:
                 continue
 

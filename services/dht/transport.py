@@ -59,7 +59,7 @@ class GrpcTransport:
         if stub is None:
             channel = grpcutil.insecure_channel(address)
             self._channels[address] = channel
-            stub = self._stubs[address] = dht_pb2_grpc.DhtPeerStub(channel)  # type: ignore[no-untyped-call]
+            stub = self._stubs[address] = dht_pb2_grpc.DhtPeerStub(channel)
             # The chunk reply is decoded by hand: no copy through upb (wire.py).
             self._fetch_chunk[address] = channel.unary_unary(
                 "/fleetsuit.v1.DhtPeer/FetchChunk",

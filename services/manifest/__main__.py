@@ -1,47 +1,38 @@
-"""``python -m services.manifest``: configuration in, service running."""
+"""``python -m services.manifest``: configuration in, service running.
+
+Exit codes (``fleetsuit.cli``): 0 after a graceful stop, 2 for a bad
+setting (one line naming it) or bad usage, 3 when the service cannot start.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from fleetsuit.envconfig import ConfigError
+from fleetsuit.cli import EXIT_USAGE
+from fleetsuit.logs import setup_logging
+from fleetsuit.settings import ConfigError
 
 from .config import ManifestConfig
-from .server import serve
+from .server import SERVICE, serve
 
 
-def parse_config(argv: Sequence[str] | None = None) -> ManifestConfig:
-    parser = argparse.ArgumentParser(prog="python -m services.manifest")
-    parser.add_argument("--listen", help="HOST:PORT for gRPC")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port (-1: off)")
-    parser.add_argument("--node-id")
-    parser.add_argument("--trust-anchor", action="append", help="PEM public key (repeatable)")
-    args = parser.parse_args(argv)
-    config = ManifestConfig.from_env()
-    overrides: dict[str, object] = {}
-    if args.listen is not None:
-        overrides["listen"] = args.listen
-    if args.metrics_port is not None:
-        overrides["metrics_port"] = args.metrics_port
-    if args.node_id is not None:
-        overrides["node_id"] = args.node_id
-    if args.trust_anchor:
-        overrides["trust_anchor_paths"] = tuple(args.trust_anchor)
-    return dataclasses.replace(config, **overrides).validate()  # type: ignore[arg-type]
+def parse_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ManifestConfig:
+    """Flags, then ``env`` (``os.environ`` when None), then defaults."""
+    return ManifestConfig.from_args(argv, env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_config(argv)
     except ConfigError as exc:
-        print(f"manifest: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(serve(config))
-    return 0
+        print(f"{SERVICE}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(SERVICE, config.node_id, config.log_level, config.log_format)
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,57 @@
-"""Translation between the manifest service's protobuf messages and the
-SUIT library's domain types. Nothing else touches generated code."""
+"""The manifest service's protobuf edge: its messages to and from the SUIT
+library's domain types, and the table that maps the library's errors to
+gRPC statuses. Nothing else in the service touches generated code.
+
+What is an error and what is a verdict: ``Validate`` answers whether an
+authentic envelope applies to the device described in the request, so a
+refusal by the processing rules (rollback, vendor, class, image, a failed
+condition: ``ProcessingError``) is a verdict, ``accepted = false`` with its
+code. A request the service cannot judge at all — an envelope that does
+not decode, breaks the limits or the CDDL, is not signed by a trusted key,
+or carries severable members that do not match, or a trust anchor in the
+request that is not a key — is refused: the servicer raises the library's
+error and the interceptor (``fleetsuit.rpc``) aborts with the status below
+and the error's code in ``fleetsuit-error-code``.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from typing import cast
 
+import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from fleetsuit.rpc import ErrorTable
 from fleetsuit.v1 import manifest_pb2 as pb
+from suit.auth import TrustAnchor
+from suit.device import DeviceContext, Image, ImageInfo
+from suit.errors import (
+    AuthenticationError,
+    ErrorCode,
+    ProcessingError,
+    StructureError,
+    SuitError,
+)
+from suit.model import ComponentId, Envelope, Manifest
+from suit.processor import Procedure, Verdict
+from suit.show import diagnostic, envelope_json
 
-from .auth import TrustAnchor
-from .errors import ErrorCode, StructureError
-from .model import ComponentId
-from .processor import DeviceContext, Image, ImageInfo, Procedure, Verdict
+# Looked up along the error's MRO (fleetsuit.rpc.status_of).
+ERRORS: ErrorTable = {
+    # The bytes are not a bounded, canonical SUIT envelope (DecodeError,
+    # LimitExceeded, StructureError), its severable members do not match
+    # (SeverableError), or a trust anchor in the request is not a key.
+    SuitError: grpc.StatusCode.INVALID_ARGUMENT,
+    # No trusted key signed it, or the digest does not match (§8.3): the
+    # release is refused, whoever sent it; the code says which check failed.
+    AuthenticationError: grpc.StatusCode.PERMISSION_DENIED,
+    # Validate answers these with a verdict; raised anywhere else, the
+    # device's state is what refuses the envelope.
+    ProcessingError: grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 _PROCEDURES: dict[int, Procedure] = {
     pb.MANIFEST_PROCEDURE_UNSPECIFIED: Procedure.UPDATE,
@@ -23,8 +61,9 @@ _PROCEDURES: dict[int, Procedure] = {
 }
 
 
-def error_code_to_pb(code: ErrorCode) -> int:
-    return int(code)  # the enums share their numbers (manifest.proto)
+def error_code_to_pb(code: ErrorCode) -> pb.ManifestErrorCode:
+    # manifest.proto shares the numbers (tests check every one).
+    return cast(pb.ManifestErrorCode, code.number)
 
 
 def component_from_pb(msg: pb.ManifestComponentId) -> ComponentId:
@@ -120,8 +159,25 @@ def procedure_from_pb(value: int) -> Procedure:
 def verdict_to_pb(verdict: Verdict) -> pb.ManifestValidateResponse:
     return pb.ManifestValidateResponse(
         accepted=verdict.accepted,
-        code=error_code_to_pb(verdict.code),  # type: ignore[arg-type]
+        code=error_code_to_pb(verdict.code),
         message=verdict.message,
         sequence_number=verdict.sequence_number or 0,
         components=[component_to_pb(c) for c in verdict.components],
+    )
+
+
+def inspection_to_pb(
+    data: bytes, envelope: Envelope, manifest: Manifest
+) -> pb.ManifestInspectResponse:
+    """What ``Inspect`` tells about an envelope that decoded (not verified)."""
+    auth = envelope.authentication
+    return pb.ManifestInspectResponse(
+        ok=True,
+        code=error_code_to_pb(ErrorCode.OK),
+        message="decoded (not verified)",
+        sequence_number=manifest.sequence_number,
+        components=[component_to_pb(c) for c in manifest.common.components],
+        json=json.dumps(envelope_json(envelope, manifest)),
+        diagnostic=diagnostic(data),
+        signed=auth is not None and bool(auth.blocks),
     )

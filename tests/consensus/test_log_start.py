@@ -14,8 +14,7 @@ from services.consensus.ledger.machine import LedgerMachine
 from services.consensus.metrics import ConsensusMetrics
 from services.consensus.raft.types import Entry, HardState, RaftConfig, SnapshotMeta
 from services.consensus.runtime import ConsensusNode, RuntimeConfig
-from services.consensus.storage import FileSnapshotStore
-from services.consensus.storage import RocksStorage
+from services.consensus.storage import FileSnapshotStore, RocksStorage
 
 VOTERS = ("n1",)
 

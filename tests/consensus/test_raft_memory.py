@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.memory import (
     Deduplicator,
     MemoryApplication,
@@ -12,7 +13,6 @@ from services.consensus.raft.memory import (
     MemoryTransport,
     PrefixInspector,
 )
-from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.types import Entry, EntryType, HardState, Message, MessageType
 
 

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from services.consensus.config import ConsensusConfig, parse_peers
-from services.dht.__main__ import parse_args as dht_args
 from services.dht.config import DhtConfig
 from services.manifest.__main__ import parse_config as manifest_args
 
@@ -96,7 +95,7 @@ def test_the_consensus_container_starts_with_a_valid_configuration(ordinal: int)
 def test_the_dht_and_manifest_containers_start_with_valid_configurations() -> None:
     dht = _container("dht")
     env = _env(dht, "fleetsuit-1")
-    config = dht_args(_args(dht, env), DhtConfig.from_env(env))
+    config = DhtConfig.from_args(_args(dht, env), env)
     assert config.node_id == "fleetsuit-1" and len(config.seeds) == _statefulset()["spec"]["replicas"]
     manifest = _container("manifest")
     env = _env(manifest, "fleetsuit-1")

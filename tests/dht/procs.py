@@ -1,38 +1,32 @@
 """Real ``python -m services.dht`` processes on 127.0.0.1 for integration tests.
 
-Ports are picked free, logs go to files beside the data dirs, and every
-process is stopped by its pid (``DhtProcess.kill`` / ``stop``).
+Ports are picked free (``tests.support.ports``), logs go to files beside the
+data dirs, and every process is stopped by its pid (``DhtProcess.kill`` /
+``stop``, through ``tests.support.procs``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit.grpcutil import CHANNEL_OPTIONS
-from fleetsuit.ports import free_port
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
+from tests.support.ports import free_port
+from tests.support.procs import kill, stop_processes
+from tests.support.wait import wait_until
+
+__all__ = ["DhtProcess", "start_cluster", "wait_until"]
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class DhtProcess:
@@ -84,20 +78,15 @@ class DhtProcess:
     def kill(self) -> None:
         """SIGKILL by pid (a crash)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            kill(self.proc, signal.SIGKILL)
         self._close_channel()
 
-    def stop(self) -> None:
-        """SIGTERM by pid, SIGKILL if it has not exited in 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+    def stop(self) -> int | None:
+        """SIGTERM by pid, SIGKILL if it has not exited in 10 s; the exit code."""
+        if self.proc is not None:
+            stop_processes([self.proc])
         self._close_channel()
+        return self.proc.returncode if self.proc is not None else None
 
     def _close_channel(self) -> None:
         if self._channel is not None:
@@ -116,7 +105,7 @@ class DhtProcess:
     # ---------------------------------------------------------------- client
 
     def put(self, data: bytes, piece: int = 1024 * 1024) -> str:
-        def requests():  # type: ignore[no-untyped-def]
+        def requests() -> Iterator[dht_pb2.BlobPutRequest]:
             for i in range(0, len(data), piece):
                 yield dht_pb2.BlobPutRequest(data=data[i : i + piece])
 

@@ -26,13 +26,19 @@ def five(tmp_path: pathlib.Path) -> Iterator[list[DhtProcess]]:
             node.kill()
 
 
+def stored(db: rocksdict.Rdict, key: bytes) -> bytes:
+    value = db[key]
+    assert isinstance(value, bytes), key
+    return value
+
+
 def corrupt_one_chunk(node: DhtProcess, cid: str, index: int) -> None:
     """Overwrite one stored chunk of a *stopped* node's RocksDB (see store.py layout)."""
     db = rocksdict.Rdict(str(node.data / "blobs"), options=rocksdict.Options(raw_mode=True))
     try:
-        root = decode_root(bytes(db[b"r" + parse_id(cid)]))
+        root = decode_root(stored(db, b"r" + parse_id(cid)))
         key = b"c" + root.chunks[index]
-        original = bytes(db[key])
+        original = stored(db, key)
         db[key] = bytes(len(original))  # same length, all zeros
     finally:
         db.close()
@@ -90,8 +96,8 @@ def test_crash_two_holders_read_everywhere_repair_and_bit_rot(five: list[DhtProc
     rotten.stop()
     db = rocksdict.Rdict(str(rotten.data / "blobs"), options=rocksdict.Options(raw_mode=True))
     try:
-        root = decode_root(bytes(db[b"r" + parse_id(cid)]))
-        chunk = bytes(db[b"c" + root.chunks[5]])
+        root = decode_root(stored(db, b"r" + parse_id(cid)))
+        chunk = stored(db, b"c" + root.chunks[5])
         assert hashlib.sha256(chunk).digest() == root.chunks[5]  # repaired on disk
     finally:
         db.close()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import pathlib
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -217,34 +214,3 @@ async def test_corrupt_chunk_is_never_served_and_is_refetched(cluster: Cluster) 
     assert await get(cluster.stub(victim), cid) == data
     assert victim.metrics.corrupt_chunks.labels("disk")._value.get() == 1
     assert kv.data[b"c" + root.chunks[2]] == data[2 * CHUNK : 3 * CHUNK]
-
-
-@pytest.mark.asyncio
-async def test_cli_put_get_resume_and_stat(cluster: Cluster, tmp_path: pathlib.Path) -> None:
-    node = await cluster.add()
-    data = payload(3 * CHUNK + 17, seed=11)
-    src = tmp_path / "payload.bin"
-    src.write_bytes(data)
-
-    async def cli(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "launcher", "blob", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode or 0, out.decode(), err.decode()
-
-    rc, out, err = await cli("put", "--endpoint", node.contact.address, str(src))
-    assert rc == 0, err
-    cid = out.strip().splitlines()[-1]
-    assert cid == content_id_of(data)
-    dst = tmp_path / "out.bin"
-    dst.write_bytes(data[:1000])  # a partial download
-    rc, _out, err = await cli("get", "--endpoint", node.contact.address, cid, "-o", str(dst))
-    assert rc == 0, err
-    assert "resuming at byte 1000" in err
-    assert hashlib.sha256(dst.read_bytes()).hexdigest() == cid.split(":")[1]
-    rc, out, err = await cli("stat", "--endpoint", node.contact.address, "--json", cid)
-    assert rc == 0 and f'"size": {len(data)}' in out, err
-    rc, _out, err = await cli("stat", "--endpoint", node.contact.address, "sha256:zz")
-    assert rc == 1 and err.startswith("fleetsuit: ")

@@ -4,15 +4,15 @@ and a real gRPC node that paces what it serves."""
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from fleetsuit.envconfig import ConfigError
+from fleetsuit.settings import ConfigError
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import convert
-from services.dht.__main__ import parse_args
 from services.dht.config import MIB, DhtConfig
 from services.dht.content import content_id_of
 from services.dht.errors import Busy, ErrorCode, InvalidArgument, NotFound
@@ -99,7 +99,7 @@ def test_the_limit_comes_from_the_environment_and_flags_override_it() -> None:
     }
     config = DhtConfig.from_env(env)
     assert (config.upload_bytes_per_s, config.upload_burst_bytes) == (8 * MIB, 2 * MIB)
-    flagged = parse_args(["--upload-bytes-per-s", str(4 * MIB)], config)
+    flagged = DhtConfig.from_args(["--upload-bytes-per-s", str(4 * MIB)], env)
     assert (flagged.upload_bytes_per_s, flagged.upload_burst_bytes) == (4 * MIB, 2 * MIB)
 
 
@@ -142,7 +142,7 @@ async def test_a_limited_node_serves_a_whole_get_and_waits_for_the_limit() -> No
             stub = dht_pb2_grpc.DhtStub(channel)
             data = random.Random(1).randbytes(8 * chunk)
 
-            async def requests():  # type: ignore[no-untyped-def]
+            async def requests() -> AsyncIterator[dht_pb2.BlobPutRequest]:
                 yield dht_pb2.BlobPutRequest(data=data)
 
             put = await stub.Put(requests())
@@ -194,9 +194,9 @@ def test_a_busy_peer_hint_is_read_bounded(hint: str | None, seconds: float) -> N
 
 
 def test_a_hint_travels_in_whole_milliseconds_and_only_when_there_is_one() -> None:
-    assert convert.retry_after_metadata(Busy("x", 0.0123)) == ((convert.RETRY_AFTER_KEY, "12"),)
-    assert convert.retry_after_metadata(Busy("x")) == ()
-    assert convert.retry_after_metadata(NotFound("x")) == ()
+    assert Busy("x", 0.0123).trailing_metadata() == ((convert.RETRY_AFTER_KEY, "12"),)
+    assert Busy("x").trailing_metadata() == ()
+    assert NotFound("x").trailing_metadata() == ()
 
 
 @pytest.mark.asyncio

@@ -9,8 +9,8 @@ import pytest
 
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.ledger.block import GENESIS_HASH, ChainError, make_block, verify_chain
-from services.consensus.ledger.export import ExportFormatError, read_blocks, write_blocks
 from services.consensus.ledger.codec import encode_batch
+from services.consensus.ledger.export import ExportFormatError, read_blocks, write_blocks
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.ledger.machine import Applied, LedgerMachine
 from services.consensus.raft.types import Entry, EntryType

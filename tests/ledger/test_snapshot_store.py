@@ -15,15 +15,14 @@ from services.consensus.errors import SnapshotRejected, StorageError
 from services.consensus.ledger.codec import encode_batch
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.ledger.machine import LedgerMachine
+from services.consensus.raft.types import Entry, SnapshotMeta
+from services.consensus.storage import FileSnapshotStore, RocksStorage
 from services.consensus.storage.snapshot_format import (
     SnapshotFormatError,
     read_snapshot,
     verify_snapshot,
     write_snapshot,
 )
-from services.consensus.raft.types import Entry, SnapshotMeta
-from services.consensus.storage import FileSnapshotStore
-from services.consensus.storage import RocksStorage
 
 META = SnapshotMeta(index=40, term=3, voters=("n1", "n2", "n3"))
 

@@ -63,9 +63,23 @@ class Certifier:
         self._signers: dict[int, set[str]] = {}
         self._pending: dict[tuple[int, str], BlockSignature] = {}
         self._hashes: dict[int, bytes] = {}
+        self._recorded = False  # the ledger records our key (checked until it does)
         for height in range(self._certified + 1, machine.height + 1):
             self._signers[height] = {nid for nid, _ in storage.signatures(height)}
         self._advance()
+
+    def unsigned(self) -> list[BlockData]:
+        """Applied blocks not yet certified that this node has not signed:
+        at start, or after a snapshot replaced the state, blocks applied
+        just before a crash (or brought by the snapshot) still need our
+        signature, or their certificate could wait forever."""
+        out = []
+        for height in range(self._certified + 1, self._machine.height + 1):
+            if self._node_id not in self._signers.get(height, ()):
+                block = self._machine.get_block(height)
+                if block is not None:
+                    out.append(block)
+        return out
 
     def set_voters(self, voters: Iterable[str]) -> None:
         """The configuration changed: certificates need a majority of the new voters."""
@@ -112,7 +126,7 @@ class Certifier:
             signers = self._signers.get(item.height, ())
             if item.node_id in signers:
                 continue
-            if len(signers) + accepted_at.get(item.height, 0) >= self._quorum:
+            if self._count(item.height) + accepted_at.get(item.height, 0) >= self._quorum:
                 # A majority is already verified at this height: one more
                 # signature would cost a verify (the dearest step of
                 # certification) and certify nothing more. (The runtime signs
@@ -175,12 +189,27 @@ class Certifier:
         self.receive(items)
 
     def on_applied(self) -> None:
-        """New blocks or member keys were applied: pending signatures may verify now."""
+        """New blocks or member keys were applied: pending signatures may
+        verify now, and our own may count."""
         self._retry_pending()
+        self._advance()
+
+    def _own_key_recorded(self) -> bool:
+        """Our own signatures count only once the ledger records our key: a
+        certificate must be checkable against the ledger alone."""
+        if not self._recorded:
+            self._recorded = self._machine.member_key(self._node_id) == self._key.public
+        return self._recorded
+
+    def _count(self, height: int) -> int:
+        signers = self._signers.get(height, ())
+        if self._node_id in signers and not self._own_key_recorded():
+            return len(signers) - 1
+        return len(signers)
 
     def _advance(self) -> None:
         start = self._certified
-        while len(self._signers.get(self._certified + 1, ())) >= self._quorum:
+        while self._count(self._certified + 1) >= self._quorum:
             self._certified += 1
             self._signers.pop(self._certified, None)
         if self._certified != start:
@@ -228,9 +257,14 @@ class CertificationLoop:
         self._transport = transport
         self._submit = submit
         self._has_leader = has_leader
-        self._to_sign: list[BlockData] = []
+        self._to_sign: list[BlockData] = certifier.unsigned()
         self._to_push: list[BlockSignature] = []
         self._stopped = False
+
+    def replace(self, certifier: Certifier) -> None:
+        """A snapshot replaced the applied state: a new certifier over it."""
+        self.certifier = certifier
+        self._to_sign = certifier.unsigned()
 
     def applied(self, blocks: list[BlockData]) -> None:
         """Blocks applied here: signed and pushed by the loop, off the commit path."""

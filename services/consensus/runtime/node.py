@@ -483,7 +483,7 @@ class ConsensusNode:
                 lambda: bool(self._core.leader_id),
             )
         else:
-            self.certification.certifier = certifier
+            self.certification.replace(certifier)
 
     async def change_membership(self, change: ConfChange, address: str = "") -> int:
         """Leader only: append a CONFIG entry and wait for it to be applied here."""

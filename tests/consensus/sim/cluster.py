@@ -21,10 +21,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.membership import ConfChange, ConfChangeError, ConfChangeKind
 from services.consensus.raft.memory import MemoryStorage, PrefixInspector
 from services.consensus.raft.node import RaftNode
-from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.types import (
     Entry,
     Message,

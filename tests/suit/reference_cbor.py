@@ -1,4 +1,4 @@
-"""The reference for ``services.manifest.cbor.decode``: a separate scan of
+"""The reference for ``suit.cbor.decode``: a separate scan of
 the heads (iterative, no values built), then cbor2 builds the value.
 
 This was the library's decoder before the single-pass one replaced it; it is
@@ -12,9 +12,9 @@ from typing import Any
 
 import cbor2
 
-from services.manifest.cbor import ALLOWED_TAGS, Budget
-from services.manifest.errors import DecodeError, ErrorCode, LimitExceeded
-from services.manifest.limits import Limits
+from suit.cbor import ALLOWED_TAGS, Budget
+from suit.errors import DecodeError, ErrorCode, LimitExceeded
+from suit.limits import Limits
 
 _MIN_FOR_AI = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
 

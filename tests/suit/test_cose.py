@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.manifest.cose import der_signature, sig_structure
+from suit.cose import der_signature, sig_structure
 
 # Halves with leading zero bytes and high bits set are the edge cases of DER.
 _HALF = st.one_of(

@@ -14,9 +14,9 @@ from cbor2 import CBORTag
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.manifest import cbor
-from services.manifest.errors import ErrorCode, SuitError
-from services.manifest.limits import Limits
+from suit import cbor
+from suit.errors import ErrorCode, SuitError
+from suit.limits import Limits
 
 from . import reference_cbor
 from .conftest import VECTORS

@@ -7,7 +7,7 @@ shape a SUIT signer normally produces — an envelope of bstr members, one
 COSE_Sign1 with ``{1: alg}`` protected and a SHA-256 SUIT_Digest (§8.3), a
 manifest of the standard members, command sequences of the commands this
 library runs — straight from the bytes, each byte once, and builds only
-what the interpreter needs (``machine.Program``). A text map (§8.4.4) is
+what the interpreter needs (``interpreter.Program``). A text map (§8.4.4) is
 checked and counted but not built: no verdict reads it.
 
 It decides nothing the typed path would decide differently. Whenever the
@@ -27,18 +27,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .auth import TrustAnchor, digest_mismatch, no_signer, signer_of
 from .cbor import encode_head
 from .codec import PARAMETER_TYPES, REP_POLICY_CODES
+from .device import DeviceContext, Image
 from .errors import SuitError
+from .interpreter import Interpreter, Program, images_of, invoked_of
 from .limits import Limits
-from .machine import Image, Machine, Program, images_of, invoked_of
 from .model import ComponentId, SuitDigest
-
-if TYPE_CHECKING:
-    from .processor import DeviceContext
 
 Accepted = tuple[
     TrustAnchor,  # signer
@@ -373,25 +370,25 @@ def process(
 
     except (_Unusual, IndexError, UnicodeDecodeError):
         return None
-    machine = Machine(components, shared, members.get, context, limits.max_commands_run)
+    interpreter = Interpreter(components, shared, members.get, context, limits.max_commands_run)
     try:
         for key in sequences:
             program = programs.get(key)
             if program is not None:
-                machine.run_procedure_step(program)
+                interpreter.run_procedure_step(program)
     except SuitError:
         return None  # the typed path reports it
-    images = machine.images
+    images = interpreter.images
     if len(images) == 1:  # one image: its component, no sort
         for i, image in images.items():
             image_list: tuple[tuple[ComponentId, Image], ...] = ((components[i], image),)
     else:
-        image_list = images_of(machine)
+        image_list = images_of(interpreter)
     return (
         signer,
         tuple(severed) if severed else (),
         image_list,
-        invoked_of(machine) if machine.invoked else (),
+        invoked_of(interpreter) if interpreter.invoked else (),
         sequence_number,
         components,
     )

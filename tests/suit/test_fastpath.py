@@ -21,12 +21,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, given, settings
 
-from services.manifest import auth, cbor, cose, fastpath
-from services.manifest.auth import TrustAnchor
-from services.manifest.build import build_envelope, sign_envelope
-from services.manifest.errors import AuthenticationError, ErrorCode, SuitError
-from services.manifest.limits import DEFAULT_LIMITS, Limits
-from services.manifest.processor import (
+from suit import auth, cbor, cose, fastpath
+from suit.auth import TrustAnchor
+from suit.build import build_envelope, sign_envelope
+from suit.errors import AuthenticationError, ErrorCode, SuitError
+from suit.limits import DEFAULT_LIMITS, Limits
+from suit.processor import (
     DeviceContext,
     Outcome,
     Procedure,

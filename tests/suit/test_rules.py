@@ -11,13 +11,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
 
-from services.manifest import cbor, cose
-from services.manifest.auth import TrustAnchor
-from services.manifest.build import build_envelope, sign_envelope
-from services.manifest.codec import decode_envelope, encode_envelope
-from services.manifest.errors import ErrorCode
-from services.manifest.model import Envelope
-from services.manifest.processor import ImageInfo, Procedure, validate
+from suit import cbor, cose
+from suit.auth import TrustAnchor
+from suit.build import build_envelope, sign_envelope
+from suit.codec import decode_envelope, encode_envelope
+from suit.errors import ErrorCode
+from suit.model import Envelope
+from suit.processor import ImageInfo, Procedure, validate
 
 from .conftest import PAYLOAD, URI, description, device, signed
 

@@ -13,7 +13,7 @@ anywhere; the result says what would be installed and invoked.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import fastpath
@@ -25,6 +25,7 @@ from .auth import (
     check_severable,
 )
 from .codec import Decoder
+from .device import DeviceContext, Image, ImageInfo, image_info
 from .errors import (
     ErrorCode,
     ProcessingError,
@@ -34,18 +35,15 @@ from .errors import (
     SuitError,
 )
 from .frozen import slot_init
-from .limits import DEFAULT_LIMITS, Limits
-from .machine import (
-    Image,
-    ImageInfo,
-    Machine,
+from .interpreter import (
+    Interpreter,
     Program,
     compile_sequence,
-    image_info,
     images_of,
     invoked_of,
     show,
 )
+from .limits import DEFAULT_LIMITS, Limits
 from .model import (
     CommandSequence,
     ComponentId,
@@ -62,9 +60,11 @@ __all__ = [
     "Outcome",
     "Procedure",
     "Verdict",
+    "accepted",
     "image_info",
     "process",
     "process_typed",
+    "rejected",
     "validate",
 ]
 
@@ -73,20 +73,6 @@ class Procedure(enum.Enum):
     AUTHENTICATE = "authenticate"  # authentication, parsing, rollback, severable only
     UPDATE = "update"  # shared + payload-fetch + install + validate (§8.4.6)
     INVOKE = "invoke"  # shared + validate + load + invoke (secure boot)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceContext:
-    """What the recipient knows about itself (all data, no I/O)."""
-
-    vendor_id: bytes
-    class_id: bytes
-    device_id: bytes | None = None
-    installed_sequence: Mapping[ComponentId, int] = field(default_factory=dict)
-    images: Mapping[ComponentId, Image] = field(default_factory=dict)  # current contents
-    fetchable: Mapping[str, Image] = field(default_factory=dict)  # uri → payload
-    slots: Mapping[ComponentId, int] = field(default_factory=dict)  # target slot
-    components: frozenset[ComponentId] | None = None  # None: any component
 
 
 @slot_init
@@ -221,7 +207,7 @@ def _authenticated(
             raise RollbackRejected(installed, manifest.sequence_number)
     severed = check_severable(envelope, manifest)
     shared = manifest.common.shared_sequence
-    machine = Machine(
+    interpreter = Interpreter(
         components,
         None if shared is None else compile_sequence(shared),
         envelope.member,
@@ -231,12 +217,12 @@ def _authenticated(
     for key in _SEQUENCES[procedure]:
         program = _program_for(decoder, envelope, manifest, key, severed)
         if program is not None:
-            machine.run_procedure_step(program)
+            interpreter.run_procedure_step(program)
     return Outcome(
         signer,
         severed,
-        images_of(machine),
-        invoked_of(machine),
+        images_of(interpreter),
+        invoked_of(interpreter),
         manifest.sequence_number,
         components,
         envelope.manifest_raw,
@@ -256,7 +242,12 @@ def validate(
     try:
         outcome = process(data, anchors, context, procedure, limits)
     except SuitError as exc:
-        return Verdict(False, exc.code, exc.message)
+        return rejected(exc)
+    return accepted(outcome)
+
+
+def accepted(outcome: Outcome) -> Verdict:
+    """The verdict on an envelope ``process`` accepted."""
     return Verdict(
         True,
         ErrorCode.OK,
@@ -265,6 +256,11 @@ def validate(
         outcome.components,
         outcome,
     )
+
+
+def rejected(error: SuitError) -> Verdict:
+    """The verdict on an envelope ``process`` refused with ``error``."""
+    return Verdict(False, error.code, error.message)
 
 
 def _program_for(

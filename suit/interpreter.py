@@ -11,13 +11,11 @@ so there is one interpreter. Pure: the device is data, nothing is written.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .auth import compute_digest
+from .device import DeviceContext, Image, ImageInfo
 from .errors import ErrorCode, LimitExceeded, ProcessingError, StructureError
 from .model import (
     CONDITIONS,
@@ -31,19 +29,6 @@ from .model import (
     TryEach,
 )
 
-if TYPE_CHECKING:
-    from .processor import DeviceContext
-
-
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    """A payload known by its SHA-256 and size rather than its bytes."""
-
-    sha256: bytes
-    size: int
-
-
-Image = bytes | ImageInfo
 Program = tuple[tuple[int, object], ...]
 MemberLookup = Callable[[int | str], bytes | None]
 
@@ -100,7 +85,7 @@ _P_IMAGE_SIZE = int(Parameter.IMAGE_SIZE)
 _ONLY_FIRST = [0]  # the selection every sequence starts with; never mutated
 
 
-class Machine:
+class Interpreter:
     """Parameter storage, component images and the command interpreter (§6.4)."""
 
     __slots__ = (
@@ -166,7 +151,7 @@ class Machine:
                 raise
         return True
 
-    # Every command is a step (machine, code, argument, soft-failure) returning
+    # Every command is a step (interpreter, code, argument, soft-failure) returning
     # the soft-failure state; conditions and directives act on each selected
     # component in turn (§6.4).
 
@@ -390,8 +375,8 @@ class Machine:
         return soft
 
 
-def _unsupported(machine: Machine, code: int, arg: object, soft: bool | None) -> bool | None:
-    if not machine.index:
+def _unsupported(interpreter: Interpreter, code: int, arg: object, soft: bool | None) -> bool | None:
+    if not interpreter.index:
         return soft
     if code in CONDITIONS or code < 0:
         # §8.4.9: an unknown (or unimplemented) condition is a failure.
@@ -403,43 +388,39 @@ def _unsupported(machine: Machine, code: int, arg: object, soft: bool | None) ->
 _MISSING = object()
 
 # One step per command code, built once; anything else is ``_unsupported``.
-_HANDLERS: dict[int, Callable[[Machine, int, object, bool | None], bool | None]] = {
-    _OVERRIDE_PARAMETERS: Machine.parameters_step,
-    _SET_PARAMETERS: Machine.parameters_step,
-    _SET_COMPONENT_INDEX: Machine.select_step,
-    _TRY_EACH: Machine.try_each_step,
-    _RUN_SEQUENCE: Machine.run_sequence_step,
-    Command.VENDOR_IDENTIFIER: Machine.vendor_identifier,
-    Command.CLASS_IDENTIFIER: Machine.class_identifier,
-    Command.DEVICE_IDENTIFIER: Machine.device_identifier,
-    Command.IMAGE_MATCH: Machine.image_match,
-    Command.COMPONENT_SLOT: Machine.component_slot,
-    Command.CHECK_CONTENT: Machine.check_content,
-    Command.ABORT: Machine.abort,
-    Command.WRITE: Machine.write,
-    Command.FETCH: Machine.fetch,
-    Command.COPY: Machine.copy_or_swap,
-    Command.SWAP: Machine.copy_or_swap,
-    Command.INVOKE: Machine.invoke,
+_HANDLERS: dict[int, Callable[[Interpreter, int, object, bool | None], bool | None]] = {
+    _OVERRIDE_PARAMETERS: Interpreter.parameters_step,
+    _SET_PARAMETERS: Interpreter.parameters_step,
+    _SET_COMPONENT_INDEX: Interpreter.select_step,
+    _TRY_EACH: Interpreter.try_each_step,
+    _RUN_SEQUENCE: Interpreter.run_sequence_step,
+    Command.VENDOR_IDENTIFIER: Interpreter.vendor_identifier,
+    Command.CLASS_IDENTIFIER: Interpreter.class_identifier,
+    Command.DEVICE_IDENTIFIER: Interpreter.device_identifier,
+    Command.IMAGE_MATCH: Interpreter.image_match,
+    Command.COMPONENT_SLOT: Interpreter.component_slot,
+    Command.CHECK_CONTENT: Interpreter.check_content,
+    Command.ABORT: Interpreter.abort,
+    Command.WRITE: Interpreter.write,
+    Command.FETCH: Interpreter.fetch,
+    Command.COPY: Interpreter.copy_or_swap,
+    Command.SWAP: Interpreter.copy_or_swap,
+    Command.INVOKE: Interpreter.invoke,
 }
 
 
-def image_info(payload: bytes) -> ImageInfo:
-    return ImageInfo(hashlib.sha256(payload).digest(), len(payload))
-
-
-def images_of(machine: Machine) -> tuple[tuple[ComponentId, Image], ...]:
+def images_of(interpreter: Interpreter) -> tuple[tuple[ComponentId, Image], ...]:
     """The images by component, in component order."""
-    components = machine.components
-    images = machine.images
+    components = interpreter.components
+    images = interpreter.images
     if len(images) == 1:  # the usual single-component update: no sort
         for i, image in images.items():
             return ((components[i], image),)
     return tuple([(components[i], img) for i, img in sorted(images.items())])
 
 
-def invoked_of(machine: Machine) -> tuple[ComponentId, ...]:
-    components = machine.components
-    if not machine.invoked:
+def invoked_of(interpreter: Interpreter) -> tuple[ComponentId, ...]:
+    components = interpreter.components
+    if not interpreter.invoked:
         return ()
-    return tuple([components[i] for i in machine.invoked])
+    return tuple([components[i] for i in interpreter.invoked])

@@ -8,10 +8,10 @@ import hashlib
 
 import pytest
 
-from services.manifest.auth import TrustAnchor
-from services.manifest.codec import decode, encode_envelope, encode_manifest
-from services.manifest.errors import ErrorCode
-from services.manifest.processor import DeviceContext, ImageInfo, Procedure, validate
+from suit.auth import TrustAnchor
+from suit.codec import decode, encode_envelope, encode_manifest
+from suit.errors import ErrorCode
+from suit.processor import DeviceContext, ImageInfo, Procedure, validate
 
 from .conftest import CLASS, VECTORS, VENDOR, vector_index
 

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from services.manifest.errors import ErrorCode
-from services.manifest.frozen import slot_init
-from services.manifest.processor import Verdict
+from suit.errors import ErrorCode
+from suit.frozen import slot_init
+from suit.processor import Verdict
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,12 +13,12 @@ from pycose.headers import Algorithm
 from pycose.keys import CoseKey
 from pycose.messages import Sign1Message
 
-from services.manifest import cbor
-from services.manifest.auth import TrustAnchor
-from services.manifest.build import build_envelope, sign_envelope
-from services.manifest.codec import decode_envelope, encode_envelope
-from services.manifest.model import Envelope
-from services.manifest.processor import validate
+from suit import cbor
+from suit.auth import TrustAnchor
+from suit.build import build_envelope, sign_envelope
+from suit.codec import decode_envelope, encode_envelope
+from suit.model import Envelope
+from suit.processor import validate
 
 from .conftest import VECTORS, description, device
 

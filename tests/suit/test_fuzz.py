@@ -13,11 +13,11 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.manifest.auth import TrustAnchor
-from services.manifest.codec import decode
-from services.manifest.errors import SuitError
-from services.manifest.processor import Procedure, validate
-from services.manifest.show import diagnostic
+from suit.auth import TrustAnchor
+from suit.codec import decode
+from suit.errors import SuitError
+from suit.processor import Procedure, validate
+from suit.show import diagnostic
 
 from .conftest import CLASS, VECTORS, VENDOR, device, mutations
 

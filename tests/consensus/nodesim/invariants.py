@@ -1,0 +1,137 @@
+"""What must hold of whole consensus nodes, checked incrementally while the
+simulation runs (``check``) and once it has healed (``check_converged``):
+
+- Election safety: at most one leader per term.
+- One chain: the block at a height has the same hash on every node, and
+  links to the block below (every node builds the same chain, whatever it
+  lived through: crashes, restarts, snapshots installed).
+- At most once: a request key is applied in one block only, on every node.
+- Acknowledged answers are true: an answer (index, height) given to a
+  client names a block at that height, on every node, that holds the entry
+  and covers that index; a retried key gets the first answer.
+- Certificates: a height a node calls certified has signatures from a
+  majority of the voters, each one valid against the key the ledger records
+  for its signer and the block's hash.
+- Convergence (after healing): every node has the same height, every
+  acknowledged entry is in the chain, and every block is certified.
+"""
+
+from __future__ import annotations
+
+from services.consensus.ledger.block import GENESIS_HASH, block_hash
+from services.consensus.ledger.certify import block_message, quorum, verify
+from services.consensus.ledger.codec import inspect_entry
+from services.consensus.ledger.keys import RequestKey
+from services.consensus.raft.types import Role
+from services.consensus.runtime import ConsensusNode
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+class LedgerChecker:
+    def __init__(self, cluster_id: str, voters: tuple[str, ...]) -> None:
+        self._cluster_id = cluster_id
+        self._voters = voters
+        self.hashes: dict[int, bytes] = {0: GENESIS_HASH}
+        self._key_height: dict[RequestKey, int] = {}
+        self._leaders: dict[int, str] = {}
+        self._checked: dict[str, int] = {}  # node -> height checked
+        self._certified: dict[str, int] = {}  # node -> certified height checked
+        self.acks: dict[RequestKey, tuple[int, int]] = {}
+        self._acks_at: dict[int, list[tuple[RequestKey, int]]] = {}
+
+    def acknowledged(self, key: RequestKey, index: int, height: int) -> None:
+        first = self.acks.setdefault(key, (index, height))
+        if first != (index, height):
+            raise InvariantViolation(f"{key} answered {first} first, then {(index, height)}")
+        if first == (index, height) and (key, index) not in self._acks_at.get(height, []):
+            self._acks_at.setdefault(height, []).append((key, index))
+            if height in self.hashes and self._key_height.get(key) != height:
+                raise InvariantViolation(f"{key} was answered with block {height}, which lacks it")
+
+    def restarted(self, node_id: str) -> None:
+        """A node came back: its chain is checked again from the start."""
+        self._checked[node_id] = 0
+        self._certified[node_id] = 0
+
+    def check(self, nodes: dict[str, ConsensusNode]) -> None:
+        for node_id, node in nodes.items():
+            status = node.status()
+            if node.role is Role.LEADER:
+                term = int(status["term"])  # type: ignore[call-overload]
+                other = self._leaders.setdefault(term, node_id)
+                if other != node_id:
+                    raise InvariantViolation(f"two leaders in term {term}: {other} and {node_id}")
+            self._check_chain(node_id, node)
+            self._check_certificates(node_id, node)
+
+    def _check_chain(self, node_id: str, node: ConsensusNode) -> None:
+        machine = node.machine
+        for height in range(self._checked.get(node_id, 0) + 1, machine.height + 1):
+            block = machine.get_block(height)
+            if block is None:
+                raise InvariantViolation(f"{node_id} lost block {height} (head {machine.height})")
+            expected = block_hash(
+                block.height, block.prev_hash, block.first_index, block.last_index, block.term, block.entries
+            )
+            if block.hash != expected:
+                raise InvariantViolation(f"{node_id}: block {height} does not hash to its hash")
+            known = self.hashes.setdefault(height, block.hash)
+            if known != block.hash:
+                raise InvariantViolation(f"{node_id} holds another block at height {height}")
+            if block.prev_hash != self.hashes.get(height - 1, block.prev_hash):
+                raise InvariantViolation(f"{node_id}: block {height} does not link to block {height - 1}")
+            for payload in block.entries:
+                key, _ = inspect_entry(payload)
+                if key is None:
+                    continue
+                where = self._key_height.setdefault(key, height)
+                if where != height:
+                    raise InvariantViolation(f"{key} applied twice: in blocks {where} and {height}")
+            for key, index in self._acks_at.get(height, ()):
+                if self._key_height.get(key) != height:
+                    raise InvariantViolation(f"{key} was answered with block {height}, which lacks it")
+                if not block.first_index <= index <= block.last_index:
+                    raise InvariantViolation(f"{key} was answered with index {index}, outside block {height}")
+            self._checked[node_id] = height
+
+    def _check_certificates(self, node_id: str, node: ConsensusNode) -> None:
+        certifier = node.certifier
+        if certifier is None:
+            return
+        certified = certifier.certified_height
+        if certified > node.machine.height:
+            raise InvariantViolation(f"{node_id} certified {certified} beyond its head {node.machine.height}")
+        need = quorum(len(self._voters))
+        for height in range(self._certified.get(node_id, 0) + 1, certified + 1):
+            block = node.machine.get_block(height)
+            assert block is not None
+            message = block_message(self._cluster_id, height, block.hash)
+            valid = set()
+            for signer, signature in certifier.certificate(height):
+                key = node.machine.member_key(signer)
+                if signer in self._voters and key is not None and verify(key, message, signature):
+                    valid.add(signer)
+            if len(valid) < need:
+                raise InvariantViolation(
+                    f"{node_id} calls block {height} certified with {len(valid)} valid signature(s) of "
+                    f"{len(self._voters)} voters"
+                )
+            self._certified[node_id] = height
+
+    def converged(self, nodes: dict[str, ConsensusNode]) -> str | None:
+        """None once every node agrees and is done; else what is missing."""
+        heights = {n: node.machine.height for n, node in nodes.items()}
+        if len(set(heights.values())) != 1:
+            return f"heights differ: {heights}"
+        missing = [k for k in self.acks if k not in self._key_height]
+        if missing:
+            return f"acknowledged but not in the chain: {missing[:3]}"
+        uncertified = {n: (node.certifier.certified_height if node.certifier else -1, heights[n])
+                       for n, node in nodes.items()
+                       if node.certifier is None or node.certifier.certified_height < heights[n]}
+        if uncertified:
+            return f"blocks not yet certified (certified, height): {uncertified}"
+        return None

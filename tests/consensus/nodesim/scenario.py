@@ -1,0 +1,253 @@
+"""One seeded run of whole consensus nodes: a chaos phase, then healing and
+a convergence bound.
+
+Chaos: clients submit ledger entries to random nodes (and retry, with the
+same key, on another node when an answer does not come) while the network
+drops, delays and duplicates messages, partitions come and go, nodes crash
+(in the middle of whatever their loop was doing) and restart from what they
+had stored. Nodes compact their logs every few dozen entries, so a node that
+was away comes back through a snapshot. Every node signs its blocks and
+gathers certificates. Then the faults stop: every node is restarted, the
+network heals, and within a bound every node must hold the same chain with
+every acknowledged entry in it and every block certified. The invariants
+(``invariants.py``) are checked every few virtual milliseconds throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleetsuit.v1 import consensus_pb2 as pb
+from services.consensus.errors import ConsensusError
+from services.consensus.ledger.certify import NodeKey
+from services.consensus.ledger.keys import RequestKey
+from services.consensus.metrics import ConsensusMetrics
+from services.consensus.raft.types import RaftConfig
+from services.consensus.runtime import ConsensusNode, RuntimeConfig
+from services.consensus.storage import FileSnapshotStore, NodeStorage
+from services.consensus.storage.kv import MemoryKeyValue
+
+from .invariants import InvariantViolation, LedgerChecker
+from .network import SimNetwork, SimTransport
+from .vloop import VirtualTimeLoop
+
+CLUSTER = "sim"
+
+
+@dataclass(frozen=True)
+class Plan:
+    size: int = 3
+    chaos_s: float = 4.0
+    heal_bound_s: float = 20.0  # convergence bound once faults stop
+    clients: int = 3
+    check_every_s: float = 0.02
+    fault_every_s: float = 0.25
+    crash_rate: float = 0.08  # per fault step
+    restart_rate: float = 0.3  # per crashed node and fault step
+    partition_rate: float = 0.1
+    heal_rate: float = 0.25
+    drop_rate: float = 0.05
+    dup_rate: float = 0.02
+    compact_every_entries: int = 20
+    compact_keep_entries: int = 4
+
+
+class ConvergenceFailure(AssertionError):
+    pass
+
+
+async def _inline(fn: object, *args: object) -> object:
+    return fn(*args)  # type: ignore[operator]
+
+
+@dataclass
+class Stats:
+    crashes: int = 0
+    snapshots_installed: int = 0
+    acknowledged: int = 0
+    height: int = 0
+
+
+class SimCluster:
+    def __init__(self, seed: int, plan: Plan, workdir: Path) -> None:
+        self.rng = random.Random(seed)
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.net = SimNetwork(self.loop, random.Random(self.rng.getrandbits(64)))
+        self.ids = tuple(f"n{i + 1}" for i in range(plan.size))
+        self.checker = LedgerChecker(CLUSTER, self.ids)
+        self._workdir = workdir
+        self._kv = {n: MemoryKeyValue() for n in self.ids}
+        self._keys = {n: NodeKey(Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))) for n in self.ids}
+        self._metrics: dict[str, ConsensusMetrics] = {}
+        self.stats = Stats()
+        self.config = RuntimeConfig(
+            RaftConfig(node_id="", peers=self.ids, election_ticks=10, heartbeat_ticks=2),
+            cluster_id=CLUSTER,
+            tick_s=0.025,
+            compact_every_entries=plan.compact_every_entries,
+            compact_keep_entries=plan.compact_keep_entries,
+            snapshot_chunk_bytes=4096,
+        )
+
+    def start(self, node_id: str) -> None:
+        raft = RaftConfig(node_id=node_id, peers=self.ids, election_ticks=10, heartbeat_ticks=2)
+        config = RuntimeConfig(**{**{f: getattr(self.config, f) for f in self.config.__slots__}, "raft": raft})
+        metrics = ConsensusMetrics()
+        node = ConsensusNode(
+            config,
+            NodeStorage.in_memory(node_id=node_id, cluster_id=CLUSTER, kv=self._kv[node_id]),
+            SimTransport(node_id, self.net),
+            metrics,
+            random.Random(self.rng.getrandbits(64)),
+            node_key=self._keys[node_id],
+            snapshots=FileSnapshotStore(self._workdir / node_id),
+            addresses={n: f"{n}:0" for n in self.ids},
+            offload=_inline,
+        )
+        self._metrics[node_id] = metrics
+        self.net.nodes[node_id] = node
+        self.checker.restarted(node_id)
+        node.start()
+
+    async def crash(self, node_id: str) -> None:
+        node = self.net.nodes.pop(node_id)
+        self._count_installs(node_id)
+        await node.stop()
+        self.stats.crashes += 1
+
+    def _count_installs(self, node_id: str) -> None:
+        metrics = self._metrics.get(node_id)
+        if metrics is not None:
+            value = metrics.snapshots.labels("installed")._value.get()  # noqa: SLF001
+            self.stats.snapshots_installed += int(value)
+
+    async def stop_all(self) -> None:
+        for node_id in list(self.net.nodes):
+            self._count_installs(node_id)
+            await self.net.nodes.pop(node_id).stop()
+
+    # ------------------------------------------------------------ clients
+
+    async def client(self, name: str, until: float) -> None:
+        request_id = 0
+        while self.loop.time() < until:
+            request_id += 1
+            key = RequestKey(name, request_id)
+            payload = pb.LedgerEntry(
+                client_id=name, request_id=request_id, app=pb.AppEntry(payload=self.rng.randbytes(16))
+            ).SerializeToString()
+            for _attempt in range(4):  # the same key, to another node: applied once
+                live = sorted(self.net.nodes)
+                if not live:
+                    await asyncio.sleep(0.1)
+                    continue
+                node = self.net.nodes[self.rng.choice(live)]
+                try:
+                    answer = await node.submit(payload, key, timeout_s=1.0)
+                except ConsensusError:
+                    continue
+                self.checker.acknowledged(key, answer.index, answer.block_height)
+                break
+            await asyncio.sleep(self.rng.uniform(0.01, 0.08))
+
+    # ------------------------------------------------------------ faults
+
+    async def chaos(self, until: float) -> None:
+        plan, rng, net = self.plan, self.rng, self.net
+        net.drop_rate, net.dup_rate = plan.drop_rate, plan.dup_rate
+        while self.loop.time() < until:
+            await asyncio.sleep(plan.fault_every_s)
+            live = sorted(net.nodes)
+            down = [n for n in self.ids if n not in net.nodes]
+            # A majority stays up, so that progress is possible most of the time.
+            if live and len(down) < (plan.size - 1) // 2 and rng.random() < plan.crash_rate:
+                await self.crash(rng.choice(live))
+            for node_id in down:
+                if rng.random() < plan.restart_rate:
+                    self.start(node_id)
+            if rng.random() < plan.partition_rate:
+                ids = list(self.ids)
+                rng.shuffle(ids)
+                cut = rng.randint(1, len(ids) - 1)
+                net.partition([ids[:cut], ids[cut:]])
+            elif rng.random() < plan.heal_rate:
+                net.heal()
+
+    async def checking(self) -> None:
+        while True:
+            self.checker.check(self.net.nodes)
+            await asyncio.sleep(self.plan.check_every_s)
+
+    async def heal_and_converge(self) -> None:
+        """Faults stop: every node restarts, the network heals and quiets;
+        then everything must converge within the bound."""
+        for node_id in list(self.net.nodes):
+            await self.crash(node_id)
+        self.net.heal()
+        self.net.quiet()
+        for node_id in self.ids:
+            self.start(node_id)
+        # One more entry after the heal: the cluster must still commit.
+        deadline = self.loop.time() + self.plan.heal_bound_s
+        final = RequestKey("final", 1)
+        payload = pb.LedgerEntry(client_id="final", request_id=1, app=pb.AppEntry(payload=b"end")).SerializeToString()
+        while True:
+            node = self.net.nodes[self.rng.choice(self.ids)]
+            try:
+                answer = await node.submit(payload, final, timeout_s=1.0)
+                self.checker.acknowledged(final, answer.index, answer.block_height)
+                break
+            except ConsensusError:
+                if self.loop.time() > deadline:
+                    raise ConvergenceFailure("no entry committed after the network healed") from None
+        why: str | None = "not checked"
+        while self.loop.time() < deadline:
+            self.checker.check(self.net.nodes)
+            why = self.checker.converged(self.net.nodes)
+            if why is None:
+                break
+            await asyncio.sleep(0.05)
+        if why is not None:
+            raise ConvergenceFailure(f"not converged {self.plan.heal_bound_s} s after healing: {why}")
+        self.stats.acknowledged = len(self.checker.acks)
+        self.stats.height = self.net.nodes[self.ids[0]].machine.height
+
+
+async def _run(seed: int, plan: Plan, workdir: Path) -> Stats:
+    cluster = SimCluster(seed, plan, workdir)
+    for node_id in cluster.ids:
+        cluster.start(node_id)
+    checking = asyncio.create_task(cluster.checking())
+    until = cluster.loop.time() + plan.chaos_s
+    try:
+        clients = [asyncio.create_task(cluster.client(f"c{i}", until)) for i in range(plan.clients)]
+        await cluster.chaos(until)
+        await asyncio.gather(*clients)
+        await cluster.heal_and_converge()
+        if checking.done():
+            checking.result()  # an invariant broken in the background
+    finally:
+        checking.cancel()
+        await cluster.stop_all()
+    return cluster.stats
+
+
+def run(seed: int, plan: Plan | None = None) -> Stats:
+    """Run one seed on a fresh virtual-time loop; raises InvariantViolation
+    or ConvergenceFailure on a failure."""
+    loop = VirtualTimeLoop()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fleetsuit-nodesim-") as tmp:
+            return loop.run_until_complete(_run(seed, plan or Plan(), Path(tmp)))
+    finally:
+        loop.close()
+
+
+__all__ = ["ConvergenceFailure", "InvariantViolation", "Plan", "Stats", "run"]
