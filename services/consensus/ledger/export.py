@@ -16,8 +16,8 @@ from google.protobuf.message import DecodeError
 
 from fleetsuit.v1 import consensus_pb2 as pb
 
-from ..convert import block_from_pb, block_to_pb
 from .block import BlockData
+from .codec import block_from_pb, block_to_pb
 
 MAGIC = b"FLEETSUIT-LEDGER\x00v1\n"
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
