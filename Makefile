@@ -28,21 +28,23 @@ protos:
 	$(MAKE) $(PROTO_STAMP)
 
 run: install
-	$(PY) -m fleetsuit.demo --nodes 3 --data data/run
+	$(PY) -m launcher.demo --nodes 3 --data data/run
 
 test: install
 	$(PY) -m pytest -q
 
-# Thousands of simulation seeds and the long fuzz run.
+# Thousands of simulation seeds (the Raft core's and the whole nodes') and the long fuzz run.
 test-long: install
-	FLEETSUIT_SIM_SEEDS=5000 $(PY) -m pytest -q tests
+	FLEETSUIT_SIM_SEEDS=5000 FLEETSUIT_NODESIM_SEEDS=2000 $(PY) -m pytest -q tests
 
 fuzz: install
 	FLEETSUIT_FUZZ_EXAMPLES=200000 $(PY) -m pytest -q tests -k fuzz
 
+# mypy --strict (pyproject) over everything we ship: the common package, the
+# services, the SUIT library and the launcher.
 lint: install
-	$(VENV)/bin/ruff check fleetsuit services tests bench
-	$(VENV)/bin/mypy services/consensus/raft services/dht services/manifest
+	$(VENV)/bin/ruff check fleetsuit services suit launcher tests bench
+	$(VENV)/bin/mypy fleetsuit services suit launcher
 
 # The consensus bench runs a 3-member etcd beside fleetsuit: Debian's etcd-server,
 # and the etcd API .proto files from golang-etcd-server-dev for an honest client.

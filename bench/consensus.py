@@ -46,12 +46,12 @@ from typing import Any
 
 import grpc
 
-from fleetsuit.cluster import start_cluster, stop_processes
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.ledger_client import StreamBroken, SubmitBatcher, SubmitFailed
-from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+from launcher.cluster import start_cluster, stop_processes
+from tests.support.ports import free_base_port
 
 from .cpu import cpu_seconds
 from .etcd_client import load_stubs

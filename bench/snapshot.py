@@ -29,11 +29,11 @@ from typing import Any
 
 import grpc
 
-from fleetsuit.cluster import SERVICES, command_for, plan_nodes, stop_processes
 from fleetsuit.grpcutil import insecure_channel
-from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+from launcher.cluster import SERVICES, command_for, plan_nodes, stop_processes
+from tests.support.ports import free_base_port
 
 ENTRIES = int(os.environ.get("FLEETSUIT_BENCH_SNAPSHOT_ENTRIES", "100000"))
 # Raft entries between snapshots (the default is 10,000): pipelined streams
@@ -88,7 +88,7 @@ async def run(root: Path) -> dict[str, Any]:
     base = free_base_port(40)
     nodes = plan_nodes(3, root, base)
     spec = SERVICES[0]
-    extra = ["--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-keep-entries", str(KEEP_ENTRIES)]
+    extra = ["--compact-every-entries", str(SNAPSHOT_ENTRIES), "--compact-keep-entries", str(KEEP_ENTRIES)]
     commands = {n.node_id: [*command_for(spec, n, nodes, "bench-snap"), *extra] for n in nodes}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     all_procs: list[subprocess.Popen[bytes]] = []

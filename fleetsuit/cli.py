@@ -48,6 +48,31 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
                         help="no progress output (it is shown only on a terminal anyway)")
 
 
+def command_group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The sub-commands of ``fleetsuit NAME``, which several modules may
+    register into (``cluster up`` from the launcher, ``cluster add`` from
+    the consensus service): created by the first caller; a later caller
+    gets the same group, and its ``help`` is added to the group's."""
+    existing = subparsers.choices.get(name)
+    if existing is None:
+        parser = subparsers.add_parser(name, help=help, description=help)
+        group = parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="COMMAND")
+        group.required = True
+        return group
+    found = next((a for a in existing._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if found is None:
+        raise ValueError(f"fleetsuit {name} is a command, not a group of commands")
+    # argparse keeps the line ``fleetsuit --help`` shows for NAME in a
+    # pseudo-action of the parent's sub-parsers; extend it there.
+    for choice in subparsers._choices_actions:
+        if choice.dest == name and choice.help and help not in choice.help:
+            choice.help = f"{choice.help}; {help}"
+            existing.description = choice.help
+    return found
+
+
 def add_endpoint(parser: argparse.ArgumentParser, service: str, default: str | None = None) -> None:
     parser.add_argument(
         "--endpoint", required=default is None, default=default, metavar="HOST:PORT",

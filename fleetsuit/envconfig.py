@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-
 from fleetsuit.settings import ConfigError
 
 __all__ = ["ConfigError", "env_bool", "env_int", "env_str"]

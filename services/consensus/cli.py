@@ -1,21 +1,35 @@
 """Sub-commands of the consensus service: ``status``, ``ledger append |
-export | verify``, ``cluster up`` and the membership changes ``cluster add |
-remove | transfer-leader``."""
+export | verify | prove | verify-proof`` and the membership changes
+``cluster add | remove | transfer-leader`` (``cluster up``, which starts a
+local cluster, belongs to the launcher above the services).
+
+One shape for every command (``fleetsuit.cli``): a command that prints a
+result prints text, or one JSON document with ``--json``, to stdout or to
+``-o FILE``; a gRPC failure is one line naming the endpoint (and saying so
+when it is another service's).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
-from fleetsuit.cli import CliError
+from fleetsuit.cli import (
+    EXIT_USAGE,
+    CliError,
+    add_endpoint,
+    add_output_options,
+    calling,
+    command_group,
+    emit,
+)
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
@@ -26,12 +40,25 @@ from .ledger.certify import Anchors, verify_certified_chain
 from .ledger.export import ExportFormatError, read_blocks, write_blocks
 from .ledger.proof import ProofError, verify_entry_proof
 
+SERVICE = "consensus"
 RPC_TIMEOUT_S = 10.0
+MEMBERSHIP_DEADLINE_S = 60.0
+CLUSTER_HELP = "membership of a running cluster (add, remove, transfer-leader)"
 
 
-def _rpc_error(endpoint: str, exc: grpc.RpcError) -> CliError:
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return CliError(f"{endpoint}: {exc.code().name}: {details}")  # type: ignore[attr-defined]
+def _stub(channel: grpc.aio.Channel) -> pb_grpc.LedgerStub:
+    return pb_grpc.LedgerStub(channel)
+
+
+def _members(members: Any) -> list[dict[str, Any]]:
+    return [{"id": m.node_id, "address": m.address, "voter": m.voter} for m in members]
+
+
+def _members_line(members: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m['id']}{'' if m['voter'] else ' (learner)'}@{m['address']}" for m in members)
+
+
+# ---------------------------------------------------------------- status
 
 
 def status_dict(resp: pb.StatusResponse) -> dict[str, Any]:
@@ -47,69 +74,88 @@ def status_dict(resp: pb.StatusResponse) -> dict[str, Any]:
         "certified_height": resp.certified_height,
         "public_key": resp.public_key.hex(),
         "cluster_id": resp.cluster_id,
-        "members": [{"id": m.node_id, "address": m.address, "voter": m.voter} for m in resp.members],
+        "members": _members(resp.members),
     }
+
+
+def _status_text(doc: dict[str, Any]) -> str:
+    keys = ("node_id", "role", "term", "leader_id", "commit_index", "applied_index", "block_height",
+            "certified_height", "cluster_id")
+    lines = [f"{key:16} {doc[key]}" for key in keys]
+    lines.append(f"{'members':16} {_members_line(doc['members'])}")
+    return "\n".join(lines)
 
 
 async def _status(endpoint: str) -> pb.StatusResponse:
     async with insecure_channel(endpoint) as channel:
-        return await pb_grpc.LedgerStub(channel).Status(pb.StatusRequest(), timeout=RPC_TIMEOUT_S)
+        return cast(pb.StatusResponse, await _stub(channel).Status(pb.StatusRequest(), timeout=RPC_TIMEOUT_S))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
+    with calling(args.endpoint, SERVICE):
         resp = asyncio.run(_status(args.endpoint))
-    except grpc.RpcError as exc:
-        raise _rpc_error(args.endpoint, exc) from None
-    doc = status_dict(resp)
-    if args.json:
-        print(json.dumps(doc))
-    else:
-        for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index", "block_height",
-                    "certified_height"):
-            print(f"{key:14} {doc[key]}")
-        print(f"{'members':14} {', '.join(m['id'] + '@' + m['address'] for m in doc['members'])}")
+    emit(args, status_dict(resp), _status_text)
     return 0
 
 
-async def _append(endpoint: str, text: str, client_id: str, request_id: int) -> pb.SubmitResponse:
-    entry = pb.LedgerEntry(client_id=client_id, request_id=request_id, app=pb.AppEntry(payload=text.encode()))
+# ---------------------------------------------------------------- ledger
+
+
+def _append_payload(args: argparse.Namespace) -> bytes:
+    """The entry's bytes: TEXT, or FILE's content, or stdin for ``-``."""
+    if (args.text is None) == (args.file is None):
+        raise CliError("give the entry as TEXT, as --file FILE, or on stdin with -", EXIT_USAGE)
+    if args.text is not None and args.text != "-":
+        return cast(str, args.text).encode()
+    source = args.file if args.file is not None else "-"
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {source}: {exc.strerror}") from None
+
+
+async def _append(endpoint: str, payload: bytes, client_id: str, request_id: int) -> pb.SubmitResponse:
+    entry = pb.LedgerEntry(client_id=client_id, request_id=request_id, app=pb.AppEntry(payload=payload))
     async with insecure_channel(endpoint) as channel:
-        return await pb_grpc.LedgerStub(channel).Submit(pb.SubmitRequest(entry=entry), timeout=RPC_TIMEOUT_S)
+        return cast(
+            pb.SubmitResponse,
+            await _stub(channel).Submit(pb.SubmitRequest(entry=entry), timeout=RPC_TIMEOUT_S),
+        )
 
 
 def cmd_append(args: argparse.Namespace) -> int:
+    payload = _append_payload(args)
     client_id = args.client_id or f"cli-{uuid.uuid4().hex[:12]}"
-    try:
-        resp = asyncio.run(_append(args.endpoint, args.text, client_id, args.request_id))
-    except grpc.RpcError as exc:
-        raise _rpc_error(args.endpoint, exc) from None
-    if args.json:
-        print(json.dumps({"index": resp.index, "block_height": resp.block_height, "duplicate": resp.duplicate}))
-    else:
-        print(f"committed at index {resp.index}, block {resp.block_height}"
-              + (" (duplicate)" if resp.duplicate else ""))
+    with calling(args.endpoint, SERVICE):
+        resp = asyncio.run(_append(args.endpoint, payload, client_id, args.request_id))
+    doc = {"index": resp.index, "block_height": resp.block_height, "duplicate": resp.duplicate,
+           "client_id": client_id, "request_id": args.request_id}
+    emit(args, doc, lambda d: f"committed at index {d['index']}, block {d['block_height']}"
+         + (" (duplicate)" if d["duplicate"] else ""))
     return 0
 
 
-async def _export(endpoint: str, out: Path, certified_only: bool) -> int:
+async def _export(endpoint: str, out: Path, certified_only: bool) -> tuple[int, int]:
     async with insecure_channel(endpoint) as channel:
-        stub = pb_grpc.LedgerStub(channel)
         request = pb.ExportRequest(from_height=1, certified_only=certified_only)
-        blocks = [block_from_pb(b) async for b in stub.ExportBlocks(request)]
+        blocks = [block_from_pb(b) async for b in _stub(channel).ExportBlocks(request)]
     tmp = out.with_name(out.name + ".part")
-    with open(tmp, "wb") as f:
-        count = write_blocks(f, blocks)
-    tmp.replace(out)
-    return count
+    try:
+        with open(tmp, "wb") as f:
+            count = write_blocks(f, blocks)
+        tmp.replace(out)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+    return count, blocks[-1].height if blocks else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        count = asyncio.run(_export(args.endpoint, Path(args.output), not args.all))
-    except grpc.RpcError as exc:
-        raise _rpc_error(args.endpoint, exc) from None
-    print(f"exported {count} blocks to {args.output}", file=sys.stderr)
+    with calling(args.endpoint, SERVICE):
+        count, head = asyncio.run(_export(args.endpoint, Path(args.ledger_file), not args.all))
+    doc = {"blocks": count, "head_height": head, "certified_only": not args.all, "file": args.ledger_file}
+    emit(args, doc, lambda d: f"exported {d['blocks']} blocks to {d['file']}")
     return 0
 
 
@@ -136,30 +182,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: {exc}") from None
     except ChainError as exc:
         raise CliError(f"{args.file}: bad block at height {exc.height}: {exc.reason}") from None
-    certified = anchors is not None
-    if args.json:
-        print(json.dumps({"ok": True, "blocks": len(blocks), "head": head.hex(), "certificates_checked": certified}))
-    else:
-        note = "every certificate has a majority" if certified else "certificates not checked (no --anchors)"
-        print(f"ok: {len(blocks)} blocks, head {head.hex()}; {note}")
+    doc = {"ok": True, "blocks": len(blocks), "head": head.hex(), "certificates_checked": anchors is not None}
+
+    def text(d: dict[str, Any]) -> str:
+        note = ("every certificate has a majority" if d["certificates_checked"]
+                else "certificates not checked (no --anchors)")
+        return f"ok: {d['blocks']} blocks, head {d['head']}; {note}"
+
+    emit(args, doc, text)
     return 0
 
 
 async def _prove(endpoint: str, height: int, position: int) -> pb.EntryProof:
     async with insecure_channel(endpoint) as channel:
-        return await pb_grpc.LedgerStub(channel).GetProof(
+        return cast(pb.EntryProof, await _stub(channel).GetProof(
             pb.ProofRequest(height=height, position=position), timeout=RPC_TIMEOUT_S
-        )
+        ))
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    try:
+    with calling(args.endpoint, SERVICE):
         proof = asyncio.run(_prove(args.endpoint, args.height, args.position))
-    except grpc.RpcError as exc:
-        raise _rpc_error(args.endpoint, exc) from None
-    Path(args.output).write_bytes(proof.SerializeToString())
-    print(f"proof of entry {args.position} in block {args.height}: {proof.ByteSize()} bytes "
-          f"({len(proof.path)} path hashes, {len(proof.certificate)} signatures)", file=sys.stderr)
+    try:
+        Path(args.proof_file).write_bytes(proof.SerializeToString())
+    except OSError as exc:
+        raise CliError(f"cannot write {args.proof_file}: {exc.strerror}") from None
+    doc = {"height": proof.height, "position": args.position, "bytes": proof.ByteSize(),
+           "path_hashes": len(proof.path), "signatures": len(proof.certificate), "file": args.proof_file}
+    emit(args, doc, lambda d: f"proof of entry {d['position']} in block {d['height']}: {d['bytes']} bytes "
+         f"({d['path_hashes']} path hashes, {d['signatures']} signatures) written to {d['file']}")
     return 0
 
 
@@ -173,18 +224,15 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         entry = verify_entry_proof(raw, anchors)
     except ProofError as exc:
         raise CliError(f"{args.file}: {exc}") from None
-    kind = entry.WhichOneof("kind")
-    print(json.dumps({"ok": True, "kind": kind, "client_id": entry.client_id, "request_id": entry.request_id}))
+    height = pb.EntryProof.FromString(raw).height  # parsed and checked above
+    doc = {"ok": True, "height": height, "kind": entry.WhichOneof("kind"),
+           "client_id": entry.client_id, "request_id": entry.request_id}
+    emit(args, doc, lambda d: f"ok: the {d['kind']} entry of client {d['client_id'] or '-'}, request "
+         f"{d['request_id']}, is in certified block {d['height']}")
     return 0
 
 
-def cmd_cluster_up(args: argparse.Namespace) -> int:
-    from fleetsuit.cluster import run_cluster
-
-    return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id)
-
-
-MEMBERSHIP_DEADLINE_S = 60.0
+# ---------------------------------------------------------------- membership
 
 
 async def change_membership(
@@ -199,12 +247,13 @@ async def change_membership(
             target = await _leader_address(endpoint)
             if target:
                 async with insecure_channel(target) as channel:
-                    rpc = getattr(pb_grpc.LedgerStub(channel), call)
-                    return await rpc(request, timeout=RPC_TIMEOUT_S * 3)  # type: ignore[no-any-return]
+                    rpc = getattr(_stub(channel), call)
+                    return cast(pb.MembershipResponse, await rpc(request, timeout=RPC_TIMEOUT_S * 3))
         except grpc.RpcError as exc:
             last = exc
-            retry = exc.code() == grpc.StatusCode.UNAVAILABLE or "NOT_LEADER" in (exc.details() or "")
-            if not retry:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = (exc.details() if hasattr(exc, "details") else "") or ""
+            if code != grpc.StatusCode.UNAVAILABLE and "NOT_LEADER" not in details:
                 raise
         await asyncio.sleep(0.2)
     if last is not None:
@@ -219,21 +268,12 @@ async def _leader_address(endpoint: str) -> str:
     return next((m.address for m in status.members if m.node_id == status.leader_id and m.address), "")
 
 
-def _members_line(resp: pb.MembershipResponse) -> str:
-    return ", ".join(f"{m.node_id}{'' if m.voter else ' (learner)'}@{m.address}" for m in resp.members)
-
-
 def _run_membership(args: argparse.Namespace, call: str, request: Any) -> int:
-    try:
+    with calling(args.endpoint, SERVICE):
         resp = asyncio.run(change_membership(args.endpoint, call, request))
-    except grpc.RpcError as exc:
-        raise _rpc_error(args.endpoint, exc) from None
-    if args.json:
-        print(json.dumps({"index": resp.index, "leader_id": resp.leader_id,
-                          "members": [{"id": m.node_id, "address": m.address, "voter": m.voter}
-                                      for m in resp.members]}))
-    else:
-        print(f"ok (index {resp.index}, leader {resp.leader_id}); members: {_members_line(resp)}")
+    doc = {"index": resp.index, "leader_id": resp.leader_id, "members": _members(resp.members)}
+    emit(args, doc, lambda d: f"ok (index {d['index']}, leader {d['leader_id']}); "
+         f"members: {_members_line(d['members'])}")
     return 0
 
 
@@ -249,65 +289,78 @@ def cmd_cluster_transfer(args: argparse.Namespace) -> int:
     return _run_membership(args, "TransferLeader", pb.TransferLeaderRequest(target=args.target))
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+# ---------------------------------------------------------------- registration
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="a node's Raft and ledger status")
-    p.add_argument("--endpoint", required=True, help="HOST:PORT of a consensus service")
-    p.add_argument("--json", action="store_true")
+    add_endpoint(p, SERVICE)
+    add_output_options(p)
     p.set_defaults(func=cmd_status)
 
-    ledger = sub.add_parser("ledger", help="append to, export and verify the ledger")
-    lsub = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND")
-    lsub.required = True
-    p = lsub.add_parser("append", help="submit a plain application entry")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--json", action="store_true")
+    ledger = command_group(sub, "ledger", help="append to, export, verify and prove the ledger")
+
+    p = ledger.add_parser("append", help="submit a plain application entry")
+    add_endpoint(p, SERVICE)
+    p.add_argument("text", nargs="?", metavar="TEXT", help="the entry's text; - reads it from stdin")
+    p.add_argument("--file", metavar="FILE", help="read the entry's bytes from FILE instead (- for stdin)")
     p.add_argument("--client-id", default="", help="idempotency: client id (default: a new one)")
-    p.add_argument("--request-id", type=int, default=1, help="idempotency: request id")
-    p.add_argument("text")
+    p.add_argument("--request-id", type=int, default=1,
+                   help="idempotency: request id; a retry with the same client and request id "
+                        "is applied once (default: 1)")
+    add_output_options(p)
     p.set_defaults(func=cmd_append)
-    p = lsub.add_parser("export", help="write the certified chain, with its certificates, to a file")
-    p.add_argument("--endpoint", required=True)
+
+    p = ledger.add_parser("export", help="write the certified chain, with its certificates, to a file")
+    add_endpoint(p, SERVICE)
     p.add_argument("--all", action="store_true", help="include blocks not yet certified")
-    p.add_argument("-o", "--output", required=True)
+    # -o is the ledger file here; the summary goes to stdout.
+    p.add_argument("-o", "--output", dest="ledger_file", required=True, metavar="FILE",
+                   help="the exported ledger (written whole, then renamed into place)")
+    add_output_options(p, output=False)
     p.set_defaults(func=cmd_export)
-    p = lsub.add_parser("verify", help="check an exported chain offline")
-    p.add_argument("file")
-    p.add_argument("--anchors", help="anchors.json: also check every block's quorum certificate")
-    p.add_argument("--json", action="store_true")
+
+    p = ledger.add_parser("verify", help="check an exported chain offline")
+    p.add_argument("file", metavar="FILE", help="a ledger written by `ledger export`")
+    p.add_argument("--anchors", metavar="FILE",
+                   help="anchors.json: also check every block's quorum certificate")
+    add_output_options(p)
     p.set_defaults(func=cmd_verify)
-    p = lsub.add_parser("prove", help="write a compact proof that one entry is in a certified block")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--position", type=int, default=0, help="which entry of the block (from 0)")
-    p.add_argument("-o", "--output", required=True)
+
+    p = ledger.add_parser("prove", help="write a compact proof that one entry is in a certified block")
+    add_endpoint(p, SERVICE)
+    p.add_argument("--height", type=int, required=True, help="the block's height")
+    p.add_argument("--position", type=int, default=0, help="which entry of the block (from 0; default: 0)")
+    # -o is the proof file here; the summary goes to stdout.
+    p.add_argument("-o", "--output", dest="proof_file", required=True, metavar="FILE",
+                   help="where to write the proof")
+    add_output_options(p, output=False)
     p.set_defaults(func=cmd_prove)
-    p = lsub.add_parser("verify-proof", help="check an entry proof offline against the anchors")
-    p.add_argument("file")
-    p.add_argument("--anchors", required=True)
+
+    p = ledger.add_parser("verify-proof", help="check an entry proof offline against the anchors")
+    p.add_argument("file", metavar="FILE", help="a proof written by `ledger prove`")
+    p.add_argument("--anchors", required=True, metavar="FILE", help="the cluster's anchors.json")
+    add_output_options(p)
     p.set_defaults(func=cmd_verify_proof)
 
-    cluster = sub.add_parser("cluster", help="local clusters")
-    csub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND")
-    csub.required = True
-    p = csub.add_parser("up", help="start N nodes on loopback in the foreground")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--data", required=True)
-    p.add_argument("--base-port", type=int, default=7100)
-    p.add_argument("--cluster-id", default="local")
-    p.set_defaults(func=cmd_cluster_up)
-    p = csub.add_parser("add", help="add a node as a learner (promoted to voter once caught up)")
-    p.add_argument("--endpoint", required=True, help="HOST:PORT of any consensus service of the cluster")
-    p.add_argument("--node-id", required=True)
-    p.add_argument("--address", required=True, help="HOST:PORT of the new node's consensus service")
-    p.add_argument("--json", action="store_true")
+    cluster = command_group(sub, "cluster", help=CLUSTER_HELP)
+    p = cluster.add_parser("add", help="add a node as a learner (promoted to voter once caught up)")
+    add_endpoint(p, SERVICE)
+    p.add_argument("--node-id", required=True, help="the new node's id")
+    p.add_argument("--address", required=True, metavar="HOST:PORT",
+                   help="the new node's consensus service")
+    add_output_options(p)
     p.set_defaults(func=cmd_cluster_add)
-    p = csub.add_parser("remove", help="remove a voter or a learner")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--node-id", required=True)
-    p.add_argument("--json", action="store_true")
+
+    p = cluster.add_parser("remove", help="remove a voter or a learner")
+    add_endpoint(p, SERVICE)
+    p.add_argument("--node-id", required=True, help="the node to remove")
+    add_output_options(p)
     p.set_defaults(func=cmd_cluster_remove)
-    p = csub.add_parser("transfer-leader", help="hand leadership to another voter")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--json", action="store_true")
+
+    p = cluster.add_parser("transfer-leader", help="hand leadership to another voter")
+    add_endpoint(p, SERVICE)
+    p.add_argument("--node-id", "--target", dest="target", required=True, metavar="NODE_ID",
+                   help="the voter to hand leadership to")
+    add_output_options(p)
     p.set_defaults(func=cmd_cluster_transfer)

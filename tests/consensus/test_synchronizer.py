@@ -13,12 +13,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from fleetsuit.ports import free_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from services.consensus import synchronizer
 from services.consensus.config import ConsensusConfig
 from services.consensus.synchronizer import plan_rejoin, rejoin
+from tests.support.ports import free_port
 
 if TYPE_CHECKING:
     from services.consensus.runtime import ConsensusNode

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from .procs import LocalCluster
+from tests.support.cluster import LocalCluster, local_cluster
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """Three nodes on loopback, every process stopped by pid afterwards.
     (Tests that need other settings define their own ``cluster``.)"""
-    c = LocalCluster(3, tmp_path)
-    try:
+    with local_cluster(3, tmp_path) as c:
         yield c
-    finally:
-        c.close()

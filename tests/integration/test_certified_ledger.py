@@ -21,8 +21,8 @@ from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import ChainError, verify_chain
 from services.consensus.ledger.certify import Anchors, verify_certified_chain
 from services.consensus.ledger.export import ExportFormatError, read_blocks, write_blocks
-
-from .procs import LocalCluster, wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "launcher"]
@@ -133,9 +133,11 @@ async def test_entry_proof_convinces_an_offline_device(cluster: LocalCluster, tm
     out = _cli("ledger", "prove", "--endpoint", endpoint, "--height", str(resp.block_height),
                "--position", str(position), "-o", str(proof))
     assert out.returncode == 0, out.stderr
-    ok = _cli("ledger", "verify-proof", str(proof), "--anchors", anchors)
+    ok = _cli("ledger", "verify-proof", str(proof), "--anchors", anchors, "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["client_id"] == "ci"
+    text = _cli("ledger", "verify-proof", str(proof), "--anchors", anchors)
+    assert text.returncode == 0 and f"is in certified block {resp.block_height}" in text.stdout
 
     tampered = pb.EntryProof.FromString(proof.read_bytes())
     tampered.entry = pb.LedgerEntry(client_id="ci", request_id=1,

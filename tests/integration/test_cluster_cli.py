@@ -4,52 +4,31 @@ append | export | verify`` — as a person would run them."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fleetsuit.ports import free_base_port
+from tests.support.cli import CLI, ClusterUp, run_cli
+from tests.support.procs import pid_alive
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "launcher"]
-
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=check)
-
-
-def _wait(cond, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return run_cli(*args, check=check)
 
 
 def _serving(endpoint: str) -> bool:
     channel = grpc.insecure_channel(endpoint)
     try:
         resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
     finally:
@@ -58,43 +37,39 @@ def _serving(endpoint: str) -> bool:
 
 def _scrape(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-        return resp.read().decode()
+        return str(resp.read().decode())
 
 
 def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
     data = tmp_path / "cluster"
-    base = free_base_port(40)
-    up = subprocess.Popen(
-        [*CLI, "cluster", "up", "--nodes", "3", "--data", str(data), "--base-port", str(base)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    up = ClusterUp(data, nodes=3)
     child_pids: list[int] = []
     try:
-        doc = _wait(
-            lambda: json.loads((data / "cluster.json").read_text()) if (data / "cluster.json").exists() else None,
-            30, "cluster.json",
-        )
+        doc = up.wait_up()
         assert [n["id"] for n in doc["nodes"]] == ["n1", "n2", "n3"]
+        # Success is printed only once every service of every node serves.
         for node in doc["nodes"]:
             assert set(node["pids"]) == set(node["endpoints"])
             assert {"consensus", "dht", "manifest"} <= set(node["endpoints"])
             child_pids.extend(node["pids"].values())
+            for service, endpoint in node["endpoints"].items():
+                assert _serving(endpoint), f"{service} of {node['id']} not serving after success"
+        assert doc["cluster_id"].startswith("fs-")
+        assert json.loads(Path(doc["anchors"]).read_text())["cluster_id"] == doc["cluster_id"]
         endpoints = [n["endpoints"]["consensus"] for n in doc["nodes"]]
 
-        def leader_known() -> dict | None:
+        def leader_known() -> dict[str, Any] | None:
             out = _run("status", "--endpoint", endpoints[0], "--json", check=False)
             if out.returncode != 0:
                 return None
-            status = json.loads(out.stdout)
+            status: dict[str, Any] = json.loads(out.stdout)
             return status if status["leader_id"] else None
 
-        status = _wait(leader_known, 30, "a leader")
+        status = wait_until(leader_known, 30, "a leader")
         for key in ("node_id", "role", "term", "leader_id", "commit_index", "applied_index"):
             assert key in status
         assert status["node_id"] == "n1"
-
-        for service, endpoint in doc["nodes"][0]["endpoints"].items():
-            assert _wait(lambda ep=endpoint: _serving(ep), 30, f"{service} health SERVING")
+        assert status["cluster_id"] == doc["cluster_id"]
 
         metrics = _scrape(doc["nodes"][0]["metrics"]["consensus"])
         for name in (
@@ -121,15 +96,27 @@ def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
         assert again[0]["duplicate"] is False and again[1]["duplicate"] is True
         assert again[0]["index"] == again[1]["index"]
 
+        # The entry's text from stdin ("-") and from a file.
+        piped = run_cli("ledger", "append", "--endpoint", endpoints[0], "-", "--json", input="from stdin")
+        assert piped.returncode == 0, piped.stderr
+        text_file = tmp_path / "entry.txt"
+        text_file.write_text("from a file")
+        filed = _run("ledger", "append", "--endpoint", endpoints[0], "--file", str(text_file), "--json")
+        assert json.loads(filed.stdout)["index"] > json.loads(piped.stdout)["index"]
+
         def certified() -> bool:
             status = json.loads(_run("status", "--endpoint", endpoints[0], "--json").stdout)
             return bool(status["certified_height"] >= again[0]["block_height"])
 
-        _wait(certified, 30, "the blocks certified")
+        wait_until(certified, 30, "the blocks certified")
         ledger = tmp_path / "ledger.bin"
-        _run("ledger", "export", "--endpoint", endpoints[0], "-o", str(ledger))
+        exported = _run("ledger", "export", "--endpoint", endpoints[0], "-o", str(ledger), "--json")
+        assert json.loads(exported.stdout)["blocks"] >= 3
         ok = json.loads(_run("ledger", "verify", str(ledger), "--json", "--anchors", doc["anchors"]).stdout)
         assert ok["ok"] is True and ok["blocks"] >= 3
+        report = tmp_path / "report.json"
+        _run("ledger", "verify", str(ledger), "--json", "--anchors", doc["anchors"], "-o", str(report))
+        assert json.loads(report.read_text())["blocks"] == ok["blocks"]
 
         raw = bytearray(ledger.read_bytes())
         raw[len(raw) // 2] ^= 0x01
@@ -139,16 +126,24 @@ def test_cluster_up_status_append_export_verify(tmp_path: Path) -> None:
         assert out.returncode != 0
         assert "Traceback" not in out.stderr
         assert "block" in out.stderr or "record" in out.stderr
+
+        # An endpoint of another service is named as such, not "Method not found".
+        for service in ("dht", "manifest"):
+            wrong = doc["nodes"][0]["endpoints"][service]
+            out = _run("status", "--endpoint", wrong, check=False)
+            assert out.returncode == 1
+            assert f"{wrong} is not a consensus endpoint" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr and "Method not found" not in out.stderr
+
+        # A reader that goes away early (`| head -c1`): no traceback.
+        reader = subprocess.Popen([*CLI, "status", "--endpoint", endpoints[0], "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert reader.stdout is not None
+        reader.stdout.close()
+        _, err = reader.communicate(timeout=60)
+        assert b"Traceback" not in err and b"Exception ignored" not in err, err.decode()
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-            for pid in child_pids:
-                if _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-    assert up.returncode == 0
-    for pid in child_pids:
-        _wait(lambda pid=pid: not _pid_alive(pid), 10, f"child {pid} to stop")
+        code = up.stop()
+    assert code == 0, up.stdout + up.stderr
+    assert "cluster stopped" in up.stdout
+    wait_until(lambda: not any(pid_alive(pid) for pid in child_pids), 10, f"children {child_pids} to stop")

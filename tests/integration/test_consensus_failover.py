@@ -19,8 +19,8 @@ from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import verify_chain
-
-from .procs import LocalCluster, wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fleetsuit.ports import free_base_port
+from tests.support.ports import free_base_port
 
 pytestmark = pytest.mark.slow
 
 
 def test_main_job_runs_the_path_of_a_release(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "fleetsuit.demo", "--data", str(tmp_path / "run"),
+        [sys.executable, "-m", "launcher.demo", "--data", str(tmp_path / "run"),
          "--base-port", str(free_base_port(40))],
         capture_output=True, text=True, timeout=240,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,16 +20,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fleetsuit.cluster import join_command
 from fleetsuit.grpcutil import insecure_channel
-from fleetsuit.ports import free_base_port
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+from launcher.cluster import join_command, spawn
 from services.consensus.cli import change_membership
 from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import verify_chain
+from tests.support.cluster import LocalCluster
+from tests.support.ports import free_base_port
+from tests.support.procs import stop_processes
+from tests.support.wait import wait_for
 
-from .procs import LocalCluster, wait_for
 from .test_consensus_failover import Clients, _all_applied, _leader, _ready
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
-    monkeypatch.setenv("FLEETSUIT_SNAPSHOT_ENTRIES", "150")
-    monkeypatch.setenv("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", "20")
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_COMPACT_EVERY_ENTRIES", "150")
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_COMPACT_KEEP_ENTRIES", "20")
     c = LocalCluster(3, tmp_path)
     try:
         yield c
@@ -106,11 +107,10 @@ async def test_grow_to_five_and_shrink_to_three_while_clients_write(
             data = tmp_path / new
             data.mkdir()
             cmd = join_command(new, address, data, voters, "test")
-            with open(data / "consensus.log", "ab") as log_file:
-                procs[new] = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            procs[new] = spawn(cmd, data / "consensus.log")
             if new == "n4":  # once through the command line
                 out = subprocess.run(
-                    [sys.executable, "-m", "fleetsuit", "cluster", "add", "--endpoint", cluster.endpoint("n1"),
+                    [sys.executable, "-m", "launcher", "cluster", "add", "--endpoint", cluster.endpoint("n1"),
                      "--node-id", new, "--address", address, "--json"],
                     capture_output=True, text=True, timeout=90, check=False,
                 )
@@ -153,22 +153,14 @@ async def test_grow_to_five_and_shrink_to_three_while_clients_write(
         assert sorted(await _members(survivors[leader])) == ids
         target = next(n for n in ids if n != leader)
         out = subprocess.run(
-            [sys.executable, "-m", "fleetsuit", "cluster", "transfer-leader", "--endpoint",
+            [sys.executable, "-m", "launcher", "cluster", "transfer-leader", "--endpoint",
              cluster.endpoint(leader), "--target", target],
             capture_output=True, text=True, timeout=60, check=False,
         )
         assert out.returncode == 0, out.stderr
         assert await wait_for(lambda: _leader(survivors), 30, "the transferee leading") == target
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs.values())
         for ch in channels.values():
             await ch.close()
 

@@ -19,8 +19,9 @@ from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import verify_chain
+from tests.support.cluster import LocalCluster
+from tests.support.wait import wait_for
 
-from .procs import LocalCluster, wait_for
 from .test_consensus_failover import _all_applied, _leader
 
 pytestmark = pytest.mark.slow
@@ -30,9 +31,9 @@ SNAPSHOT_ENTRIES = 150
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
-    monkeypatch.setenv("FLEETSUIT_SNAPSHOT_ENTRIES", str(SNAPSHOT_ENTRIES))
-    monkeypatch.setenv("FLEETSUIT_SNAPSHOT_KEEP_ENTRIES", "20")
-    monkeypatch.setenv("FLEETSUIT_SNAPSHOT_CHUNK_BYTES", "65536")
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_COMPACT_EVERY_ENTRIES", str(SNAPSHOT_ENTRIES))
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_COMPACT_KEEP_ENTRIES", "20")
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_SNAPSHOT_CHUNK_BYTES", "65536")
     c = LocalCluster(3, tmp_path)
     try:
         yield c

@@ -14,8 +14,9 @@ import pytest
 from fleetsuit.ledger_client import StreamBroken, SubmitBatcher, SubmitFailed
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+from tests.support.cluster import LocalCluster, ledger_stubs
+from tests.support.wait import wait_for
 
-from .procs import LocalCluster, ledger_stubs, wait_for
 from .test_consensus_failover import _all_applied, _leader_seen_by_all, _ready
 
 pytestmark = pytest.mark.slow
@@ -130,7 +131,7 @@ async def test_a_cut_stream_fails_in_flight_entries_and_a_resubmission_applies_o
 async def test_a_node_refuses_submissions_beyond_its_pending_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FLEETSUIT_MAX_PENDING_SUBMISSIONS", "5")
+    monkeypatch.setenv("FLEETSUIT_CONSENSUS_MAX_PENDING_SUBMISSIONS", "5")
     cluster = LocalCluster(3, tmp_path)
     try:
         async with ledger_stubs(cluster) as stubs:

@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetsuit import grpcutil, rpc
-from fleetsuit.ports import free_port
 from fleetsuit.v1 import manifest_pb2 as pb
 from fleetsuit.v1 import manifest_pb2_grpc as pb_grpc
 from services.manifest.server import SERVICE_NAME
+from tests.support.ports import free_port
 
 from .conftest import CLASS, PAYLOAD, URI, VENDOR, signed
 

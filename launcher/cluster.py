@@ -1,20 +1,20 @@
-"""``fleetsuit cluster up``: a local cluster of N logical nodes on loopback,
-for people and tests.
+"""A local cluster of N logical nodes on loopback: the plan (ids, ports,
+data directories), each child's exact command, the anchors file, starting
+the children and stopping them by pid. For ``fleetsuit cluster up``
+(``launcher/up.py``, which adds the checks and the foreground loop), the
+demo, tests and benchmarks.
 
 Each node runs one process per service in ``SERVICES``; node i's service
 listens on ``base_port + 10*i + port_offset`` and serves metrics on
-``base_port + 10*i + metrics_offset``. The launcher runs in the foreground,
-writes ``DIR/cluster.json`` (ids, pids, endpoints and the exact command of
-every child, so a test can restart one), and on SIGINT/SIGTERM stops every
-child it started: SIGTERM, then SIGKILL after a grace period. Every service of
-a node gets the node's data directory and keeps its RocksDB in a sub-folder
-of its own (``consensus/``, ``blobs/``).
+``base_port + 10*i + metrics_offset``. Every service of a node gets the
+node's data directory and keeps its RocksDB in a sub-folder of its own
+(``consensus/``, ``blobs/``). This module checks nothing before it starts a
+child: ``launcher/preflight.py`` does.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,8 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STOP_GRACE_S = 5.0
+NODE_PORT_SPAN = 10  # node i's ports are base_port + 10*i + offset
+CLUSTER_FILE = "cluster.json"
+ANCHORS_FILE = "anchors.json"
+CLUSTER_ID_PREFIX = "fs-"
 
 
 @dataclass(frozen=True)
@@ -55,19 +60,41 @@ def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[st
     return ["--seeds", seeds]
 
 
+def _no_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
+    return []
+
+
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args),
     ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
-    ServiceSpec("manifest", "services.manifest", 3, 8, lambda node, nodes, cluster_id: [],
-                stores_data=False),
+    ServiceSpec("manifest", "services.manifest", 3, 8, _no_args, stores_data=False),
 ]
+HIGHEST_OFFSET = max(max(s.port_offset, s.metrics_offset) for s in SERVICES)
+
+
+def new_cluster_id() -> str:
+    """A cluster id unique to one bootstrap; nodes store it and refuse a data
+    directory of another cluster."""
+    return CLUSTER_ID_PREFIX + secrets.token_hex(8)
 
 
 def plan_nodes(count: int, data_dir: Path, base_port: int) -> list[NodePlan]:
     return [
-        NodePlan(index=i, node_id=f"n{i + 1}", data_dir=data_dir / f"n{i + 1}", base=base_port + 10 * i)
+        NodePlan(index=i, node_id=f"n{i + 1}", data_dir=data_dir / f"n{i + 1}",
+                 base=base_port + NODE_PORT_SPAN * i)
         for i in range(count)
     ]
+
+
+def planned_ports(nodes: list[NodePlan]) -> list[tuple[int, str]]:
+    """Every port the cluster will bind, with what binds it ("metrics of
+    consensus of n1"), in start order."""
+    out: list[tuple[int, str]] = []
+    for node in nodes:
+        for spec in SERVICES:
+            out.append((node.base + spec.port_offset, f"{spec.name} of {node.node_id}"))
+            out.append((node.base + spec.metrics_offset, f"metrics of {spec.name} of {node.node_id}"))
+    return out
 
 
 def command_for(spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
@@ -98,41 +125,55 @@ def join_command(
     ]
 
 
+def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start one child in a session of its own (a terminal's Ctrl-C reaches
+    the launcher only, which stops the children in order), output to its log."""
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def start_cluster(
-    count: int, data_dir: Path, base_port: int, cluster_id: str = "local"
-) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
-    """Start every child; return the cluster.json document and the processes."""
+    count: int, data_dir: Path, base_port: int, cluster_id: str | None = None
+) -> tuple[dict[str, Any], list[subprocess.Popen[bytes]]]:
+    """Write the anchors and start every child (without waiting for any);
+    return the cluster.json document and the processes. ``cluster_id``:
+    a new one when None."""
+    cluster_id = cluster_id or new_cluster_id()
     nodes = plan_nodes(count, data_dir, base_port)
     procs: list[subprocess.Popen[bytes]] = []
     doc_nodes = []
-    anchors = write_anchors(nodes, data_dir, cluster_id)
     for node in nodes:
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        pids: dict[str, int] = {}
-        endpoints: dict[str, str] = {}
-        metrics: dict[str, str] = {}
-        commands: dict[str, list[str]] = {}
-        for spec in SERVICES:
-            cmd = command_for(spec, node, nodes, cluster_id)
-            log_path = node.data_dir / f"{spec.name}.log"
-            with open(log_path, "ab") as log_file:
-                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            procs.append(proc)
-            pids[spec.name] = proc.pid
-            endpoints[spec.name] = f"127.0.0.1:{node.base + spec.port_offset}"
-            metrics[spec.name] = f"127.0.0.1:{node.base + spec.metrics_offset}"
-            commands[spec.name] = cmd
-        doc_nodes.append(
-            {
-                "id": node.node_id,
-                "data_dir": str(node.data_dir),
-                "pids": pids,
-                "endpoints": endpoints,
-                "metrics": metrics,
-                "commands": commands,
-            }
-        )
-    return {"cluster_id": cluster_id, "anchors": str(anchors), "nodes": doc_nodes}, procs
+    anchors = write_anchors(nodes, data_dir, cluster_id)
+    try:
+        for node in nodes:
+            pids: dict[str, int] = {}
+            endpoints: dict[str, str] = {}
+            metrics: dict[str, str] = {}
+            commands: dict[str, list[str]] = {}
+            for spec in SERVICES:
+                cmd = command_for(spec, node, nodes, cluster_id)
+                proc = spawn(cmd, node.data_dir / f"{spec.name}.log")
+                procs.append(proc)
+                pids[spec.name] = proc.pid
+                endpoints[spec.name] = f"127.0.0.1:{node.base + spec.port_offset}"
+                metrics[spec.name] = f"127.0.0.1:{node.base + spec.metrics_offset}"
+                commands[spec.name] = cmd
+            doc_nodes.append(
+                {
+                    "id": node.node_id,
+                    "data_dir": str(node.data_dir),
+                    "pids": pids,
+                    "endpoints": endpoints,
+                    "metrics": metrics,
+                    "commands": commands,
+                }
+            )
+    except BaseException:
+        stop_processes(procs)  # a child that could not be started: none left behind
+        raise
+    doc = {"cluster_id": cluster_id, "base_port": base_port, "anchors": str(anchors), "nodes": doc_nodes}
+    return doc, procs
 
 
 def write_anchors(nodes: list[NodePlan], data_dir: Path, cluster_id: str) -> Path:
@@ -142,12 +183,14 @@ def write_anchors(nodes: list[NodePlan], data_dir: Path, cluster_id: str) -> Pat
     from services.consensus.ledger.certify import Anchors, NodeKey
 
     keys = {node.node_id: NodeKey.load_or_create(node.data_dir / "node.key").public for node in nodes}
-    path = data_dir / "anchors.json"
+    path = data_dir / ANCHORS_FILE
     path.write_text(Anchors(cluster_id=cluster_id, keys=keys).to_json())
     return path
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM each running child by pid, SIGKILL those still running after
+    ``grace_s``; every child is reaped."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -158,36 +201,3 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_G
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def run_cluster(count: int, data_dir: Path, base_port: int, cluster_id: str = "local") -> int:
-    """Foreground: start, write cluster.json, wait for SIGINT/SIGTERM, stop all."""
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    doc, procs = start_cluster(count, data_dir, base_port, cluster_id)
-    try:
-        tmp = data_dir / "cluster.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, data_dir / "cluster.json")
-        print(f"cluster of {count} nodes up; description in {data_dir / 'cluster.json'}", flush=True)
-        for node in doc["nodes"]:  # type: ignore[attr-defined]
-            print(f"  {node['id']}: {node['endpoints']}", flush=True)
-        reported: set[int] = set()
-        while not stopping:
-            time.sleep(0.2)
-            for proc in procs:
-                if proc.poll() is not None and proc.pid not in reported:
-                    reported.add(proc.pid)
-                    print(f"child {proc.pid} exited with {proc.returncode}", file=sys.stderr, flush=True)
-    finally:
-        stop_processes(procs)
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    print("cluster stopped", flush=True)
-    return 0

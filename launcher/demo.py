@@ -35,7 +35,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetsuit.cluster import start_cluster, stop_processes
+from fleetsuit.cli import CliError
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
@@ -45,7 +45,11 @@ from services.consensus.ledger.block import verify_chain
 from services.consensus.ledger.certify import Anchors, verify_certified_chain
 from services.consensus.ledger.export import read_blocks, write_blocks
 from services.consensus.ledger.proof import verify_entry_proof
-from services.manifest.build import build_envelope, sign_envelope
+from suit.build import build_envelope, sign_envelope
+
+from . import preflight
+from .cluster import plan_nodes, planned_ports, start_cluster, stop_processes
+from .up import wait_serving
 
 PAYLOAD_BYTES = 4 * 1024 * 1024
 VENDOR_DOMAIN = "example.com"
@@ -95,8 +99,9 @@ class Cluster:
         order = [node] + [n for n in among if n != node]
         for attempt in range(100):
             try:
-                return await self.ledger[order[attempt % len(order)]].Submit(
+                answer: pb.SubmitResponse = await self.ledger[order[attempt % len(order)]].Submit(
                     pb.SubmitRequest(entry=entry, timeout_ms=2000), timeout=3)
+                return answer
             except grpc.RpcError:
                 await asyncio.sleep(0.05)
         raise RuntimeError("submission never committed")
@@ -120,7 +125,8 @@ def _envelope(payload: bytes, cid: str, sequence: int, key: Ed25519PrivateKey) -
             "uri": f"fleetsuit:{cid}",
         }],
     }
-    return sign_envelope(build_envelope(description, {}), key)
+    signed: bytes = sign_envelope(build_envelope(description, {}), key)
+    return signed
 
 
 def _device_context(payload: bytes, cid: str, installed: int) -> manifest_pb2.ManifestDeviceContext:
@@ -209,7 +215,7 @@ async def main_job(doc: dict[str, Any], kill: Any) -> int:
 
         async def certified() -> bool:
             s = await stub.Status(pb.StatusRequest(), timeout=1)
-            return s.certified_height >= after.block_height
+            return bool(s.certified_height >= after.block_height)
 
         await _until(certified, 30, "certification of the new blocks")
         blocks = [block_from_pb(b) async for b in stub.ExportBlocks(pb.ExportRequest(certified_only=True))]
@@ -238,7 +244,7 @@ async def main_job(doc: dict[str, Any], kill: Any) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m fleetsuit.demo")
+    p = argparse.ArgumentParser(prog="python -m launcher.demo")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--data", default="data/run")
     p.add_argument("--base-port", type=int, default=7100)
@@ -247,9 +253,23 @@ def main() -> int:
         print("the demo needs at least 3 nodes", file=sys.stderr)
         return 2
     data = Path(args.data)
+    try:
+        # The same checks as `cluster up`, before the old run is wiped.
+        preflight.check_plan(args.nodes, args.base_port)
+        preflight.check_not_in_use(data)
+        preflight.check_ports_free(planned_ports(plan_nodes(args.nodes, data, args.base_port)))
+    except CliError as exc:
+        print(f"demo cannot start: {exc}", file=sys.stderr)
+        return exc.code
     if data.exists():
         shutil.rmtree(data)
-    doc, procs = start_cluster(args.nodes, data, args.base_port, "demo")
+    doc, procs = start_cluster(args.nodes, data, args.base_port)
+    try:
+        wait_serving(doc, procs)
+    except CliError as exc:
+        stop_processes(procs)
+        print(f"demo cannot start: {exc}", file=sys.stderr)
+        return exc.code
     print(f"started {args.nodes} nodes on 127.0.0.1 (data and logs in {data}/; anchors in {doc['anchors']})")
     print(json.dumps({n["id"]: n["endpoints"] for n in doc["nodes"]}))
 

@@ -1,0 +1,47 @@
+"""``fleetsuit cluster up``: the launcher's own sub-command, registered in
+the ``cluster`` group it shares with the consensus service's membership
+commands (``cluster add | remove | transfer-leader``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fleetsuit.cli import command_group
+
+from .up import START_TIMEOUT_S, run_cluster
+
+DEFAULT_BASE_PORT = 7100
+CLUSTER_HELP = "a local cluster on loopback (up)"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id, args.start_timeout)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cluster = command_group(sub, "cluster", help=CLUSTER_HELP)
+    p = cluster.add_parser(
+        "up",
+        help="start N nodes on loopback in the foreground (SIGINT/SIGTERM stops every child)",
+        description=(
+            "Start N nodes on loopback (one process per service), wait until every service "
+            "answers health SERVING, print the endpoints, and stay in the foreground; SIGINT "
+            "or SIGTERM stops every child. Node i (from 0) listens on BASE+10*i+1 (consensus), "
+            "+2 (dht), +3 (manifest), with metrics on +6, +7, +8. DIR/cluster.json describes "
+            "every child; DIR/anchors.json holds the cluster id and the nodes' block-signing "
+            "keys. Refused before anything starts: a port taken, DIR in use by a running "
+            "cluster, or another cluster id than the one DIR holds."
+        ),
+    )
+    p.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes, at least 1 (default: 3)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data directory: one sub-directory per node, logs, cluster.json and anchors.json")
+    p.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, metavar="PORT",
+                   help=f"first port of node n1; node i uses PORT+10*i+1..8 (default: {DEFAULT_BASE_PORT})")
+    p.add_argument("--cluster-id", default=None, metavar="ID",
+                   help="the cluster id on a first start (default: the one DIR holds, else a new "
+                        "fs-<random hex>); a restart keeps the recorded one")
+    p.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long every service may take to serve (default: {START_TIMEOUT_S:g})")
+    p.set_defaults(func=cmd_up)

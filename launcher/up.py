@@ -1,0 +1,216 @@
+"""``fleetsuit cluster up``: check, start, wait until every child serves,
+then stay in the foreground until SIGINT/SIGTERM and stop every child.
+
+Success is printed only once every service of every node answers
+grpc.health.v1 SERVING; a child that exits or does not serve in time stops
+the whole start, naming the service and the node. ``DIR/cluster.json``
+(ids, pids, endpoints and the exact command of every child, so a test can
+restart one) is written as soon as the children run, so that a second
+``cluster up`` on the same directory sees them, and removed again when the
+start fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fleetsuit.cli import EXIT_CANNOT_START, EXIT_OK, CliError
+from fleetsuit.grpcutil import CHANNEL_OPTIONS
+
+from . import preflight
+from .cluster import CLUSTER_FILE, plan_nodes, planned_ports, start_cluster, stop_processes
+
+START_TIMEOUT_S = 60.0
+HEALTH_CHECK_TIMEOUT_S = 1.0
+POLL_S = 0.05  # how often a starting child's health is asked again
+WATCH_S = 0.2  # how often the foreground loop looks at its children
+
+
+class StartInterrupted(Exception):
+    """SIGINT or SIGTERM arrived while the children were starting."""
+
+
+@dataclass
+class _Child:
+    node_id: str
+    service: str
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    channel: grpc.Channel | None = None
+
+    def serving(self) -> bool:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_CHECK_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+
+def _children(doc: dict[str, Any], procs: list[subprocess.Popen[bytes]]) -> list[_Child]:
+    by_pid = {p.pid: p for p in procs}
+    return [
+        _Child(node["id"], service, node["endpoints"][service], by_pid[pid],
+               Path(node["data_dir"]) / f"{service}.log")
+        for node in doc["nodes"]
+        for service, pid in node["pids"].items()
+    ]
+
+
+def _last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a child's log, shortened: why it exited."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    last = next((line for line in reversed(lines) if line), "")
+    return last if len(last) <= limit else last[: limit - 3] + "..."
+
+
+def wait_serving(
+    doc: dict[str, Any],
+    procs: list[subprocess.Popen[bytes]],
+    timeout_s: float = START_TIMEOUT_S,
+    stopping: Callable[[], bool] = lambda: False,
+) -> None:
+    """Return once every child answers health SERVING; raise CliError (exit
+    3) naming the service and node of the first child that exits first, or
+    of those not serving by the deadline."""
+    pending = _children(doc, procs)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if stopping():
+                raise StartInterrupted
+            for child in list(pending):
+                code = child.proc.poll()
+                if code is not None:
+                    why = _last_line(child.log_path)
+                    raise CliError(
+                        f"{child.service} of {child.node_id} exited with code {code} before serving"
+                        + (f": {why}" if why else "") + f" (log: {child.log_path})",
+                        EXIT_CANNOT_START,
+                    )
+                if child.serving():
+                    child.close()
+                    pending.remove(child)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(f"{c.service} of {c.node_id}" for c in pending)
+                raise CliError(
+                    f"not serving after {timeout_s:g}s: {names} (log: {pending[0].log_path})",
+                    EXIT_CANNOT_START,
+                )
+            time.sleep(POLL_S)
+    finally:
+        for child in pending:
+            child.close()
+
+
+def write_description(data_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write ``DIR/cluster.json`` atomically."""
+    path = data_dir / CLUSTER_FILE
+    tmp = data_dir / (CLUSTER_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def run_cluster(
+    count: int,
+    data_dir: Path,
+    base_port: int,
+    cluster_id: str | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
+    out: TextIO | None = None,
+) -> int:
+    """Foreground: check, start, wait until serving, print success, wait for
+    SIGINT/SIGTERM, stop every child. Raises CliError before starting any
+    child when a check fails, and after stopping them when one does not
+    serve."""
+    out = out or sys.stdout
+    preflight.check_plan(count, base_port)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {data_dir}: {exc.strerror}", EXIT_CANNOT_START) from None
+    lock = preflight.DataDirLock(data_dir)
+    try:
+        preflight.check_not_in_use(data_dir)
+        cluster_id = preflight.resolve_cluster_id(data_dir, cluster_id)
+        preflight.check_ports_free(planned_ports(plan_nodes(count, data_dir, base_port)))
+        return _run(count, data_dir, base_port, cluster_id, start_timeout_s, out)
+    finally:
+        lock.close()
+
+
+def _run(
+    count: int, data_dir: Path, base_port: int, cluster_id: str | None, start_timeout_s: float, out: TextIO
+) -> int:
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen[bytes]] = []
+    failed = True  # until every child serves or a stop is asked for
+    try:
+        doc, procs = start_cluster(count, data_dir, base_port, cluster_id)
+        path = write_description(data_dir, doc)
+        try:
+            wait_serving(doc, procs, start_timeout_s, lambda: stopping)
+        except StartInterrupted:
+            failed = False
+            return EXIT_OK
+        failed = False
+        print(f"cluster {doc['cluster_id']} of {count} node(s) up; description in {path}", file=out, flush=True)
+        for node in doc["nodes"]:
+            print(f"  {node['id']}: {node['endpoints']}", file=out, flush=True)
+        running = _children(doc, procs)
+        while not stopping:
+            time.sleep(WATCH_S)
+            for child in [c for c in running if c.proc.poll() is not None]:
+                running.remove(child)
+                print(f"{child.service} of {child.node_id} (pid {child.proc.pid}) exited with code "
+                      f"{child.proc.returncode} (log: {child.log_path})", file=sys.stderr, flush=True)
+        return EXIT_OK
+    finally:
+        stop_processes(procs)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if failed:
+            # Nothing of a failed start is left claiming to be a cluster; the
+            # error itself is the caller's one line.
+            with contextlib.suppress(OSError):
+                (data_dir / CLUSTER_FILE).unlink()
+        else:
+            with contextlib.suppress(OSError, ValueError):  # stdout may be a closed pipe
+                print("cluster stopped", file=out, flush=True)

@@ -1,0 +1,1 @@
+"""Tests of the ``fleetsuit`` command line: one shape for every command."""
