@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from fleetsuit.grpcutil import new_server
+from fleetsuit.rpc import new_server
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
@@ -44,7 +44,7 @@ class NoopLedger(pb_grpc.LedgerServicer):
 
 
 async def serve(port: int) -> None:
-    server = new_server()
+    server, _health = new_server("noop-ledger", {}, None)
     pb_grpc.add_LedgerServicer_to_server(NoopLedger(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

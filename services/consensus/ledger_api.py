@@ -102,7 +102,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         if kind in RESERVED_KINDS:
             raise InvalidEntry(f"{kind} entries are written by the nodes themselves, not by clients")
         if entry.request_id == 0:
-            raise InvalidEntry("request_id is required on a stream (unique per client)")
+            raise InvalidEntry("request_id is required (unique per client_id) when the entry names a client or comes on a stream")
         payload = entry.SerializeToString()
         if len(payload) > self._config.max_entry_bytes:
             raise InvalidEntry(f"entry is {len(payload)} bytes; the limit is {self._config.max_entry_bytes}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
 from fleetsuit import __version__
 from fleetsuit.logs import log_start
@@ -53,6 +53,7 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["RaftPeer"].full_name,
 )
 HEALTH_INTERVAL_S = 0.1
+LIVENESS = "liveness"  # a health service name that is SERVING while the process runs
 
 
 @dataclass
@@ -157,6 +158,8 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
         serve_metrics(metrics.registry, config.metrics_address, config.metrics_port)
     await server.start()
     await set_serving(deps.health, SERVICE_NAMES, False)
+    # Liveness apart from readiness: the process answers, whatever its role.
+    await deps.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     transport.start()
     node.start()
     tasks = [asyncio.create_task(watch_health(node, deps.health), name="health")]

@@ -1,7 +1,7 @@
-"""The ports around the Raft core (DESIGN.md, Consensus): each a small
-``Protocol`` with a real implementation in the runtime
-(``services/consensus/``) and an in-memory twin in ``raft/memory.py`` for
-tests and simulation.
+"""The roles around the Raft core as the core's own tests and simulation
+see them: small ``Protocol``s with in-memory twins in ``raft/memory.py``.
+The consensus runtime's ports (what it needs from the network and the
+disk, with signatures and snapshots) are ``runtime/ports.py``.
 
 The core itself (``node.py``) calls none of these: the runtime does, in the
 order the ``Ready`` contract gives (persist, send, apply, advance).

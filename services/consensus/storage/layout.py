@@ -19,22 +19,10 @@ On-disk format, version 1 (all integers big-endian):
     p/<node_id>    -> a member's peer address (applied state, from CONFIG entries)
 
 The applied state (a/, b/, r/, k/, s/, p/) is what a snapshot holds
-(``ledger/snapshot.py``); ``install_snapshot`` replaces it and the whole log
-in one atomic batch, so a crash leaves either the old state or the new one.
-The applied state lives here, durable, so compacting the log needs no
-snapshot file (etcd's backend works the same way): ``compact_log`` deletes
-the log up to an applied index and records that point, in one synced batch.
-A file is written only when a follower needs one (runtime.py).
+(``snapshot_format.py``, ``is_state_key``); ``node_storage.py`` says how
+each is written.
 
-where record(x) = u32 crc32(x) | x. A record whose checksum does not match
-stops the node with StorageCorrupt; nothing is rewritten to "repair" it.
-
-Raft writes (``save``) are synced before returning when they hold entries or a
-new term or vote: one sync per Ready, which is the group commit. A Ready that
-only moves the commit index is written without a sync (commitIndex is
-volatile state in Raft; a restarted node learns it again from the leader). Ledger writes (``write_applied``) are not synced: they
-can be rebuilt from the synced log, and the applied index is written in the
-same atomic batch as the blocks it covers.
+where record(x) = u32 crc32(x) | x.
 """
 
 from __future__ import annotations
