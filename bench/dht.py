@@ -63,7 +63,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.cpu import cpu_seconds
-from fleetsuit.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
+from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.rpc import SERVER_OPTIONS
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import wire
 from services.dht.cli import get_call, put_call

@@ -57,17 +57,17 @@ def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> l
 
 def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
     seeds = ",".join(f"127.0.0.1:{n.base + 2}" for n in nodes if n is not node)
-    return ["--seeds", seeds]
+    return ["--seeds", seeds, "--cluster-id", cluster_id]
 
 
-def _no_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
-    return []
+def _manifest_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
+    return ["--cluster-id", cluster_id]
 
 
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args),
     ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
-    ServiceSpec("manifest", "services.manifest", 3, 8, _no_args, stores_data=False),
+    ServiceSpec("manifest", "services.manifest", 3, 8, _manifest_args, stores_data=False),
 ]
 HIGHEST_OFFSET = max(max(s.port_offset, s.metrics_offset) for s in SERVICES)
 

@@ -125,20 +125,20 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             await self._node.read_barrier(self._config.submit_timeout_s)
         s = self._node.status()
         return pb.StatusResponse(
-            node_id=str(s["node_id"]),
-            role=str(s["role"]),
-            term=int(s["term"]),  # type: ignore[call-overload]
-            leader_id=str(s["leader_id"]),
-            commit_index=int(s["commit_index"]),  # type: ignore[call-overload]
-            applied_index=int(s["applied_index"]),  # type: ignore[call-overload]
-            last_log_index=int(s["last_log_index"]),  # type: ignore[call-overload]
-            block_height=int(s["block_height"]),  # type: ignore[call-overload]
+            node_id=s.node_id,
+            role=s.role,
+            term=s.term,
+            leader_id=s.leader_id,
+            commit_index=s.commit_index,
+            applied_index=s.applied_index,
+            last_log_index=s.last_log_index,
+            block_height=s.block_height,
             cluster_id=self._config.cluster_id,
             members=self._members(),
             public_key=self._node.certifier.public_key if self._node.certifier else b"",
             certified_height=self._node.certifier.certified_height if self._node.certifier else 0,
-            snapshot_index=int(s["snapshot_index"]),  # type: ignore[call-overload]
-            pending_conf_index=int(s["pending_conf_index"]),  # type: ignore[call-overload]
+            snapshot_index=s.snapshot_index,
+            pending_conf_index=s.pending_conf_index,
         )
 
     async def _membership(
@@ -148,7 +148,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             raise InvalidEntry("node_id and, to add, address host:port are required")
         index = await self._node.change_membership(change, address)
         return pb.MembershipResponse(
-            index=index, members=self._members(), leader_id=str(self._node.status()["leader_id"])
+            index=index, members=self._members(), leader_id=self._node.leader_id
         )
 
     async def AddMember(  # noqa: N802

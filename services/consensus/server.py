@@ -65,12 +65,16 @@ class Deps:
     rng: random.Random
     node_key: NodeKey | None = None
     snapshots: FileSnapshotStore | None = None
+    # Filled in by build_node and build_server.
+    node: ConsensusNode | None = field(default=None)
+    transport: GrpcTransport | None = field(default=None)
     health: health.aio.HealthServicer | None = field(default=None)
 
 
 def build_node(
     config: ConsensusConfig, deps: Deps, on_fatal: Callable[[BaseException], None] | None = None
 ) -> tuple[ConsensusNode, GrpcTransport]:
+    """The node and its peer transport, from ``deps`` (and into it)."""
     addresses = config.peer_addresses
     addresses.setdefault(config.node_id, config.listen)
     transport = GrpcTransport(
@@ -81,12 +85,14 @@ def build_node(
         config.runtime(), deps.storage, transport, deps.metrics, deps.rng,
         node_key=deps.node_key, snapshots=deps.snapshots, addresses=addresses, on_fatal=on_fatal,
     )
+    deps.node, deps.transport = node, transport
     return node, transport
 
 
-def build_server(config: ConsensusConfig, node: ConsensusNode, deps: Deps) -> tuple[grpc.aio.Server, int]:
-    """The gRPC server of ``node``, bound to ``config.listen``; its health
-    servicer goes into ``deps.health``."""
+def build_server(config: ConsensusConfig, deps: Deps) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server of the node (``build_node`` made it, or made here),
+    bound to ``config.listen``; its health servicer goes into ``deps.health``."""
+    node = deps.node if deps.node is not None else build_node(config, deps)[0]
     server, health_servicer = new_server("consensus", ERRORS, deps.metrics.registry)
     pb_grpc.add_RaftPeerServicer_to_server(RaftPeerServicer(node, config.cluster_id), server)
     pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config), server)
@@ -152,7 +158,7 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
         stop.set()
 
     node, transport = build_node(config, deps, on_fatal)
-    server, port = build_server(config, node, deps)
+    server, port = build_server(config, deps)
     assert deps.health is not None
     if config.metrics_port:
         serve_metrics(metrics.registry, config.metrics_address, config.metrics_port)

@@ -26,7 +26,7 @@ from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 from .convert import message_to_pb, signature_from_pb, signature_to_pb
-from .ledger.certify import BlockSignature
+from .ledger.entries import BlockSignature
 from .metrics import ConsensusMetrics
 from .raft.types import Message
 

@@ -27,6 +27,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 @dataclass(frozen=True, slots=True)
 class DhtConfig:
     node_id: str = setting("node-1", "this node's name; its routing id is the SHA-256 of it")
+    cluster_id: str = setting(
+        "", "the cluster this node belongs to, for the start line", env="FLEETSUIT_CLUSTER_ID"
+    )
     listen: str = setting(
         "127.0.0.1:7102", "address of the Dht and DhtPeer services (port 0 picks a free one)",
         metavar="HOST:PORT",

@@ -311,7 +311,7 @@ async def serve(config: DhtConfig, *, shutdown: asyncio.Event | None = None) -> 
     start (the reason is logged)."""
     config.validate()
     log_start(
-        log, service=SERVICE, version=__version__, cluster_id="", node_id=config.node_id,
+        log, service=SERVICE, version=__version__, cluster_id=config.cluster_id, node_id=config.node_id,
         data_dir=config.data_dir, addresses={"grpc": config.listen, "metrics": config.metrics_address},
     )  # fmt: skip
     stop = shutdown if shutdown is not None else rpc.shutdown_event()

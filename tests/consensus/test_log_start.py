@@ -55,8 +55,8 @@ def test_a_node_restarts_from_its_recorded_compaction_point_without_a_file(tmp_p
     storage.compact_log(SnapshotMeta(20, 1, VOTERS))
     node, store = _node(tmp_path, storage)
     status = node.status()
-    assert status["snapshot_index"] == 20 and status["applied_index"] == 30
-    assert status["last_log_index"] == 30
+    assert status.snapshot_index == 20 and status.applied_index == 30
+    assert status.last_log_index == 30
     assert [e.index for e in storage.load()[1]] == list(range(21, 31))
     assert store.list() == []
     storage.close()
@@ -71,7 +71,7 @@ def test_an_older_data_directory_starts_from_its_newest_snapshot_file(tmp_path: 
     store.save(SnapshotMeta(40, 1, VOTERS), [])  # received, never installed: beyond the applied index
     assert storage.compacted() is None
     node, store = _node(tmp_path, storage)
-    assert node.status()["snapshot_index"] == 25
+    assert node.status().snapshot_index == 25
     assert storage.compacted() == newest  # recorded now
     assert [e.index for e in storage.load()[1]] == list(range(26, 31))
     assert store.list() == [newest]  # the one that can still serve a lagging follower
@@ -86,10 +86,10 @@ def test_a_log_that_outgrows_its_byte_bound_is_compacted_before_the_entry_count(
     node, store = _node(tmp_path, storage, compact_every_entries=10_000, compact_log_bytes=20 * entry_bytes)
     node.compaction.maybe_compact(node.machine.applied_index())  # 30 entries held: over the bound of 20
     status = node.status()
-    assert status["snapshot_index"] == 20  # a tail of 10 entries, half the bound
+    assert status.snapshot_index == 20  # a tail of 10 entries, half the bound
     assert [e.index for e in storage.load()[1]] == list(range(21, 31))
     assert storage.compacted() == SnapshotMeta(20, 1, VOTERS)
     assert store.list() == []  # and no file written
     node.compaction.maybe_compact(node.machine.applied_index())  # 10 entries held: nothing to do
-    assert node.status()["snapshot_index"] == 20
+    assert node.status().snapshot_index == 20
     storage.close()

@@ -41,7 +41,7 @@ async def running(tmp_path: Path, peers: str) -> AsyncIterator[tuple[str, Deps]]
         node_key=NodeKey.load_or_create(tmp_path / "node.key"), snapshots=FileSnapshotStore(tmp_path / "snap"),
     )
     node, transport = build_node(config, deps)
-    server, port = build_server(config, node, deps)
+    server, port = build_server(config, deps)
     assert deps.health is not None
     await server.start()
     transport.start()

@@ -27,19 +27,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .block import BlockData, ChainError
+from .codec import decode_entry
 
 BLOCK_DOMAIN = b"fleetsuit/block-signature/v1"
 KEY_DOMAIN = b"fleetsuit/member-key/v1"
-
-
-@dataclass(frozen=True, slots=True)
-class BlockSignature:
-    """One node's signature over the hash of the block at ``height``."""
-
-    height: int
-    hash: bytes
-    node_id: str
-    signature: bytes
 
 
 def block_message(cluster_id: str, height: int, block_hash: bytes) -> bytes:
@@ -172,16 +163,9 @@ def verify_certified_chain(blocks: Iterable[BlockData], anchors: Anchors) -> int
 
 def registered_keys(entries: Iterable[bytes]) -> list[tuple[str, bytes]]:
     """(node id, public key) of every member key recorded by these ledger entries."""
-    from google.protobuf.message import DecodeError
-
-    from fleetsuit.v1 import consensus_pb2 as pb
-
     out: list[tuple[str, bytes]] = []
     for raw in entries:
-        try:
-            entry = pb.LedgerEntry.FromString(raw)
-        except DecodeError:
-            continue
-        if entry.WhichOneof("kind") == "membership_changed":
-            out.extend((m.node_id, m.public_key) for m in entry.membership_changed.members if m.public_key)
+        view = decode_entry(raw)
+        if view is not None:
+            out.extend((m.node_id, m.public_key) for m in view.members if m.public_key)
     return out

@@ -1,9 +1,11 @@
 """The one codec edge of the ledger: its typed values (``BlockData``,
-``BlockSignature``, ``RequestKey``) to and from their protobuf encodings,
-which are also how blocks are stored and how a Raft entry carries a batch of
-ledger entries. Nothing else in ``ledger/`` parses or builds protobuf,
-except the entry kinds the machine interprets (``pb.LedgerEntry``), which
-are the ledger's public wire format."""
+``BlockSignature``, ``EntryView``, ``MemberKey``, ``RequestKey``) to and
+from their protobuf encodings, which are also how blocks are stored, how a
+Raft entry carries a batch of ledger entries, and how a ledger entry is
+written (``LedgerEntry``, the ledger's public wire format). The ledger
+machine, certification and the runtime work on the typed values only;
+besides this module, only ``export.py`` and ``proof.py`` (file formats
+read offline) parse protobuf."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from google.protobuf.message import DecodeError
 from fleetsuit.v1 import consensus_pb2 as pb
 
 from .block import BlockData
-from .certify import BlockSignature
+from .entries import BlockSignature, EntryView, MemberKey
 from .keys import RequestKey
 
 
@@ -75,13 +77,30 @@ def decode_batch(data: bytes) -> list[bytes]:
         return []
 
 
-def inspect_entry(payload: bytes) -> tuple[RequestKey | None, pb.LedgerEntry | None]:
-    """The request key and the decoded entry of one payload (None, None:
-    not a ledger entry), from one parse: the apply path needs both."""
+def decode_entry(payload: bytes) -> EntryView | None:
+    """What the ledger needs of one encoded ledger entry, from one parse
+    (None: the bytes are not a ledger entry)."""
     try:
         entry = pb.LedgerEntry.FromString(payload)
     except DecodeError:
-        return None, None
-    if not entry.client_id:
-        return None, entry
-    return RequestKey(entry.client_id, entry.request_id), entry
+        return None
+    key = RequestKey(entry.client_id, entry.request_id) if entry.client_id else None
+    kind = entry.WhichOneof("kind")
+    if kind != "membership_changed":
+        return EntryView(key, kind)
+    members = tuple(
+        MemberKey(m.node_id, m.public_key, m.key_proof) for m in entry.membership_changed.members
+    )
+    return EntryView(key, kind, members)
+
+
+def encode_key_registration(key: RequestKey, member: MemberKey) -> bytes:
+    """The ledger entry by which a node records its block-signing key."""
+    entry = pb.LedgerEntry(
+        client_id=key.client_id, request_id=key.request_id,
+        membership_changed=pb.MembershipChanged(members=[pb.Member(
+            node_id=member.node_id, public_key=member.public_key, key_proof=member.key_proof, voter=True,
+        )]),
+    )
+    raw: bytes = entry.SerializeToString()
+    return raw

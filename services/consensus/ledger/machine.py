@@ -22,13 +22,12 @@ import json
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from fleetsuit.v1 import consensus_pb2 as pb
-
 from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
 from ..raft.types import Entry, EntryType
 from .block import GENESIS_HASH, BlockData, make_block
 from .certify import key_message, verify
-from .codec import block_from_bytes, block_to_bytes, decode_batch, inspect_entry
+from .codec import block_from_bytes, block_to_bytes, decode_batch, decode_entry
+from .entries import MemberKey
 from .keys import RequestKey
 from .store import LedgerStore
 
@@ -108,7 +107,7 @@ class LedgerMachine:
         changes: list[ConfChange] = []
         seen_now: dict[RequestKey, tuple[int, int]] = {}  # request -> (index, height) in this call
         lookup = self._storage.get_request
-        inspect = inspect_entry
+        decode = decode_entry
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
@@ -122,11 +121,12 @@ class LedgerMachine:
             keys: list[RequestKey | None] = []
             again: list[RequestKey] = []  # duplicates of this batch's own entries
             for payload in decode_batch(entry.data):
-                key, decoded = inspect(payload)
-                if decoded is None:
+                view = decode(payload)
+                if view is None:
                     included.append(payload)  # not a ledger entry: kept as it is, the log ordered it
                     keys.append(None)
                     continue
+                key = view.key
                 if key is not None:
                     earlier = seen_now.get(key) or lookup(key)
                     if earlier is not None:
@@ -140,8 +140,8 @@ class LedgerMachine:
                 else:
                     keys.append(None)
                 included.append(payload)
-                if decoded.HasField("membership_changed"):
-                    self._register_keys(decoded, member_keys)
+                if view.members:
+                    self._register_keys(view.members, member_keys)
             if not included:
                 continue
             block = make_block(
@@ -192,10 +192,10 @@ class LedgerMachine:
             addresses[change.node_id] = None
             member_keys[change.node_id] = None
 
-    def _register_keys(self, entry: pb.LedgerEntry, registered: dict[str, bytes | None]) -> None:
+    def _register_keys(self, members: Sequence[MemberKey], registered: dict[str, bytes | None]) -> None:
         """A MembershipChanged entry records member keys that carry a valid
         proof of possession; the first key recorded for a node stands."""
-        for member in entry.membership_changed.members:
+        for member in members:
             if not member.public_key or registered.get(member.node_id) is not None:
                 continue
             if member.node_id not in registered and self._storage.member_key(member.node_id) is not None:

@@ -22,10 +22,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from fleetsuit.v1 import consensus_pb2 as pb
-
 from ..ledger.block import BlockData
-from ..ledger.certify import BlockSignature, NodeKey, block_message, key_message, quorum, verify
+from ..ledger.certify import NodeKey, block_message, key_message, quorum, verify
+from ..ledger.codec import encode_key_registration
+from ..ledger.entries import BlockSignature, MemberKey
 from ..ledger.keys import RequestKey
 from ..ledger.machine import LedgerMachine
 from ..ledger.store import LedgerStore
@@ -95,11 +95,11 @@ class Certifier:
     def certified_height(self) -> int:
         return self._certified
 
-    def key_registration(self) -> pb.Member:
-        """This node's MembershipChanged member, with its proof of possession."""
+    def key_registration(self) -> MemberKey:
+        """This node's key, with its proof of possession."""
 
         proof = self._key.sign(key_message(self._cluster_id, self._node_id, self._key.public))
-        return pb.Member(node_id=self._node_id, public_key=self._key.public, key_proof=proof, voter=True)
+        return MemberKey(self._node_id, self._key.public, proof)
 
     def sign_blocks(self, blocks: Sequence[BlockData]) -> list[BlockSignature]:
         signed = []
@@ -330,9 +330,6 @@ class CertificationLoop:
         request_id = int.from_bytes(certifier.public_key[:6], "big") << 8
         while self._store.get_request(RequestKey(client_id, request_id)) is not None:
             request_id += 1
-        entry = pb.LedgerEntry(
-            client_id=client_id, request_id=request_id,
-            membership_changed=pb.MembershipChanged(members=[certifier.key_registration()]),
-        )
-        fut = self._submit(entry.SerializeToString(), RequestKey(client_id, request_id), 5.0)
+        payload = encode_key_registration(RequestKey(client_id, request_id), certifier.key_registration())
+        fut = self._submit(payload, RequestKey(client_id, request_id), 5.0)
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retried next round

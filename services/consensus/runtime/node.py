@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import (
@@ -45,7 +45,8 @@ from ..errors import (
     StorageError,
 )
 from ..ledger.block import BlockData
-from ..ledger.certify import BlockSignature, NodeKey
+from ..ledger.certify import NodeKey
+from ..ledger.entries import BlockSignature
 from ..ledger.keys import RequestKey
 from ..ledger.machine import Applied, LedgerMachine, decode_member_context
 from ..metrics import ConsensusMetrics
@@ -68,7 +69,25 @@ from .submissions import Submissions, Waiter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConsensusNode", "Waiter"]
+__all__ = ["ConsensusNode", "NodeStatus", "Waiter"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What a node reports of itself (the Status API, metrics, tests)."""
+
+    node_id: str
+    role: str
+    term: int
+    leader_id: str
+    commit_index: int
+    applied_index: int
+    last_log_index: int
+    block_height: int
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+    snapshot_index: int
+    pending_conf_index: int
 
 
 class ConsensusNode:
@@ -578,19 +597,19 @@ class ConsensusNode:
     def leader_id(self) -> str:
         return self._core.leader_id
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> NodeStatus:
         s = self._core.status()
-        return {
-            "node_id": s.node_id,
-            "role": s.role.value,
-            "term": s.term,
-            "leader_id": s.leader_id,
-            "commit_index": s.commit_index,
-            "applied_index": self.machine.applied_index(),
-            "last_log_index": s.last_index,
-            "block_height": self.machine.height,
-            "voters": s.voters,
-            "learners": s.learners,
-            "snapshot_index": s.snapshot_index,
-            "pending_conf_index": s.pending_conf_index,
-        }
+        return NodeStatus(
+            node_id=s.node_id,
+            role=s.role.value,
+            term=s.term,
+            leader_id=s.leader_id,
+            commit_index=s.commit_index,
+            applied_index=self.machine.applied_index(),
+            last_log_index=s.last_index,
+            block_height=self.machine.height,
+            voters=s.voters,
+            learners=s.learners,
+            snapshot_index=s.snapshot_index,
+            pending_conf_index=s.pending_conf_index,
+        )

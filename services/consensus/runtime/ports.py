@@ -19,7 +19,7 @@ from collections.abc import (
 )
 from typing import Any, Protocol
 
-from ..ledger.certify import BlockSignature
+from ..ledger.entries import BlockSignature
 from ..ledger.store import LedgerStore
 from ..raft.types import Entry, HardState, Message, SnapshotMeta
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from services.consensus.ledger.block import GENESIS_HASH, block_hash
 from services.consensus.ledger.certify import block_message, quorum, verify
-from services.consensus.ledger.codec import inspect_entry
+from services.consensus.ledger.codec import decode_entry
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.raft.types import Role
 from services.consensus.runtime import ConsensusNode
@@ -58,9 +58,8 @@ class LedgerChecker:
 
     def check(self, nodes: dict[str, ConsensusNode]) -> None:
         for node_id, node in nodes.items():
-            status = node.status()
             if node.role is Role.LEADER:
-                term = int(status["term"])  # type: ignore[call-overload]
+                term = node.status().term
                 other = self._leaders.setdefault(term, node_id)
                 if other != node_id:
                     raise InvariantViolation(f"two leaders in term {term}: {other} and {node_id}")
@@ -84,7 +83,8 @@ class LedgerChecker:
             if block.prev_hash != self.hashes.get(height - 1, block.prev_hash):
                 raise InvariantViolation(f"{node_id}: block {height} does not link to block {height - 1}")
             for payload in block.entries:
-                key, _ = inspect_entry(payload)
+                view = decode_entry(payload)
+                key = view.key if view is not None else None
                 if key is None:
                     continue
                 where = self._key_height.setdefault(key, height)

@@ -11,7 +11,7 @@ import random
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 
 from services.consensus.errors import ConsensusError
-from services.consensus.ledger.certify import BlockSignature
+from services.consensus.ledger.entries import BlockSignature
 from services.consensus.raft.types import Message
 from services.consensus.runtime import ConsensusNode
 
