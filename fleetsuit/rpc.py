@@ -150,18 +150,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                error: BaseException | None = None
-                try:
+                async with _Call(self, method, context):
                     return await inner(request, context)
-                except ServiceError as exc:
-                    error = exc
-                    await self._refuse(method, context, exc)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._finish(method, context, started, error)
 
             factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary is not None
                        else grpc.stream_unary_rpc_method_handler)
@@ -175,27 +165,42 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
+            async with _Call(self, method, context):
                 if streaming:
                     async for item in inner_stream(request, context):
                         yield item
                 else:  # a coroutine that writes with context.write
                     await inner_stream(request, context)
-            except ServiceError as exc:
-                error = exc
-                await self._refuse(method, context, exc)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._finish(method, context, started, error)
 
         factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None
                    else grpc.stream_stream_rpc_method_handler)
         return factory(stream, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
+
+
+class _Call:
+    """One call through the interceptor: timed and counted however it ends;
+    a ServiceError that escapes the servicer becomes its status (the abort
+    raises from here, in place of the error)."""
+
+    __slots__ = ("_interceptor", "_method", "_context", "_started")
+
+    def __init__(self, interceptor: ServiceInterceptor, method: str, context: grpc.aio.ServicerContext) -> None:
+        self._interceptor = interceptor
+        self._method = method
+        self._context = context
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        try:
+            if isinstance(exc, ServiceError):
+                await self._interceptor._refuse(self._method, self._context, exc)  # noqa: SLF001
+            return False
+        finally:
+            self._interceptor._finish(self._method, self._context, self._started, exc)  # noqa: SLF001
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:

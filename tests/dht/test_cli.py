@@ -13,11 +13,9 @@ import random
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from fleetsuit import rpc
@@ -34,15 +32,6 @@ from tests.support.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 60.0
-
-
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def start_cli(*args: str) -> asyncio.subprocess.Process:

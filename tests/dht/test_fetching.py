@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
@@ -44,15 +42,6 @@ class GatedTransport(GrpcTransport):
             self.blocked += 1
             await self.gate.wait()
         return await super().fetch_chunk(to, key, index)
-
-
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def frozen_fetcher(cluster: Cluster, allowed: int) -> tuple[DhtNode, GatedTransport]:

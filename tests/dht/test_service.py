@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
-import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
@@ -77,15 +76,6 @@ class Cluster:
             await node.close()
         for server in self.servers:
             await server.stop(0)
-
-
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def wait_for(cond: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
