@@ -5,6 +5,7 @@ and a node's signature over a block."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .keys import RequestKey
 
@@ -19,12 +20,13 @@ class MemberKey:
     key_proof: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class EntryView:
+class EntryView(NamedTuple):
     """What the ledger machine needs of one ledger entry: its idempotency
     key (None: not idempotent), its kind (``app``, ``release_published``,
     ``membership_changed``, ...; None for an entry of no known kind) and the
-    member keys it records."""
+    member keys it records. (A named tuple: one is made for every entry
+    every node applies, and a frozen dataclass is several times dearer to
+    make.)"""
 
     key: RequestKey | None
     kind: str | None

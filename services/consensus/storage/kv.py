@@ -15,8 +15,21 @@ from typing import Protocol
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 
+class WriteBatchLike(Protocol):
+    """Writes applied atomically, in order, by ``KeyValue.write``; made by
+    ``KeyValue.batch()`` (RocksDB's own WriteBatch, or ``Batch``)."""
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Delete every key in [start, end)."""
+        ...
+
+
 class Batch:
-    """Writes applied atomically, in order, by ``KeyValue.write``."""
+    """The in-memory twin's batch: the writes, in order."""
 
     __slots__ = ("ops",)
 
@@ -38,6 +51,8 @@ _PUT, _DELETE, _RANGE = 0, 1, 2
 
 
 class KeyValue(Protocol):
+    def batch(self) -> WriteBatchLike: ...
+
     def get(self, key: bytes) -> bytes | None: ...
 
     def scan(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -48,8 +63,9 @@ class KeyValue(Protocol):
         """The greatest key that begins with ``prefix`` (None: no such key)."""
         ...
 
-    def write(self, batch: Batch, *, sync: bool) -> None:
-        """Apply ``batch`` atomically; durable before returning if ``sync``."""
+    def write(self, batch: WriteBatchLike, *, sync: bool) -> None:
+        """Apply a batch of this store's ``batch()`` atomically; durable
+        before returning if ``sync``."""
         ...
 
     def close(self) -> None: ...
@@ -71,9 +87,12 @@ class RocksKeyValue:
         self._db = Rdict(path, options)
         self._nosync = WriteOptions()
 
+    def batch(self) -> WriteBatchLike:
+        return WriteBatch(raw_mode=True)
+
     def get(self, key: bytes) -> bytes | None:
-        raw = self._db.get(key)
-        return None if raw is None else bytes(raw)
+        raw: bytes | None = self._db.get(key)  # raw mode: bytes
+        return raw
 
     def scan(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
@@ -94,19 +113,11 @@ class RocksKeyValue:
                 return key
         return None
 
-    def write(self, batch: Batch, *, sync: bool) -> None:
-        wb = WriteBatch(raw_mode=True)
-        for op, key, value in batch.ops:
-            if op == _PUT:
-                wb.put(key, value)
-            elif op == _DELETE:
-                wb.delete(key)
-            else:
-                wb.delete_range(key, value)
+    def write(self, batch: WriteBatchLike, *, sync: bool) -> None:
         # A synced write in rocksdict holds the GIL through the fsync and
         # stalls every thread of the process; an unsynced write followed by
         # FlushWAL(sync=true), which releases it, is just as durable.
-        self._db.write(wb, self._nosync)
+        self._db.write(batch, self._nosync)  # type: ignore[arg-type]  # a batch() of ours: a WriteBatch
         if sync:
             self._db.flush_wal(True)
 
@@ -124,6 +135,9 @@ class MemoryKeyValue:
         self._keys: list[bytes] = []
         self.full = False
         self.syncs = 0
+
+    def batch(self) -> WriteBatchLike:
+        return Batch()
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
@@ -143,9 +157,10 @@ class MemoryKeyValue:
             return self._keys[i - 1]
         return None
 
-    def write(self, batch: Batch, *, sync: bool) -> None:
+    def write(self, batch: WriteBatchLike, *, sync: bool) -> None:
         if self.full:
             raise OSError(28, "No space left on device")
+        assert isinstance(batch, Batch)
         for op, key, value in batch.ops:
             if op == _PUT:
                 if key not in self._data:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..errors import StorageCorrupt, StorageError, StorageFull, WrongDataDirectory
 from ..ledger.keys import RequestKey
 from ..raft.types import Entry, HardState, SnapshotMeta
-from .kv import Batch, KeyValue, MemoryKeyValue, RocksKeyValue
+from .kv import KeyValue, MemoryKeyValue, RocksKeyValue, WriteBatchLike
 from .layout import (
     ANSWER,
     FORMAT_VERSION,
@@ -62,6 +62,8 @@ from .layout import (
     unrecord,
 )
 
+MAX_UNANSWERED = 65_536  # stored keys kept between a lookup that misses and the write
+
 
 def _is_disk_full(exc: BaseException) -> bool:
     text = str(exc).lower()
@@ -88,6 +90,7 @@ class NodeStorage:
         except Exception:
             kv.close()
             raise
+        self._unanswered: dict[RequestKey, bytes] = {}  # see get_request
         self._last_index = self._scan_last_index()
         stored = self.load_hard_state()
         self._durable_term_vote = (stored.term, stored.vote)
@@ -107,7 +110,7 @@ class NodeStorage:
         fmt = self._kv.get(K_FORMAT)
         stored = self._kv.get(K_IDENTITY)
         if fmt is None and stored is None:
-            batch = Batch()
+            batch = self._kv.batch()
             batch.put(K_FORMAT, FORMAT_VERSION)
             batch.put(K_IDENTITY, identity)
             self._write(batch, sync=True)
@@ -163,7 +166,7 @@ class NodeStorage:
         if hard_state is None and not entries:
             return
         sync = self.needs_sync(hard_state, entries)
-        batch = Batch()
+        batch = self._kv.batch()
         if entries:
             first = entries[0].index
             if first <= self._last_index:
@@ -197,7 +200,7 @@ class NodeStorage:
         lose them.)"""
         if meta.index > self.applied_index():
             raise StorageError(f"cannot compact to {meta.index}: applied only {self.applied_index()}")
-        batch = Batch()
+        batch = self._kv.batch()
         batch.delete_range(log_key(0), log_key(meta.index + 1))
         batch.put(K_COMPACTED, encode_compacted(meta))
         self._write(batch, sync=True)
@@ -209,7 +212,7 @@ class NodeStorage:
 
     def sync(self) -> None:
         """Make every write so far durable (before a snapshot is taken of it)."""
-        self._write(Batch(), sync=True)
+        self._write(self._kv.batch(), sync=True)
 
     # ------------------------------------------------------------ ledger (applied state)
 
@@ -226,8 +229,17 @@ class NodeStorage:
         return 0 if key is None else int(U64.unpack(key[len(P_BLOCK) :])[0])
 
     def get_request(self, key: RequestKey) -> tuple[int, int] | None:
-        """The (index, block height) answered to the request ``key``, or None."""
-        raw = self._kv.get(request_key(key.client_id, key.request_id))
+        """The (index, block height) answered to the request ``key``, or None.
+        A key not found is likely written next (``write_applied``): its
+        stored form is kept until then, so it is built once per request."""
+        stored = self._unanswered.get(key)
+        if stored is None:
+            stored = request_key(key.client_id, key.request_id)
+        raw = self._kv.get(stored)
+        if raw is None:
+            if len(self._unanswered) >= MAX_UNANSWERED:
+                self._unanswered.clear()
+            self._unanswered[key] = stored
         if raw is None:
             return None
         index, height = ANSWER.unpack(raw)
@@ -251,7 +263,7 @@ class NodeStorage:
     ) -> None:
         """Atomically record new blocks, request answers, member keys and peer addresses (None: removed) and
         the applied index."""
-        batch = Batch()
+        batch = self._kv.batch()
         for node_id, address in addresses:
             if address is None:
                 batch.delete(P_ADDRESS + node_id.encode())
@@ -259,8 +271,10 @@ class NodeStorage:
                 batch.put(P_ADDRESS + node_id.encode(), address.encode())
         for height, encoded in blocks:
             batch.put(block_key(height), record(encoded))
+        unanswered = self._unanswered
         for key, index, height in requests:
-            batch.put(request_key(key.client_id, key.request_id), ANSWER.pack(index, height))
+            stored = unanswered.pop(key, None) or request_key(key.client_id, key.request_id)
+            batch.put(stored, ANSWER.pack(index, height))
         for node_id, public_key in member_keys:
             if public_key is None:
                 batch.delete(P_KEY + node_id.encode())
@@ -308,7 +322,7 @@ class NodeStorage:
         """Replace the applied state and the whole log with a snapshot, in one
         atomic, synced batch. ``records`` is consumed entirely before anything
         is written: if it raises (a bad snapshot), nothing changes."""
-        batch = Batch()
+        batch = self._kv.batch()
         for prefix in (*STATE_PREFIXES, P_LOG):
             batch.delete_range(prefix, prefix_end(prefix))
         for key in STATE_KEYS:
@@ -323,7 +337,7 @@ class NodeStorage:
     # ------------------------------------------------------------ certificates
 
     def put_signatures(self, items: Sequence[tuple[int, str, bytes]]) -> None:
-        batch = Batch()
+        batch = self._kv.batch()
         for height, node_id, signature in items:
             batch.put(signature_key(height, node_id), signature)
         self._write(batch, sync=False)
@@ -337,13 +351,13 @@ class NodeStorage:
         return 0 if raw is None else int(U64.unpack(raw)[0])
 
     def set_certified_height(self, height: int) -> None:
-        batch = Batch()
+        batch = self._kv.batch()
         batch.put(K_CERTIFIED, U64.pack(height))
         self._write(batch, sync=False)
 
     # ------------------------------------------------------------ plumbing
 
-    def _write(self, batch: Batch, *, sync: bool) -> None:
+    def _write(self, batch: WriteBatchLike, *, sync: bool) -> None:
         try:
             self._kv.write(batch, sync=sync)
         except Exception as exc:  # rocksdict raises plain Exception
