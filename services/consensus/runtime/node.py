@@ -16,13 +16,14 @@ handles each ``Ready`` in the contract's order:
 Everything else lives beside it, behind small interfaces: ``submissions.py``
 (waiting, deadlines, proposing again), ``compaction.py`` (compaction,
 snapshots sent and installed), ``certification.py`` (block signatures and
-certificates), ``reads.py`` (ReadIndex reads). The ports (``ports.py``) are
+certificates), ``reads.py`` (ReadIndex reads), ``membership.py`` (members
+and their addresses). The ports (``ports.py``) are
 injected: the same node runs over gRPC and RocksDB in production and over a
 fake network and in-memory storage in the whole-node simulation.
 
-Membership: the address of every member comes with the CONFIG entry that
-added it; the transport and the certifier follow the configuration in
-effect (the core's voters and learners), never the static peer list.
+Membership (``membership.py``): the address of every member comes with the
+CONFIG entry that added it; the transport and the certifier follow the
+configuration in effect, never the static peer list.
 """
 
 from __future__ import annotations
@@ -48,21 +49,19 @@ from ..ledger.block import BlockData
 from ..ledger.certify import NodeKey
 from ..ledger.entries import BlockSignature
 from ..ledger.keys import RequestKey
-from ..ledger.machine import Applied, LedgerMachine, decode_member_context
+from ..ledger.machine import Applied, LedgerMachine
 from ..metrics import ConsensusMetrics
 from ..raft.membership import (
     ConfChange,
     ConfChangeInvalid,
-    ConfChangeKind,
     ConfChangePending,
-    ConfigDecodeError,
-    decode_config,
 )
 from ..raft.node import RaftNode
-from ..raft.types import Entry, EntryType, Message, MessageType, ProposalDropped, Role
+from ..raft.types import Entry, Message, MessageType, ProposalDropped, Role
 from .certification import CertificationLoop, Certifier
 from .compaction import Compaction
 from .config import RuntimeConfig
+from .membership import Membership
 from .ports import NodeStore, Offload, PeerTransport, SnapshotStore
 from .reads import ReadTracker
 from .submissions import Submissions, Waiter
@@ -114,8 +113,10 @@ class ConsensusNode:
         self._node_key = node_key
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._new_blocks: list[BlockData] = []
+        self.membership = Membership(config.node_id, store, transport, metrics, addresses)
         self.machine = LedgerMachine(
-            store, on_block=self._new_blocks.append, cluster_id=config.cluster_id, on_config=self._on_config
+            store, on_block=self._new_blocks.append, cluster_id=config.cluster_id,
+            on_config=self.membership.applied,
         )
         start = Compaction.restore_log_start(store, snapshots, metrics)
         hard_state, entries = store.load()
@@ -130,10 +131,7 @@ class ConsensusNode:
         self._reads = ReadTracker(config.stale_after_s, self._now)
         # Peer addresses: the static ones, those recorded by applied CONFIG
         # entries, and those of CONFIG entries in the log not yet applied.
-        self.addresses: dict[str, str] = dict(addresses or {})
-        self.addresses.update(store.addresses())
-        self._learn_addresses(entries)
-        self._membership: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self.membership.learn(entries)
         self.certification: CertificationLoop | None = None
         self._build_certifier()
         self._calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -352,7 +350,7 @@ class ConsensusNode:
             if synced:
                 self._metrics.fsync_duration.observe(time.perf_counter() - started)
             if rd.entries:
-                self._learn_addresses(rd.entries)
+                self.membership.learn(rd.entries)
                 self.compaction.appended(sum(len(e.data) for e in rd.entries))
             # 2. send
             plain = []
@@ -380,7 +378,7 @@ class ConsensusNode:
             if self._inbox or self._ticks:
                 self._take_inputs()
             self._feed_requests()
-        self._sync_membership()
+        self.membership.follow(*self.members(), self.certifier)
         self.compaction.maybe_compact(self.machine.applied_index())
 
     def _apply(self, entries: list[Entry]) -> None:
@@ -402,7 +400,7 @@ class ConsensusNode:
         is read again."""
         self.machine.reload()
         self._build_certifier()
-        self.addresses.update(self._store.addresses())
+        self.membership.reload()
         self.submissions.answer_from_store()
         self._reads.applied(self.machine.applied_index())
         self._applied_event.set()
@@ -445,48 +443,17 @@ class ConsensusNode:
 
     # ------------------------------------------------------------ membership
 
-    def _learn_addresses(self, entries: list[Entry]) -> None:
-        for entry in entries:
-            if entry.type is not EntryType.CONFIG:
-                continue
-            try:
-                _, change = decode_config(entry.data)
-            except ConfigDecodeError:
-                continue
-            address = decode_member_context(change.context)
-            if change.kind is ConfChangeKind.ADD_LEARNER and address:
-                self.addresses[change.node_id] = address
-
-    def _on_config(self, change: ConfChange) -> None:
-        self._metrics.membership_changes.labels(change.kind.value).inc()
-        if change.kind is ConfChangeKind.PROMOTE:
-            self._metrics.promotions.inc()
-
     def members(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(voters, learners) of the configuration in effect here."""
         s = self._core.status()
         return s.voters, s.learners
 
     def knows(self, node_id: str) -> bool:
-        voters, learners = self._membership
-        return node_id in voters or node_id in learners or node_id in self.addresses
+        return self.membership.knows(node_id)
 
-    def _sync_membership(self) -> None:
-        current = self.members()
-        if current == self._membership:
-            return
-        self._membership = current
-        voters, learners = current
-        self._metrics.voters.set(len(voters))
-        self._metrics.learners.set(len(learners))
-        if self.certification is not None:
-            self.certification.certifier.set_voters(voters)
-        me = self.config.node_id
-        wanted = {n: self.addresses[n] for n in (*voters, *learners) if n != me and n in self.addresses}
-        missing = [n for n in (*voters, *learners) if n != me and n not in self.addresses]
-        if missing:
-            log.warning("no address known for members %s", missing)
-        self._transport.set_peers(wanted)
+    @property
+    def addresses(self) -> dict[str, str]:
+        return self.membership.addresses
 
     def _build_certifier(self) -> None:
         if self._node_key is None:
@@ -511,7 +478,7 @@ class ConsensusNode:
             if core.role is not Role.LEADER:
                 raise NotLeader(f"not the leader (leader: {core.leader_id or 'unknown'})", core.leader_id)
             if address:
-                self.addresses[change.node_id] = address
+                self.membership.addresses[change.node_id] = address
             try:
                 return core.propose_conf_change(change)
             except (ConfChangePending, ProposalDropped) as exc:
