@@ -80,20 +80,21 @@ class RpcMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
             registry=registry,
         )
-        self._children: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        # Per method: its histogram child and its counter child per status,
+        # resolved once (a labels() lookup per call is measurable).
+        self._children: dict[str, tuple[Any, dict[grpc.StatusCode, Any]]] = {}
 
     def observe(self, full_method: str, code: grpc.StatusCode, seconds: float) -> None:
-        children = self._children.get((full_method, ""))
+        children = self._children.get(full_method)
         if children is None:
             service, _, method = full_method.lstrip("/").rpartition("/")
-            children = (self.seconds.labels(service, method), {})
-            self._children[(full_method, "")] = children
+            children = self._children[full_method] = (self.seconds.labels(service, method), {})
         histogram, counters = children
         histogram.observe(seconds)
-        counter = counters.get(code.name)
+        counter = counters.get(code)
         if counter is None:
             service, _, method = full_method.lstrip("/").rpartition("/")
-            counter = counters[code.name] = self.handled.labels(service, method, code.name)
+            counter = counters[code] = self.handled.labels(service, method, code.name)
         counter.inc()
 
 
@@ -195,12 +196,12 @@ class _Call:
         self._started = time.perf_counter()
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-        try:
-            if isinstance(exc, ServiceError):
-                await self._interceptor._refuse(self._method, self._context, exc)  # noqa: SLF001
-            return False
-        finally:
-            self._interceptor._finish(self._method, self._context, self._started, exc)  # noqa: SLF001
+        # Counted before the refusal goes out: grpc's abort sends the status
+        # before it raises, so a client could see the error before the count.
+        self._interceptor._finish(self._method, self._context, self._started, exc)  # noqa: SLF001
+        if isinstance(exc, ServiceError):
+            await self._interceptor._refuse(self._method, self._context, exc)  # noqa: SLF001
+        return False
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:

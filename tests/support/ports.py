@@ -14,6 +14,11 @@ import socket
 from pathlib import Path
 
 LOWEST = 10_000
+
+# Ports already handed out by this process: a port found free is not bound
+# until a child starts, so two calls in a row (a service's port and its
+# metrics port, five nodes of a cluster) could otherwise pick the same one.
+_handed: set[int] = set()
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -40,12 +45,17 @@ def free_base_port(span: int, rng: random.Random | None = None) -> int:
     top = _ceiling(span)
     for _ in range(200):
         base = rng.randrange(LOWEST, top, 10)
+        if any(port in _handed for port in range(base, base + span)):
+            continue
         socks: list[socket.socket] = []
         try:
             for port in range(base, base + span):
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 socks.append(s)
                 s.bind(("127.0.0.1", port))
+            if len(_handed) > 20_000:
+                _handed.clear()
+            _handed.update(range(base, base + span))
             return base
         except OSError:
             continue
