@@ -1,8 +1,9 @@
-"""Which peers have stopped answering, and since when (sans-I/O).
+"""Which peers have stopped answering, and since when (sans-I/O), for every
+service that talks to peers (the dht's calls, the consensus peer streams).
 
-One failed call is common (a restart, a dropped connection) and the routing
-table's failure count deals with it. A peer that stays unreachable for longer
-than a call's timeout is worth a line in the log, so an operator hears of a
+One failed call is common (a restart, a dropped connection). A peer that
+stays unreachable for longer than a timeout (a call's, an election's) is
+worth a line in the log, so an operator hears of a
 dead seed or a partition without every failed call being logged. The
 runtime passes ``now`` and does the logging; this module reads no clock.
 """
@@ -21,8 +22,8 @@ class Unreachable:
         self._since: dict[str, float] = {}
 
     def failed(self, address: str, now: float) -> float | None:
-        """Record a failed call to ``address``: how long it has been
-        unreachable once that exceeds ``after_s``, else None."""
+        """Record a failed call to ``address`` (any key naming a peer): how
+        long it has been unreachable once that exceeds ``after_s``, else None."""
         since = self._since.get(address)
         if since is None:
             if len(self._since) >= self._max_peers:
@@ -35,6 +36,9 @@ class Unreachable:
     def answered(self, address: str) -> None:
         """``address`` answered (or called us): it is reachable again."""
         self._since.pop(address, None)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._since
 
     def __len__(self) -> int:
         return len(self._since)

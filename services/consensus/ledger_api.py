@@ -59,7 +59,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     async def SubmitStream(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        pump = Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
+        pump = SubmissionStream(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
         reader = asyncio.create_task(pump.read(request_iterator, lambda request: (request,)))
         try:
             while (item := await pump.answers.get()) is not None:
@@ -71,7 +71,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     async def SubmitBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SubmitBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitBatchAnswers]:
-        pump = Submissions(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
+        pump = SubmissionStream(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
         reader = asyncio.create_task(pump.read(request_iterator, lambda batch: batch.requests))
         answers = pump.answers
         try:
@@ -237,7 +237,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             await self._node.wait_for_height(height, 1.0)
 
 
-class Submissions:
+class SubmissionStream:
     """The submissions of one SubmitStream or SubmitBatches call: each request
     goes to the node at once, and each answer (or typed error) is queued as
     soon as its future resolves, in commit order. ``None`` on the queue ends
@@ -326,7 +326,7 @@ class _Answer:
 
     __slots__ = ("_entry", "_pump", "_done")
 
-    def __init__(self, pump: Submissions, entry: pb.LedgerEntry) -> None:
+    def __init__(self, pump: SubmissionStream, entry: pb.LedgerEntry) -> None:
         self._pump = pump
         self._entry = entry
         self._done = False

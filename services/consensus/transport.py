@@ -22,6 +22,7 @@ import grpc
 
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.logs import RateLimitedLog
+from fleetsuit.unreachable import Unreachable
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
@@ -52,7 +53,6 @@ class _Peer:
         # outlive its call inside grpc, and must not take messages meant for
         # the next stream (they would be lost on a dead connection).
         self.generation = 0
-        self.down_since: float | None = None  # monotonic time of the first failure in a row
 
 
 class GrpcTransport:
@@ -65,7 +65,7 @@ class GrpcTransport:
         unreachable_after_s: float = 0.6,
     ) -> None:
         self._node_id = node_id
-        self._unreachable_after_s = unreachable_after_s
+        self._unreachable = Unreachable(unreachable_after_s)
         self._unreachable_log = RateLimitedLog(log, interval_s=30.0)
         self._metadata = ((CLUSTER_HEADER, cluster_id),)
         self._metrics = metrics
@@ -185,13 +185,11 @@ class GrpcTransport:
     def _failed(self, peer: _Peer, why: str) -> None:
         """A peer unreachable for longer than an election timeout is logged
         (at most every 30 s per peer)."""
-        now = time.monotonic()
-        if peer.down_since is None:
-            peer.down_since = now
-        elif now - peer.down_since >= self._unreachable_after_s:
+        down_s = self._unreachable.failed(peer.node_id, time.monotonic())
+        if down_s is not None:
             self._unreachable_log.log(
                 peer.node_id, logging.WARNING, "peer %s at %s unreachable for %.1f s (%s)",
-                peer.node_id, peer.address, now - peer.down_since, why,
+                peer.node_id, peer.address, down_s, why,
             )
 
     async def _measure_rtt(self, peer: _Peer) -> None:
@@ -200,9 +198,9 @@ class GrpcTransport:
             try:
                 await peer.stub.Ping(pb.PeerAck(), timeout=1.0, metadata=self._metadata)
                 self._metrics.peer_rtt.labels(peer.node_id).observe(time.perf_counter() - start)
-                if peer.down_since is not None:
+                if peer.node_id in self._unreachable:
                     log.info("peer %s at %s is reachable again", peer.node_id, peer.address)
-                    peer.down_since = None
+                self._unreachable.answered(peer.node_id)
             except grpc.RpcError:
                 self._failed(peer, "ping failed")
             await asyncio.sleep(RTT_INTERVAL_S)

@@ -22,10 +22,10 @@ It turns client and peer requests into store operations and network calls:
   repairs missing chunks and asks the k closest live nodes of every local
   blob to hold a replica, which both restores k after a loss and hands data
   to a node that joined closer to a blob;
-- ``scrub`` re-verifies every stored chunk in the background, at most
-  ``scrub_bytes_per_s``, and repairs corrupt ones from peers;
+- ``scrub`` (scrub.py) re-verifies every stored chunk in the background,
+  at most ``scrub_bytes_per_s``, and repairs corrupt ones from peers;
 - a peer that stays unreachable for longer than ``rpc_timeout_ms`` is
-  logged, at most once a minute per peer (unreachable.py);
+  logged, at most once a minute per peer (fleetsuit/unreachable.py);
 - with ``upload_bytes_per_s`` set, every byte uploaded (chunks served to
   peers, Get streams) first passes a token bucket (ratelimit.py). A chunk
   upload waits for it while holding its upload slot, so peers asking a
@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetsuit.logs import RateLimitedLog
+from fleetsuit.unreachable import Unreachable
 from services.dht.config import DhtConfig
 from services.dht.content import (
     Chunker,
@@ -74,9 +75,9 @@ from services.dht.fetch import BlobFetch, SourcePicker, decode_have, encode_have
 from services.dht.metrics import DhtMetrics
 from services.dht.ratelimit import TokenBucket
 from services.dht.routing import Contact, Lookup, NodeId, RoutingTable, distance
+from services.dht.scrub import Scrubber
 from services.dht.store import BlobStore
 from services.dht.transport import PeerTransport
-from services.dht.unreachable import Unreachable
 
 log = logging.getLogger("fleetsuit.dht.node")
 
@@ -149,6 +150,7 @@ class DhtNode:
         self._evictions_seen = 0
         self._unreachable = Unreachable(config.rpc_timeout_ms / 1000)
         self._unreachable_log = RateLimitedLog(log, interval_s=UNREACHABLE_LOG_S)
+        self._scrubber = Scrubber(store, metrics, self._refetch_chunk, rng)
         self._refresh()
 
     # ------------------------------------------------------------ plumbing
@@ -901,45 +903,14 @@ class DhtNode:
             self._spawn(self._replicate_in(blob, []))  # get it back from another holder
             raise
 
-    # ------------------------------------------------------------ scrub
+    # ------------------------------------------------------------ scrub (scrub.py)
 
     async def scrub_once(self, bytes_per_s: float) -> tuple[int, int]:
-        """Re-verify every stored chunk, at most ``bytes_per_s``; a corrupt
-        chunk is dropped and fetched again from a holder. Returns (chunks
-        checked, chunks repaired)."""
-        checked = repaired = 0
-        for digest in self.store.chunk_digests():
-            data = await asyncio.to_thread(self.store.read_held, digest)
-            checked += 1
-            if data is not None:
-                self.metrics.scrub_chunks.labels("ok").inc()
-                await asyncio.sleep(len(data) / bytes_per_s)  # the rate limit
-                continue
-            if self.store.verify_chunk(digest) is not False:
-                continue  # deleted meanwhile, or rewritten intact
-            self.metrics.scrub_chunks.labels("corrupt").inc()
-            self.metrics.corrupt_chunks.labels("disk").inc()
-            for blob, index in self.store.blobs_listing(digest)[:1]:
-                try:
-                    await self._refetch_chunk(blob, index)
-                    repaired += 1
-                except DhtError as exc:
-                    log.warning("scrub cannot repair %s: %s", format_id(blob), exc)
-        return checked, repaired
+        return await self._scrubber.scrub_once(bytes_per_s)
 
     async def scrub(self, stop: asyncio.Event) -> None:
         """The scrub loop: a pass every ``scrub_interval_ms``."""
-        interval = self.config.scrub_interval_ms / 1000
-        rate = float(self.config.scrub_bytes_per_s)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval * (0.5 + self.rng.random()))
-            if stop.is_set():
-                return
-            try:
-                await self.scrub_once(rate)
-            except Exception:
-                log.exception("scrub pass crashed")
+        await self._scrubber.run(stop, self.config.scrub_interval_ms / 1000, float(self.config.scrub_bytes_per_s))
 
 
 def _feed(chunker: Chunker, piece: bytes | memoryview) -> list[tuple[bytes, Digest]]:

@@ -13,7 +13,7 @@ from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.errors import CommitTimeout, InvalidEntry
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.ledger.machine import Applied
-from services.consensus.ledger_api import Submissions as _Submissions
+from services.consensus.ledger_api import SubmissionStream as _Submissions
 from services.consensus.runtime import Waiter
 
 

@@ -10,6 +10,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleetsuit.unreachable import Unreachable
 from services.dht.config import DhtConfig
 from services.dht.errors import PeerUnavailable
 from services.dht.kv import MemoryKeyValue
@@ -18,7 +19,6 @@ from services.dht.node import DhtNode
 from services.dht.routing import Contact, node_id_from_name
 from services.dht.store import BlobStore
 from services.dht.transport import GrpcTransport
-from services.dht.unreachable import Unreachable
 
 
 def test_a_peer_counts_as_unreachable_only_past_the_timeout() -> None:
