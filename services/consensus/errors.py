@@ -8,9 +8,22 @@ from fleetsuit.errors import ServiceError
 
 
 class ConsensusError(ServiceError):
-    """Base of every error the consensus service raises on purpose."""
+    """Base of every error the consensus service raises on purpose.
+
+    ``definite``: whether the outcome of the call is known. Every error is
+    definite (nothing of the request happened, or what happened is what the
+    error says) except ``OutcomeUnknown``: a submission that may have entered
+    a log and may still commit. The answer carries it in the trailing
+    metadata (``fleetsuit-outcome``: ``definite`` or ``unknown``)."""
 
     code = "CONSENSUS_ERROR"
+    definite = True
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((OUTCOME_KEY, "definite" if self.definite else "unknown"),)
+
+
+OUTCOME_KEY = "fleetsuit-outcome"
 
 
 class StorageError(ConsensusError):
@@ -34,11 +47,26 @@ class WrongDataDirectory(StorageError):
 
 
 class NoLeader(ConsensusError):
+    """No leader was known before the deadline and the entry never left this
+    node: it entered no log and never will (definite)."""
+
     code = "NO_LEADER"
 
 
-class CommitTimeout(ConsensusError):
-    code = "COMMIT_TIMEOUT"
+class OutcomeUnknown(ConsensusError):
+    """The entry was proposed (or forwarded to a leader) but its application
+    was not seen before the deadline: it may still commit. Resubmit with the
+    same idempotency key: the answer is then its fate, applied at most once."""
+
+    code = "OUTCOME_UNKNOWN"
+    definite = False
+
+
+class IdempotencyKeyReused(ConsensusError):
+    """The submission's (client_id, request_id) was already used for an entry
+    with different content; nothing of this one was applied."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 class InvalidEntry(ConsensusError):
@@ -108,3 +136,114 @@ class NoSnapshots(ConsensusError):
     """A snapshot sent to a node that keeps none."""
 
     code = "NO_SNAPSHOTS"
+
+
+class CheckUnavailable(ConsensusError):
+    """The node's manifest or dht service, which check a release before it is
+    proposed, cannot be reached; nothing was proposed (retry)."""
+
+    code = "CHECK_UNAVAILABLE"
+
+
+class ReleaseNotFound(ConsensusError):
+    code = "RELEASE_NOT_FOUND"
+
+
+# ---------------------------------------------------------------- refusals
+# A release entry refused by the check before proposal, or recorded as
+# refused by every node when applied: nothing of it takes effect. The codes
+# are stored in the ledger's refusal table; ``refusal(code, message)``
+# rebuilds the typed error from them.
+
+
+class ReleaseRefused(ConsensusError):
+    """Base of the release refusals (definite: the entry never takes effect)."""
+
+    code = "RELEASE_REFUSED"
+
+
+class UntrustedKey(ReleaseRefused):
+    """Not signed by a trust anchor allowed for the component and device class."""
+
+    code = "UNTRUSTED_KEY"
+
+
+class StaleSequence(ReleaseRefused):
+    """The sequence number is not greater than the component's current one."""
+
+    code = "STALE_SEQUENCE"
+
+
+class PayloadMissing(ReleaseRefused):
+    """The payload is not in the dht (checked before proposal only)."""
+
+    code = "PAYLOAD_MISSING"
+
+
+class DigestMismatch(ReleaseRefused):
+    """The payload's digest or size differs from what the manifest says."""
+
+    code = "DIGEST_MISMATCH"
+
+
+class Revoked(ReleaseRefused):
+    """The release (or its sequence number for that component) was revoked."""
+
+    code = "REVOKED"
+
+
+class DuplicateRelease(ReleaseRefused):
+    """A release with this id exists already (with other content)."""
+
+    code = "DUPLICATE_RELEASE"
+
+
+class InvalidRelease(ReleaseRefused):
+    """The envelope does not decode, or says something else than the entry
+    (component, sequence number, device class, payload)."""
+
+    code = "INVALID_RELEASE"
+
+
+class UnknownRelease(ReleaseRefused):
+    """A revocation or rollout action names a release the ledger does not have."""
+
+    code = "UNKNOWN_RELEASE"
+
+
+class InvalidTransition(ReleaseRefused):
+    """A rollout action that does not apply in the release's state (resume a
+    halted release, pause a revoked one, ...)."""
+
+    code = "INVALID_TRANSITION"
+
+
+class NoTrustAnchors(ReleaseRefused):
+    """The ledger holds no trust anchors yet (the cluster was started without
+    any): no release can be checked."""
+
+    code = "NO_TRUST_ANCHORS"
+
+
+class AnchorsRefused(ReleaseRefused):
+    """A trust-anchor entry that is not the cluster's bootstrap (changing the
+    anchors needs the root-signed rotation of the security issue)."""
+
+    code = "ANCHORS_REFUSED"
+
+
+REFUSALS: dict[str, type[ReleaseRefused]] = {
+    cls.code: cls
+    for cls in (
+        UntrustedKey, StaleSequence, PayloadMissing, DigestMismatch, Revoked, DuplicateRelease,
+        InvalidRelease, UnknownRelease, InvalidTransition, NoTrustAnchors, AnchorsRefused,
+    )
+}
+
+
+def refusal(code: str, message: str) -> ReleaseRefused:
+    """The typed refusal for a stored code (ReleaseRefused for an unknown one)."""
+    error = REFUSALS.get(code, ReleaseRefused)(message)
+    if error.code != code:
+        error.code = code
+    return error

@@ -94,3 +94,16 @@ class ConsensusMetrics:
             "fleetsuit_network_peer_batches_sent",
             "Stream writes to a peer (each carries one or more Raft messages).", ["to"], registry=r,
         )
+        self.releases = Gauge(
+            "fleetsuit_releases", "Releases in the ledger by state (read at scrape).", ["state"], registry=r
+        )
+        self.release_refusals = Gauge(
+            "fleetsuit_release_refusals",
+            "Release entries recorded in the ledger as refused on apply, by code (read at scrape).",
+            ["code"], registry=r,
+        )
+        self.release_pushes = Counter(
+            "fleetsuit_release_pushes",
+            "Release submissions answered by this node, by outcome (published, duplicate, or the error code).",
+            ["outcome"], registry=r,
+        )

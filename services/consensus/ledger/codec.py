@@ -16,7 +16,20 @@ from google.protobuf.message import DecodeError
 from fleetsuit.v1 import consensus_pb2 as pb
 
 from .block import BlockData
-from .entries import BlockSignature, EntryView, MemberKey
+from .entries import (
+    Anchor,
+    AnchorSet,
+    BlockSignature,
+    EntryView,
+    MemberKey,
+    Publish,
+    Refusal,
+    Release,
+    ReleaseEntry,
+    Revoke,
+    RolloutAction,
+    RolloutPolicy,
+)
 from .keys import RequestKey
 
 
@@ -86,12 +99,128 @@ def decode_entry(payload: bytes) -> EntryView | None:
         return None
     key = RequestKey(entry.client_id, entry.request_id) if entry.client_id else None
     kind = entry.WhichOneof("kind")
-    if kind != "membership_changed":
+    if kind == "app" or kind is None:
         return EntryView(key, kind)
-    members = tuple(
-        MemberKey(m.node_id, m.public_key, m.key_proof) for m in entry.membership_changed.members
+    if kind == "membership_changed":
+        members = tuple(
+            MemberKey(m.node_id, m.public_key, m.key_proof) for m in entry.membership_changed.members
+        )
+        return EntryView(key, kind, members)
+    return EntryView(key, kind, (), _release_entry(entry))
+
+
+def _release_entry(entry: pb.LedgerEntry) -> ReleaseEntry | None:
+    kind = entry.WhichOneof("kind")
+    if kind == "release_published":
+        r = entry.release_published
+        return Publish(
+            r.release_id, r.envelope, r.component, r.sequence_number, r.payload_cid, r.payload_size,
+            tuple(r.device_classes), r.vendor_domain, rollout_from_pb(r.rollout),
+        )
+    if kind == "release_revoked":
+        return Revoke(entry.release_revoked.release_id, entry.release_revoked.reason)
+    if kind == "rollout_changed":
+        c = entry.rollout_changed
+        return RolloutAction(c.release_id, c.action, c.reason)
+    if kind == "trust_anchors_set":
+        t = entry.trust_anchors_set
+        return AnchorSet(tuple(anchor_from_pb(a) for a in t.anchors), t.root_signature)
+    return None
+
+
+def rollout_from_pb(msg: pb.RolloutPolicy) -> RolloutPolicy:
+    return RolloutPolicy(msg.start_at_unix_ms, msg.end_at_unix_ms, msg.experimental, tuple(msg.stages))
+
+
+def rollout_to_pb(policy: RolloutPolicy) -> pb.RolloutPolicy:
+    return pb.RolloutPolicy(
+        start_at_unix_ms=policy.start_at_unix_ms, end_at_unix_ms=policy.end_at_unix_ms,
+        experimental=policy.experimental, stages=list(policy.stages),
     )
-    return EntryView(key, kind, members)
+
+
+def anchor_from_pb(msg: pb.TrustAnchor) -> Anchor:
+    return Anchor(msg.key_id, msg.public_key_pem, tuple(msg.components), tuple(msg.device_classes))
+
+
+def anchor_to_pb(anchor: Anchor) -> pb.TrustAnchor:
+    return pb.TrustAnchor(
+        key_id=anchor.key_id, public_key_pem=anchor.public_key_pem,
+        components=list(anchor.components), device_classes=list(anchor.device_classes),
+    )
+
+
+def release_to_pb(release: Release, *, include_envelope: bool = True) -> pb.Release:
+    return pb.Release(
+        release_id=release.release_id, component=release.component,
+        device_classes=list(release.device_classes), vendor_domain=release.vendor_domain,
+        sequence_number=release.sequence_number, payload_cid=release.payload_cid,
+        payload_size=release.payload_size, envelope=release.envelope if include_envelope else b"",
+        rollout=rollout_to_pb(release.rollout), state=release.state, state_reason=release.state_reason,
+        index=release.index, block_height=release.block_height, position=release.position,
+        signer_key_id=release.signer_key_id,
+    )
+
+
+def release_from_pb(msg: pb.Release) -> Release:
+    return Release(
+        msg.release_id, msg.component, tuple(msg.device_classes), msg.vendor_domain, msg.sequence_number,
+        msg.payload_cid, msg.payload_size, msg.envelope, rollout_from_pb(msg.rollout), msg.state,
+        msg.state_reason, msg.index, msg.block_height, msg.position, msg.signer_key_id,
+    )
+
+
+def refusal_to_pb(refusal: Refusal) -> pb.Refusal:
+    return pb.Refusal(
+        index=refusal.index, block_height=refusal.block_height, position=refusal.position,
+        kind=refusal.kind, release_id=refusal.release_id, code=refusal.code, message=refusal.message,
+    )
+
+
+def refusal_from_pb(msg: pb.Refusal) -> Refusal:
+    return Refusal(msg.index, msg.block_height, msg.position, msg.kind, msg.release_id, msg.code, msg.message)
+
+
+# The release state's stored records (``releases.py``'s tables): the API's
+# own messages, encoded.
+
+
+def release_to_bytes(release: Release) -> bytes:
+    raw: bytes = release_to_pb(release).SerializeToString(deterministic=True)
+    return raw
+
+
+def release_from_bytes(raw: bytes) -> Release:
+    return release_from_pb(pb.Release.FromString(raw))
+
+
+def anchor_to_bytes(anchor: Anchor) -> bytes:
+    raw: bytes = anchor_to_pb(anchor).SerializeToString(deterministic=True)
+    return raw
+
+
+def anchor_from_bytes(raw: bytes) -> Anchor:
+    return anchor_from_pb(pb.TrustAnchor.FromString(raw))
+
+
+def refusal_to_bytes(refusal: Refusal) -> bytes:
+    raw: bytes = refusal_to_pb(refusal).SerializeToString(deterministic=True)
+    return raw
+
+
+def refusal_from_bytes(raw: bytes) -> Refusal:
+    return refusal_from_pb(pb.Refusal.FromString(raw))
+
+
+def encode_anchor_bootstrap(key: RequestKey, anchors: Sequence[Anchor]) -> bytes:
+    """The ledger entry by which a node records the cluster's configured
+    trust anchors (the first one applied stands)."""
+    entry = pb.LedgerEntry(
+        client_id=key.client_id, request_id=key.request_id,
+        trust_anchors_set=pb.TrustAnchorsSet(anchors=[anchor_to_pb(a) for a in anchors]),
+    )
+    raw: bytes = entry.SerializeToString(deterministic=True)
+    return raw
 
 
 def encode_key_registration(key: RequestKey, member: MemberKey) -> bytes:

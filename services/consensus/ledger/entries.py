@@ -20,6 +20,99 @@ class MemberKey:
     key_proof: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    """When and to whom a release goes out (the gateways apply it)."""
+
+    start_at_unix_ms: int = 0
+    end_at_unix_ms: int = 0  # 0: no end
+    experimental: bool = False
+    stages: tuple[int, ...] = ()  # cumulative percentages, ascending, ending at 100
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A ReleasePublished entry."""
+
+    release_id: str
+    envelope: bytes
+    component: str
+    sequence_number: int
+    payload_cid: str
+    payload_size: int
+    device_classes: tuple[str, ...]
+    vendor_domain: str
+    rollout: RolloutPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    release_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutAction:
+    release_id: str
+    action: str  # pause, resume, halt
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A trust anchor: a publisher key allowed to sign releases, for the
+    components and device classes named (empty: any)."""
+
+    key_id: str
+    public_key_pem: bytes
+    components: tuple[str, ...] = ()
+    device_classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSet:
+    anchors: tuple[Anchor, ...]
+    root_signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A release as the ledger holds it: what was published, where it sits
+    in the chain, and its rollout state."""
+
+    release_id: str
+    component: str
+    device_classes: tuple[str, ...]
+    vendor_domain: str
+    sequence_number: int
+    payload_cid: str
+    payload_size: int
+    envelope: bytes
+    rollout: RolloutPolicy
+    state: str
+    state_reason: str
+    index: int
+    block_height: int
+    position: int
+    signer_key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An entry the ledger recorded but refused when applying it."""
+
+    index: int
+    block_height: int
+    position: int
+    kind: str
+    release_id: str
+    code: str
+    message: str
+
+
+ReleaseEntry = Publish | Revoke | RolloutAction | AnchorSet
+
+
 class EntryView(NamedTuple):
     """What the ledger machine needs of one ledger entry: its idempotency
     key (None: not idempotent), its kind (``app``, ``release_published``,
@@ -31,6 +124,26 @@ class EntryView(NamedTuple):
     key: RequestKey | None
     kind: str | None
     members: tuple[MemberKey, ...] = ()
+    body: ReleaseEntry | None = None  # the release kinds' content
+
+
+class Applied(NamedTuple):
+    """The answer for one ledger entry, handed to whoever submitted it and
+    stored in the request table (a named tuple: one is made per
+    submission). ``position``: the entry's place in its block; ``digest``:
+    ``keys.entry_digest`` of the applied entry; ``outcome``: "" when the
+    entry took effect, else the code it was refused with (a release refusal
+    recorded in the block, or IDEMPOTENCY_KEY_REUSED for an entry left out
+    because its key was used by other content), and ``message`` why."""
+
+    key: RequestKey | None
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, on purpose
+    block_height: int
+    duplicate: bool
+    position: int = 0
+    digest: bytes = b""
+    outcome: str = ""
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ business (``storage/layout.py``)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 
@@ -16,3 +17,13 @@ class RequestKey(NamedTuple):
 
     client_id: str
     request_id: int
+
+
+DIGEST_BYTES = 16
+
+
+def entry_digest(payload: bytes) -> bytes:
+    """The fingerprint of an encoded ledger entry (SHA-256, first 16 bytes):
+    stored with its request answer, so a key reused for other content is
+    told apart from a retry of the same entry."""
+    return hashlib.sha256(payload).digest()[:DIGEST_BYTES]

@@ -20,26 +20,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
 from ..raft.types import Entry, EntryType
 from .block import GENESIS_HASH, BlockData, make_block
 from .certify import key_message, verify
 from .codec import block_from_bytes, block_to_bytes, decode_batch, decode_entry
-from .entries import MemberKey
-from .keys import RequestKey
+from .entries import Applied, MemberKey
+from .keys import RequestKey, entry_digest
+from .releases import ReleaseState
 from .store import LedgerStore
 
+__all__ = ["Applied", "LedgerMachine", "decode_member_context", "encode_member_context"]
 
-class Applied(NamedTuple):
-    """The answer for one ledger entry, handed to whoever submitted it (a
-    named tuple: one is made per submission)."""
-
-    key: RequestKey | None
-    index: int  # type: ignore[assignment]  # the field shadows tuple.index, on purpose
-    block_height: int
-    duplicate: bool
+KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 
 
 MAX_CONTEXT_BYTES = 1024
@@ -72,10 +66,12 @@ class LedgerMachine:
         self._cluster_id = cluster_id
         self._on_block = on_block
         self._on_config = on_config
+        self.releases = ReleaseState(storage)
         self.reload()
 
     def reload(self) -> None:
         """Read the applied state again (after a snapshot was installed)."""
+        self.releases.discard()
         storage = self._storage
         self._applied = storage.applied_index()
         self._height = storage.last_block_height()
@@ -97,17 +93,26 @@ class LedgerMachine:
         """Apply committed entries; one ``Applied`` per ledger entry, in order
         (a duplicate's answer follows the first one's when both are in the
         same batch). The loop runs once per submission on every node, so it
-        computes each request key once, for the lookup and the write."""
+        computes each request key and digest once, for the lookup and the
+        write.
+
+        A keyed entry whose key was applied before is left out of its block:
+        with the same digest it is a retry (answered with the first
+        application), with another digest a reuse of the key for other
+        content (answered IDEMPOTENCY_KEY_REUSED). A release entry is applied
+        to the release state, which may refuse it: it stays in the block,
+        and its answer carries the refusal."""
         results: list[Applied] = []
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
-        requests: list[tuple[RequestKey, int, int]] = []
+        requests: list[Applied] = []
         member_keys: dict[str, bytes | None] = {}
         addresses: dict[str, str | None] = {}
         changes: list[ConfChange] = []
-        seen_now: dict[RequestKey, tuple[int, int]] = {}  # request -> (index, height) in this call
+        seen_now: dict[RequestKey, Applied] = {}  # answers of this call (height 0: block not made yet)
         lookup = self._storage.get_request
         decode = decode_entry
+        releases = self.releases
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
@@ -117,52 +122,59 @@ class LedgerMachine:
                 continue
             if entry.type != EntryType.NORMAL:
                 continue
+            index = entry.index
+            height = self._height + 1
             included: list[bytes] = []
-            keys: list[RequestKey | None] = []
-            again: list[RequestKey] = []  # duplicates of this batch's own entries
+            answers: list[Applied] = []  # this block's, height filled in below
+            again: list[tuple[Applied, bytes]] = []  # repeats of this block's own keys, with their digest
             for payload in decode_batch(entry.data):
                 view = decode(payload)
                 if view is None:
-                    included.append(payload)  # not a ledger entry: kept as it is, the log ordered it
-                    keys.append(None)
+                    # Not a ledger entry: kept as it is, the log ordered it.
+                    answers.append(Applied(None, index, 0, False, len(included)))
+                    included.append(payload)
                     continue
                 key = view.key
+                digest = b""
                 if key is not None:
+                    digest = entry_digest(payload)
                     earlier = seen_now.get(key) or lookup(key)
                     if earlier is not None:
-                        if earlier[1] == 0:
-                            again.append(key)  # its height is known once the block is
+                        if earlier.block_height == 0:
+                            again.append((earlier, digest))  # its height is known once the block is
                         else:
-                            results.append(Applied(key, earlier[0], earlier[1], True))
+                            results.append(_repeat(earlier, digest))
                         continue
-                    seen_now[key] = (entry.index, 0)
-                    keys.append(key)
-                else:
-                    keys.append(None)
+                position = len(included)
+                outcome, message = "", ""
+                if view.body is not None:
+                    outcome, message = releases.apply(view.body, index, height, position, view.kind or "")
+                answer = Applied(key, index, 0, False, position, digest, outcome, message)
+                if key is not None:
+                    seen_now[key] = answer
+                answers.append(answer)
                 included.append(payload)
                 if view.members:
                     self._register_keys(view.members, member_keys)
             if not included:
                 continue
-            block = make_block(
-                self._height + 1, self._head_hash, entry.index, entry.index, entry.term, included
-            )
-            height = self._height = block.height
+            block = make_block(height, self._head_hash, index, index, entry.term, included)
+            self._height = height
             self._head_hash = block.hash
             blocks.append((height, block_to_bytes(block)))
             new_blocks.append(block)
-            index = entry.index
-            for item in keys:
-                if item is None:
-                    results.append(Applied(None, index, height, False))
-                    continue
-                seen_now[item] = (index, height)
-                requests.append((item, index, height))
-                results.append(Applied(item, index, height, False))
-            for key in again:
-                results.append(Applied(key, index, height, True))
+            for answer in answers:
+                answer = answer._replace(block_height=height)
+                results.append(answer)
+                if answer.key is not None:
+                    seen_now[answer.key] = answer
+                    requests.append(answer)
+            for earlier, digest in again:
+                first = seen_now[earlier.key] if earlier.key is not None else earlier
+                results.append(_repeat(first, digest))
         self._storage.write_applied(
-            self._applied, blocks, requests, list(member_keys.items()), list(addresses.items())
+            self._applied, blocks, requests, list(member_keys.items()), list(addresses.items()),
+            releases.take_writes(),
         )
         if self._on_block is not None:
             for block in new_blocks:
@@ -213,3 +225,15 @@ class LedgerMachine:
             return None
         return block_from_bytes(raw)
 
+
+
+def _repeat(earlier: Applied, digest: bytes) -> Applied:
+    """The answer to an entry whose key was applied before: the first
+    application's, or a key-reuse refusal when the content differs."""
+    if earlier.digest and digest != earlier.digest:
+        return earlier._replace(
+            duplicate=True, digest=earlier.digest, outcome=KEY_REUSED,
+            message=f"the key {earlier.key.client_id}/{earlier.key.request_id} was used for another entry "  # type: ignore[union-attr]
+            f"(index {earlier.index}, block {earlier.block_height})",
+        )
+    return earlier._replace(duplicate=True)

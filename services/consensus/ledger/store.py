@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from .entries import Applied
 from .keys import RequestKey
 
 
 class LedgerStore(Protocol):
     """The applied state of the ledger: blocks, request answers, member keys
-    and addresses, block signatures."""
+    and addresses, block signatures, and the release state's tables (named
+    records of bytes, ``releases.py``)."""
 
     def applied_index(self) -> int: ...
 
@@ -20,7 +22,11 @@ class LedgerStore(Protocol):
 
     def last_block_height(self) -> int: ...
 
-    def get_request(self, key: RequestKey) -> tuple[int, int] | None: ...
+    def get_request(self, key: RequestKey) -> Applied | None: ...
+
+    def table_get(self, table: str, key: str) -> bytes | None: ...
+
+    def table_scan(self, table: str) -> list[tuple[str, bytes]]: ...
 
     def member_key(self, node_id: str) -> bytes | None: ...
 
@@ -30,9 +36,10 @@ class LedgerStore(Protocol):
         self,
         applied: int,
         blocks: Sequence[tuple[int, bytes]],
-        requests: Sequence[tuple[RequestKey, int, int]],
+        requests: Sequence[Applied],
         member_keys: Sequence[tuple[str, bytes | None]] = (),
         addresses: Sequence[tuple[str, str | None]] = (),
+        tables: Sequence[tuple[str, str, bytes | None]] = (),
     ) -> None: ...
 
     def put_signatures(self, items: Sequence[tuple[int, str, bytes]]) -> None: ...

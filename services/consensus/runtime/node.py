@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import (
     ChangePending,
-    CommitTimeout,
+    OutcomeUnknown,
     MembershipRefused,
     NotLeader,
     ShuttingDown,
@@ -235,7 +235,7 @@ class ConsensusNode:
 
     def submit_future(self, payload: bytes, key: RequestKey, timeout_s: float) -> asyncio.Future[Applied]:
         """Queue a submission; the future resolves with its ``Applied`` answer,
-        or fails with a ConsensusError (CommitTimeout, NoLeader, ...) at the
+        or fails with a ConsensusError (OutcomeUnknown, NoLeader, ...) at the
         deadline."""
         fut: asyncio.Future[Applied] = (self._aio_loop or asyncio.get_running_loop()).create_future()
         self.submit_waiter(payload, key, timeout_s, fut)
@@ -488,7 +488,7 @@ class ConsensusNode:
 
         index: int = await self._call(propose)
         if not await self.wait_applied(index, self.config.stale_after_s * 10):
-            raise CommitTimeout(f"membership change at index {index} not applied in time; check status")
+            raise OutcomeUnknown(f"membership change at index {index} not applied in time; check status")
         return index
 
     async def transfer_leader(self, target: str, timeout_s: float) -> str:

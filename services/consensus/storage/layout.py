@@ -12,13 +12,18 @@ On-disk format, version 1 (all integers big-endian):
     l/<u64 index>  -> record(u64 term | u8 type | data)
     a/applied      -> u64 applied index
     b/<u64 height> -> record(encoded Block protobuf)
-    r/<client_id>\\x00<u64 request_id> -> u64 index | u64 height
+    r/<client_id>\\x00<u64 request_id> -> u64 index | u64 height | u32 position
+                      | 16-byte entry digest | outcome utf-8 [\\n message utf-8]
+                      (outcome empty: applied; else the refusal code)
     k/<node_id>    -> raw Ed25519 public key recorded in the ledger (applied state)
     s/<u64 height><node_id> -> a node's signature over that block's hash
     a/certified    -> u64 height up to which every block has a majority certificate
     p/<node_id>    -> a member's peer address (applied state, from CONFIG entries)
+    t/<table>\\x00<key> -> a record of the ledger's release state (``ledger/releases.py``:
+                      releases, sequence numbers, trust anchors, refusals), encoded by
+                      ``ledger/codec.py``
 
-The applied state (a/, b/, r/, k/, s/, p/) is what a snapshot holds
+The applied state (a/, b/, r/, k/, s/, p/, t/) is what a snapshot holds
 (``snapshot_format.py``, ``is_state_key``); ``node_storage.py`` says how
 each is written.
 
@@ -38,7 +43,7 @@ FORMAT_VERSION = b"1"
 U64 = struct.Struct(">Q")
 ENTRY_HEAD = struct.Struct(">QB")
 HS_HEAD = struct.Struct(">QQ")
-ANSWER = struct.Struct(">QQ")  # a request's stored answer: index, block height
+ANSWER = struct.Struct(">QQI16s")  # a request's stored answer: index, height, position, digest
 
 K_FORMAT = b"m/format"
 K_IDENTITY = b"m/identity"
@@ -52,10 +57,11 @@ P_REQUEST = b"r/"
 P_KEY = b"k/"
 P_SIGNATURE = b"s/"
 P_ADDRESS = b"p/"
+P_TABLE = b"t/"
 
 # The applied state: what a snapshot holds and may replace (never the
 # identity, the hard state or the log).
-STATE_PREFIXES = (P_BLOCK, P_REQUEST, P_KEY, P_SIGNATURE, P_ADDRESS)
+STATE_PREFIXES = (P_BLOCK, P_REQUEST, P_KEY, P_SIGNATURE, P_ADDRESS, P_TABLE)
 STATE_KEYS = (K_APPLIED, K_CERTIFIED)
 
 
@@ -91,6 +97,14 @@ def block_key(height: int) -> bytes:
 
 def request_key(client_id: str, request_id: int) -> bytes:
     return P_REQUEST + client_id.encode() + b"\x00" + U64.pack(request_id)
+
+
+def table_key(table: str, key: str) -> bytes:
+    return P_TABLE + table.encode() + b"\x00" + key.encode()
+
+
+def table_prefix(table: str) -> bytes:
+    return P_TABLE + table.encode() + b"\x00"
 
 
 def signature_key(height: int, node_id: str) -> bytes:

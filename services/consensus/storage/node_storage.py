@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import StorageCorrupt, StorageError, StorageFull, WrongDataDirectory
+from ..ledger.entries import Applied
 from ..ledger.keys import RequestKey
 from ..raft.types import Entry, HardState, SnapshotMeta
 from .kv import KeyValue, MemoryKeyValue, RocksKeyValue, WriteBatchLike
@@ -46,6 +47,7 @@ from .layout import (
     P_LOG,
     P_REQUEST,
     P_SIGNATURE,
+    P_TABLE,
     STATE_KEYS,
     STATE_PREFIXES,
     U64,
@@ -59,6 +61,8 @@ from .layout import (
     record,
     request_key,
     signature_key,
+    table_key,
+    table_prefix,
     unrecord,
 )
 
@@ -228,10 +232,10 @@ class NodeStorage:
         key = self._kv.last_key(P_BLOCK)
         return 0 if key is None else int(U64.unpack(key[len(P_BLOCK) :])[0])
 
-    def get_request(self, key: RequestKey) -> tuple[int, int] | None:
-        """The (index, block height) answered to the request ``key``, or None.
-        A key not found is likely written next (``write_applied``): its
-        stored form is kept until then, so it is built once per request."""
+    def get_request(self, key: RequestKey) -> Applied | None:
+        """The first answer given to the request ``key`` (``duplicate`` set),
+        or None. A key not found is likely written next (``write_applied``):
+        its stored form is kept until then, so it is built once per request."""
         stored = self._unanswered.get(key)
         if stored is None:
             stored = request_key(key.client_id, key.request_id)
@@ -240,13 +244,22 @@ class NodeStorage:
             if len(self._unanswered) >= MAX_UNANSWERED:
                 self._unanswered.clear()
             self._unanswered[key] = stored
-        if raw is None:
             return None
-        index, height = ANSWER.unpack(raw)
-        return int(index), int(height)
+        index, height, position, digest = ANSWER.unpack_from(raw)
+        outcome, message = "", ""
+        if len(raw) > ANSWER.size:
+            outcome, _, message = raw[ANSWER.size :].decode().partition("\n")
+        return Applied(key, int(index), int(height), True, int(position), bytes(digest), outcome, message)
 
     def member_key(self, node_id: str) -> bytes | None:
         return self._kv.get(P_KEY + node_id.encode())
+
+    def table_get(self, table: str, key: str) -> bytes | None:
+        return self._kv.get(table_key(table, key))
+
+    def table_scan(self, table: str) -> list[tuple[str, bytes]]:
+        prefix = table_prefix(table)
+        return [(k[len(prefix) :].decode(), v) for k, v in self._kv.scan(prefix, prefix)]
 
     def addresses(self) -> dict[str, str]:
         return {
@@ -257,13 +270,20 @@ class NodeStorage:
         self,
         applied: int,
         blocks: Sequence[tuple[int, bytes]],
-        requests: Sequence[tuple[RequestKey, int, int]],
+        requests: Sequence[Applied],
         member_keys: Sequence[tuple[str, bytes | None]] = (),
         addresses: Sequence[tuple[str, str | None]] = (),
+        tables: Sequence[tuple[str, str, bytes | None]] = (),
     ) -> None:
-        """Atomically record new blocks, request answers, member keys and peer addresses (None: removed) and
-        the applied index."""
+        """Atomically record new blocks, request answers, member keys, peer
+        addresses and release-state records (None: removed) and the applied
+        index."""
         batch = self._kv.batch()
+        for table, key, value in tables:
+            if value is None:
+                batch.delete(table_key(table, key))
+            else:
+                batch.put(table_key(table, key), value)
         for node_id, address in addresses:
             if address is None:
                 batch.delete(P_ADDRESS + node_id.encode())
@@ -272,9 +292,16 @@ class NodeStorage:
         for height, encoded in blocks:
             batch.put(block_key(height), record(encoded))
         unanswered = self._unanswered
-        for key, index, height in requests:
-            stored = unanswered.pop(key, None) or request_key(key.client_id, key.request_id)
-            batch.put(stored, ANSWER.pack(index, height))
+        pack = ANSWER.pack
+        for answer in requests:
+            request = answer.key
+            if request is None:
+                continue
+            stored = unanswered.pop(request, None) or request_key(request.client_id, request.request_id)
+            value = pack(answer.index, answer.block_height, answer.position, answer.digest)
+            if answer.outcome:
+                value += f"{answer.outcome}\n{answer.message}".encode()
+            batch.put(stored, value)
         for node_id, public_key in member_keys:
             if public_key is None:
                 batch.delete(P_KEY + node_id.encode())
@@ -292,14 +319,14 @@ class NodeStorage:
         (rocksdict's iterators ignore a RocksDB snapshot, so the view relies
         on what the ledger never rewrites instead: blocks and request answers
         are written once, under a height and an index, so the view keeps the
-        bounds and filters by them; the few mutable records (member keys,
+        bounds and filters by them; the mutable records (release-state tables, member keys,
         addresses, the applied and certified heights) are copied now.)"""
         small: list[tuple[bytes, bytes]] = []
         for key in (K_APPLIED, K_CERTIFIED):
             raw = self._kv.get(key)
             if raw is not None:
                 small.append((key, raw))
-        for prefix in (P_KEY, P_ADDRESS):
+        for prefix in (P_KEY, P_ADDRESS, P_TABLE):
             small.extend(self._kv.scan(prefix, prefix))
         return StateView(self.applied_index(), self.last_block_height(), small)
 
@@ -315,7 +342,7 @@ class NodeStorage:
                 break
             yield key, value
         for key, value in self._kv.scan(P_REQUEST, P_REQUEST):
-            if ANSWER.unpack(value)[0] <= view.applied:
+            if ANSWER.unpack_from(value)[0] <= view.applied:
                 yield key, value
 
     def install_snapshot(self, meta: SnapshotMeta, records: Iterable[tuple[bytes, bytes]]) -> None:

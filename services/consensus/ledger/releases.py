@@ -1,0 +1,433 @@
+"""The release state: typed tables every node derives, deterministically,
+from the release entries it applies (sans-I/O: the ledger machine calls it
+with the entry, where it sits in the chain, and the applied state; nothing
+here reads a clock, the network or the disk directly).
+
+Tables (``LedgerStore.table_get/table_scan``, records encoded by
+``codec.py``):
+
+    release/<release_id>       the release: what was published, where, its state
+    sequence/<component>       the highest sequence number published for it
+    anchor/<key_id>            the trust anchors (publisher keys, scoped)
+    refusal/<u64 index>:<pos>  entries recorded in a block but refused on apply
+
+The checks on apply are the deterministic part of a release's validation,
+so a leader that proposes an entry without its own checks cannot make it a
+release: the envelope's COSE signature against the ledger's anchors (scoped
+to the component and device class), the manifest saying what the entry
+says (component, sequence number, device class, payload digest and size),
+the sequence number above the component's current one, no second release
+with the same id. A refused entry stays in its block (the log ordered it)
+and is recorded with its code and reason; it never becomes a release.
+
+Release states: ``active`` -> ``paused`` -> ``active`` (pause, resume);
+``active``/``paused`` -> ``halted`` (halt, final); any but ``revoked`` ->
+``revoked`` (revoke, final). ``ended`` is not stored: a reader reports an
+active release whose end time has passed as ended (``effective_state``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+
+from cryptography.hazmat.primitives import serialization
+
+from suit.auth import TrustAnchor
+from suit.device import DeviceContext, ImageInfo
+from suit.errors import SuitError
+from suit.keys import load_public_pem
+from suit.processor import process
+
+from ..errors import (
+    AnchorsRefused,
+    DigestMismatch,
+    DuplicateRelease,
+    InvalidRelease,
+    InvalidTransition,
+    NoTrustAnchors,
+    ReleaseRefused,
+    Revoked,
+    StaleSequence,
+    UnknownRelease,
+    UntrustedKey,
+)
+from .codec import (
+    anchor_from_bytes,
+    anchor_to_bytes,
+    refusal_from_bytes,
+    refusal_to_bytes,
+    release_from_bytes,
+    release_to_bytes,
+)
+from .entries import (
+    Anchor,
+    AnchorSet,
+    Publish,
+    Refusal,
+    Release,
+    ReleaseEntry,
+    Revoke,
+    RolloutAction,
+)
+from .store import LedgerStore
+
+ACTIVE, PAUSED, HALTED, REVOKED, ENDED = "active", "paused", "halted", "revoked", "ended"
+STATES = (ACTIVE, PAUSED, HALTED, REVOKED, ENDED)
+
+T_RELEASE, T_SEQUENCE, T_ANCHOR, T_REFUSAL = "release", "sequence", "anchor", "refusal"
+
+DEFAULT_VENDOR_DOMAIN = "fleetsuit.example"
+DEFAULT_DEVICE_CLASS = "default"
+CID_PREFIX = "sha256:"
+MAX_NAME = 128  # characters in a component, device class, release id or key id
+
+# What the SUIT processor's codes mean for a release.
+_SUIT_REFUSALS: dict[str, type[ReleaseRefused]] = {
+    "SIGNATURE_INVALID": UntrustedKey,
+    "UNTRUSTED_SIGNER": UntrustedKey,
+    "NO_AUTHENTICATION": UntrustedKey,
+    "UNSUPPORTED_ALGORITHM": UntrustedKey,
+    "ROLLBACK": StaleSequence,
+    "IMAGE_DIGEST_MISMATCH": DigestMismatch,
+    "IMAGE_SIZE_MISMATCH": DigestMismatch,
+}
+
+# Rollout actions: the states each applies in, and the state it leads to.
+_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "pause": (frozenset({ACTIVE}), PAUSED),
+    "resume": (frozenset({PAUSED}), ACTIVE),
+    "halt": (frozenset({ACTIVE, PAUSED}), HALTED),
+}
+
+
+def default_release_id(component: str, sequence_number: int) -> str:
+    return f"{component}@{sequence_number}"
+
+
+def refusal_for_suit(code: str, message: str) -> ReleaseRefused:
+    """The release refusal for a SUIT processing error code."""
+    return _SUIT_REFUSALS.get(code, InvalidRelease)(f"{code}: {message}")
+
+
+def key_id_of(public_key_pem: bytes) -> str:
+    """A trust anchor's default id: the first 16 hex digits of the SHA-256
+    of its SubjectPublicKeyInfo."""
+    der = load_public_pem(public_key_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def vendor_id(vendor_domain: str) -> bytes:
+    """RFC 9124 §8.4.8.2: UUID5(DNS namespace, vendor domain)."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, vendor_domain).bytes
+
+
+def class_id(vendor_domain: str, device_class: str) -> bytes:
+    return uuid.uuid5(uuid.UUID(bytes=vendor_id(vendor_domain)), device_class).bytes
+
+
+def component_id(component: str) -> tuple[bytes, ...]:
+    """A release's component as a SUIT component identifier: one part, the
+    UTF-8 bytes of its name."""
+    return (component.encode(),)
+
+
+def suit_anchors(anchors: Sequence[Anchor], vendor_domain: str) -> list[tuple[TrustAnchor, Anchor]]:
+    """The ledger's anchors as the SUIT library's, scoped by component and by
+    the class ids of the named device classes under ``vendor_domain``.
+    Anchors whose key does not load are left out (the bootstrap refuses them)."""
+    out = []
+    for anchor in anchors:
+        try:
+            key = load_public_pem(anchor.public_key_pem)
+        except (SuitError, ValueError):
+            continue
+        out.append((TrustAnchor(
+            key,
+            anchor.key_id.encode(),
+            frozenset(class_id(vendor_domain, c) for c in anchor.device_classes) if anchor.device_classes else None,
+            frozenset(component_id(c) for c in anchor.components) if anchor.components else None,
+        ), anchor))
+    return out
+
+
+class _AnyUri(Mapping[str, ImageInfo]):
+    """The payload of a release, whatever URI its manifest names: in
+    fleetsuit a payload is found by its digest (the content id), so the
+    check is that the digest and size match, not the URI."""
+
+    def __init__(self, image: ImageInfo) -> None:
+        self._image = image
+
+    def __getitem__(self, uri: str) -> ImageInfo:
+        return self._image
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, uri: object) -> bool:
+        return True
+
+
+def check_fields(publish: Publish) -> None:
+    """What an entry must say before its envelope is looked at."""
+    if not publish.component or len(publish.component) > MAX_NAME:
+        raise InvalidRelease("a release needs a component name (at most 128 characters)")
+    if publish.sequence_number <= 0:
+        raise InvalidRelease("the sequence number must be at least 1")
+    if not publish.device_classes or any(not c or len(c) > MAX_NAME for c in publish.device_classes):
+        raise InvalidRelease("a release needs at least one device class name")
+    if not publish.vendor_domain:
+        raise InvalidRelease("a release needs a vendor domain")
+    if len(publish.release_id) > MAX_NAME:
+        raise InvalidRelease("the release id is longer than 128 characters")
+    digest = payload_digest(publish.payload_cid)
+    if digest is None:
+        raise InvalidRelease(f"payload_cid {publish.payload_cid!r} is not sha256:<64 hex digits>")
+    if publish.payload_size <= 0:
+        raise InvalidRelease("the payload size must be at least 1 byte")
+    policy = publish.rollout
+    if policy.end_at_unix_ms and policy.end_at_unix_ms <= policy.start_at_unix_ms:
+        raise InvalidRelease("the rollout ends before it starts")
+    if policy.experimental and not policy.end_at_unix_ms:
+        raise InvalidRelease("an experimental release needs an end time")
+    stages = policy.stages
+    if stages and (list(stages) != sorted(set(stages)) or stages[-1] != 100 or stages[0] <= 0):
+        raise InvalidRelease("rollout stages must be ascending percentages ending at 100")
+
+
+def payload_digest(cid: str) -> bytes | None:
+    if not cid.startswith(CID_PREFIX) or len(cid) != len(CID_PREFIX) + 64:
+        return None
+    try:
+        return bytes.fromhex(cid[len(CID_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def check_envelope(publish: Publish, anchors: Sequence[Anchor], current_sequence: int) -> Anchor:
+    """Authenticate the envelope against the anchors for every device class
+    of the release and check that the manifest says what the entry says.
+    Returns the anchor that signed it; raises a ReleaseRefused."""
+    if not anchors:
+        raise NoTrustAnchors("the ledger holds no trust anchors; no release can be checked")
+    scoped = suit_anchors(anchors, publish.vendor_domain)
+    digest = payload_digest(publish.payload_cid)
+    assert digest is not None  # check_fields ran first
+    component = component_id(publish.component)
+    context_base = DeviceContext(
+        vendor_id=vendor_id(publish.vendor_domain),
+        class_id=b"",
+        installed_sequence={component: current_sequence} if current_sequence else {},
+        fetchable=_AnyUri(ImageInfo(digest, publish.payload_size)),
+    )
+    signer: Anchor | None = None
+    for device_class in publish.device_classes:
+        context = replace(context_base, class_id=class_id(publish.vendor_domain, device_class))
+        try:
+            outcome = process(publish.envelope, [s for s, _ in scoped], context)
+        except SuitError as exc:
+            raise refusal_for_suit(str(exc.code), str(exc)) from None
+        if outcome.sequence_number != publish.sequence_number:
+            raise InvalidRelease(
+                f"the manifest's sequence number is {outcome.sequence_number}, the entry says "
+                f"{publish.sequence_number}"
+            )
+        if tuple(outcome.components) != (component,):
+            raise InvalidRelease(f"the manifest is not for component {publish.component!r} alone")
+        signer = next(a for s, a in scoped if s is outcome.signer)
+    assert signer is not None
+    return signer
+
+
+class ReleaseState:
+    """The release tables of one node, read from its store, with the writes
+    of the entries being applied kept aside until the machine writes them
+    with the blocks (``take_writes``), and visible to the entries after them
+    in the same call."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+        self._pending: dict[tuple[str, str], bytes | None] = {}
+
+    # ------------------------------------------------------------ reads
+
+    def _get(self, table: str, key: str) -> bytes | None:
+        pending = self._pending
+        if (table, key) in pending:
+            return pending[(table, key)]
+        return self._store.table_get(table, key)
+
+    def _scan(self, table: str) -> list[tuple[str, bytes]]:
+        rows = dict(self._store.table_scan(table))
+        for (t, key), value in self._pending.items():
+            if t != table:
+                continue
+            if value is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = value
+        return sorted(rows.items())
+
+    def release(self, release_id: str) -> Release | None:
+        raw = self._get(T_RELEASE, release_id)
+        return None if raw is None else release_from_bytes(raw)
+
+    def releases(self) -> list[Release]:
+        return [release_from_bytes(raw) for _, raw in self._scan(T_RELEASE)]
+
+    def sequence(self, component: str) -> int:
+        raw = self._get(T_SEQUENCE, component)
+        return 0 if raw is None else int(raw)
+
+    def sequences(self) -> dict[str, int]:
+        return {component: int(raw) for component, raw in self._scan(T_SEQUENCE)}
+
+    def anchors(self) -> list[Anchor]:
+        return [anchor_from_bytes(raw) for _, raw in self._scan(T_ANCHOR)]
+
+    def refusals(self) -> list[Refusal]:
+        return [refusal_from_bytes(raw) for _, raw in self._scan(T_REFUSAL)]
+
+    def current(self, component: str, device_class: str, now_unix_ms: int) -> Release | None:
+        """The newest release of a component (for a device class; "" any)
+        that is active or paused at ``now_unix_ms``: what a device of that
+        class should run."""
+        best: Release | None = None
+        for release in self.releases():
+            if release.component != component or effective_state(release, now_unix_ms) not in (ACTIVE, PAUSED):
+                continue
+            if device_class and device_class not in release.device_classes:
+                continue
+            if best is None or release.sequence_number > best.sequence_number:
+                best = release
+        return best
+
+    def digest(self) -> str:
+        """A fingerprint of every table (tests compare nodes with it)."""
+        h = hashlib.sha256()
+        for table in (T_RELEASE, T_SEQUENCE, T_ANCHOR, T_REFUSAL):
+            for key, raw in self._scan(table):
+                h.update(f"{table}/{key}/{len(raw)}/".encode() + raw)
+        return h.hexdigest()
+
+    # ------------------------------------------------------------ apply
+
+    def check_publish(self, publish: Publish) -> tuple[Publish, Anchor]:
+        """The deterministic checks of a release (on apply, and before
+        proposal): the entry with its id filled in, and the anchor that
+        signed it; or a ReleaseRefused."""
+        check_fields(publish)
+        if not publish.release_id:
+            publish = replace(publish, release_id=default_release_id(publish.component, publish.sequence_number))
+        existing = self.release(publish.release_id)
+        if existing is not None:
+            if existing.state == REVOKED:
+                raise Revoked(f"release {publish.release_id} was revoked: {existing.state_reason or 'no reason given'}")
+            raise DuplicateRelease(f"release {publish.release_id} exists (block {existing.block_height})")
+        current = self.sequence(publish.component)
+        if publish.sequence_number <= current:
+            raise StaleSequence(
+                f"sequence number {publish.sequence_number} is not greater than component "
+                f"{publish.component!r}'s current {current}"
+            )
+        return publish, check_envelope(publish, self.anchors(), current)
+
+    def apply(self, body: ReleaseEntry, index: int, height: int, position: int, kind: str) -> tuple[str, str]:
+        """Apply one release entry at (index, height, position): ("", "") when
+        it took effect, else its refusal (code, message), recorded."""
+        try:
+            if isinstance(body, Publish):
+                self._publish(body, index, height, position)
+            elif isinstance(body, Revoke):
+                self._revoke(body)
+            elif isinstance(body, RolloutAction):
+                self._rollout(body)
+            else:
+                self._anchors(body)
+        except ReleaseRefused as exc:
+            release_id = getattr(body, "release_id", "")
+            refusal = Refusal(index, height, position, kind, release_id, exc.code, str(exc))
+            self._pending[(T_REFUSAL, f"{index:020d}:{position:06d}")] = refusal_to_bytes(refusal)
+            return exc.code, str(exc)
+        return "", ""
+
+    def _publish(self, publish: Publish, index: int, height: int, position: int) -> None:
+        publish, signer = self.check_publish(publish)
+        release = Release(
+            publish.release_id, publish.component, publish.device_classes, publish.vendor_domain,
+            publish.sequence_number, publish.payload_cid, publish.payload_size, publish.envelope,
+            publish.rollout, ACTIVE, "", index, height, position, signer.key_id,
+        )
+        self._pending[(T_RELEASE, release.release_id)] = release_to_bytes(release)
+        self._pending[(T_SEQUENCE, publish.component)] = str(publish.sequence_number).encode()
+
+    def _existing(self, release_id: str) -> Release:
+        release = self.release(release_id)
+        if release is None:
+            raise UnknownRelease(f"no release {release_id!r} in the ledger")
+        return release
+
+    def _revoke(self, revoke: Revoke) -> None:
+        release = self._existing(revoke.release_id)
+        if release.state == REVOKED:
+            raise Revoked(f"release {release.release_id} is already revoked")
+        self._put(replace(release, state=REVOKED, state_reason=revoke.reason[:1024]))
+
+    def _rollout(self, action: RolloutAction) -> None:
+        release = self._existing(action.release_id)
+        if release.state == REVOKED:
+            raise Revoked(f"release {release.release_id} is revoked")
+        allowed = _TRANSITIONS.get(action.action)
+        if allowed is None:
+            raise InvalidTransition(f"unknown rollout action {action.action!r} (pause, resume, halt)")
+        states, target = allowed
+        if release.state not in states:
+            raise InvalidTransition(f"cannot {action.action} release {release.release_id}: it is {release.state}")
+        self._put(replace(release, state=target, state_reason=action.reason[:1024]))
+
+    def _anchors(self, anchor_set: AnchorSet) -> None:
+        if self.anchors():
+            raise AnchorsRefused(
+                "the ledger's trust anchors are set; changing them needs the root-signed rotation"
+            )
+        if not anchor_set.anchors:
+            raise AnchorsRefused("an empty set of trust anchors")
+        seen: set[str] = set()
+        for anchor in anchor_set.anchors:
+            try:
+                load_public_pem(anchor.public_key_pem)
+            except (SuitError, ValueError) as exc:
+                raise AnchorsRefused(f"trust anchor {anchor.key_id!r}: {exc}") from None
+            if not anchor.key_id or len(anchor.key_id) > MAX_NAME or anchor.key_id in seen:
+                raise AnchorsRefused(f"trust anchor ids must be unique and non-empty ({anchor.key_id!r})")
+            seen.add(anchor.key_id)
+        for anchor in anchor_set.anchors:
+            self._pending[(T_ANCHOR, anchor.key_id)] = anchor_to_bytes(anchor)
+
+    def _put(self, release: Release) -> None:
+        self._pending[(T_RELEASE, release.release_id)] = release_to_bytes(release)
+
+    def take_writes(self) -> list[tuple[str, str, bytes | None]]:
+        writes = [(table, key, value) for (table, key), value in self._pending.items()]
+        self._pending = {}
+        return writes
+
+    def discard(self) -> None:
+        self._pending = {}
+
+
+def effective_state(release: Release, now_unix_ms: int) -> str:
+    """The state a reader reports: an active or paused release past its
+    end time has ended."""
+    end = release.rollout.end_at_unix_ms
+    if release.state in (ACTIVE, PAUSED) and end and now_unix_ms >= end:
+        return ENDED
+    return release.state
