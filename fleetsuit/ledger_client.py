@@ -28,12 +28,22 @@ Key = tuple[str, int]
 
 
 class SubmitFailed(Exception):
-    """The node answered an entry with an error code (NO_LEADER,
-    COMMIT_TIMEOUT, INVALID_ENTRY, ...)."""
+    """The node answered an entry with an error code (``code``: NO_LEADER,
+    OUTCOME_UNKNOWN, IDEMPOTENCY_KEY_REUSED, INVALID_ENTRY, OVERLOADED, a
+    release refusal, ...).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``definite`` (from ``SubmitStreamResponse.outcome_unknown``): False only
+    when the entry may have been proposed and may still commit
+    (OUTCOME_UNKNOWN); resubmit it with the same key to learn its fate. True:
+    nothing of it will ever commit (NO_LEADER: it never entered a log), or
+    it was refused (IDEMPOTENCY_KEY_REUSED: the key was used for another
+    entry; a release refusal). Retrying a definite NO_LEADER is safe too."""
+
+    def __init__(self, code: str, message: str, definite: bool = True) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+        self.definite = definite
 
 
 class StreamBroken(Exception):
@@ -45,7 +55,8 @@ class SubmitBatcher:
     """Many callers' submissions over one SubmitBatches stream.
 
     ``await submit(entry)`` returns the entry's SubmitStreamResponse or raises
-    SubmitFailed / StreamBroken. An entry without a client_id gets this
+    SubmitFailed (its ``code``, and ``definite`` False when the outcome is
+    unknown: OUTCOME_UNKNOWN replaced the old COMMIT_TIMEOUT) / StreamBroken. An entry without a client_id gets this
     batcher's; one without a request_id gets the next of this batcher's
     counter. A broken stream fails every entry in flight with StreamBroken,
     and the next submit opens a new stream.
@@ -135,7 +146,8 @@ class SubmitBatcher:
                     if fut.done():
                         continue
                     if answer.error_code:
-                        fut.set_exception(SubmitFailed(answer.error_code, answer.error_message))
+                        fut.set_exception(SubmitFailed(
+                            answer.error_code, answer.error_message, definite=not answer.outcome_unknown))
                     else:
                         fut.set_result(answer)
             self._broken(call, None)

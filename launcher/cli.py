@@ -16,7 +16,8 @@ CLUSTER_HELP = "a local cluster on loopback (up)"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id, args.start_timeout)
+    return run_cluster(args.nodes, Path(args.data), args.base_port, args.cluster_id, args.start_timeout,
+                       trust_anchors=args.trust_anchors)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,8 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "or SIGTERM stops every child. Node i (from 0) listens on BASE+10*i+1 (consensus), "
             "+2 (dht), +3 (manifest), with metrics on +6, +7, +8. DIR/cluster.json describes "
             "every child; DIR/anchors.json holds the cluster id and the nodes' block-signing "
-            "keys. Refused before anything starts: a port taken, DIR in use by a running "
-            "cluster, or another cluster id than the one DIR holds."
+            "keys. Each --trust-anchor is a publisher key the ledger records at its bootstrap "
+            "(releases must be signed by one). Refused before anything starts: a trust anchor "
+            "that is not a readable P-256 or Ed25519 public key (exit 2), a port taken, DIR in "
+            "use by a running cluster, or another cluster id than the one DIR holds."
         ),
     )
     p.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes, at least 1 (default: 3)")
@@ -44,4 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "fs-<random hex>); a restart keeps the recorded one")
     p.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S, metavar="SECONDS",
                    help=f"how long every service may take to serve (default: {START_TIMEOUT_S:g})")
+    p.add_argument("--trust-anchor", dest="trust_anchors", action="append", default=[],
+                   metavar="PEM[:components=A,B][:classes=X,Y]",
+                   help="a PEM public key (Ed25519 or P-256) allowed to sign releases, optionally only "
+                        "for the components and device classes named; repeat for more (default: none: "
+                        "no release can be published until the ledger holds anchors)")
     p.set_defaults(func=cmd_up)

@@ -8,18 +8,23 @@ Each node runs one process per service in ``SERVICES``; node i's service
 listens on ``base_port + 10*i + port_offset`` and serves metrics on
 ``base_port + 10*i + metrics_offset``. Every service of a node gets the
 node's data directory and keeps its RocksDB in a sub-folder of its own
-(``consensus/``, ``blobs/``). This module checks nothing before it starts a
-child: ``launcher/preflight.py`` does.
+(``consensus/``, ``blobs/``). A node's consensus process is told the
+endpoints of the node's other services (``--manifest-endpoint``,
+``--dht-endpoint``, ...: it checks a release with them before proposing it)
+and the cluster's trust anchors (``--trust-anchor``, recorded in the ledger
+at bootstrap). This module checks nothing before it starts a child:
+``launcher/preflight.py`` does (the anchors too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +53,19 @@ class ServiceSpec:
     # (this node, every node, cluster id) -> extra arguments
     extra_args: Callable[[NodePlan, list[NodePlan], str], list[str]]
     stores_data: bool = True  # takes --data (the manifest service is stateless)
+    takes_trust_anchors: bool = False  # takes --trust-anchor SPEC, once per anchor
 
 
 def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
     peers = ",".join(f"{n.node_id}=127.0.0.1:{n.base + 1}" for n in nodes)
-    return ["--peers", peers, "--cluster-id", cluster_id]
+    # The node's other services (services.consensus config: --dht-endpoint,
+    # --manifest-endpoint, --gateway-endpoint).
+    endpoints = [
+        arg
+        for spec in SERVICES if spec.name != "consensus"
+        for arg in (f"--{spec.name}-endpoint", f"127.0.0.1:{node.base + spec.port_offset}")
+    ]
+    return ["--peers", peers, "--cluster-id", cluster_id, *endpoints]
 
 
 def _dht_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
@@ -65,7 +78,7 @@ def _manifest_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> li
 
 
 SERVICES: list[ServiceSpec] = [
-    ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args),
+    ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args, takes_trust_anchors=True),
     ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
     ServiceSpec("manifest", "services.manifest", 3, 8, _manifest_args, stores_data=False),
 ]
@@ -97,7 +110,11 @@ def planned_ports(nodes: list[NodePlan]) -> list[tuple[int, str]]:
     return out
 
 
-def command_for(spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
+def command_for(
+    spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluster_id: str, trust_anchors: Sequence[str] = ()
+) -> list[str]:
+    """``trust_anchors``: ``PATH[:components=..][:classes=..]`` each (paths
+    absolute: a restart from cluster.json may run elsewhere)."""
     return [
         sys.executable, "-m", spec.module,
         "--node-id", node.node_id,
@@ -105,6 +122,7 @@ def command_for(spec: ServiceSpec, node: NodePlan, nodes: list[NodePlan], cluste
         "--metrics-port", str(node.base + spec.metrics_offset),
         *(["--data", str(node.data_dir)] if spec.stores_data else []),
         *spec.extra_args(node, nodes, cluster_id),
+        *(arg for anchor in (trust_anchors if spec.takes_trust_anchors else ()) for arg in ("--trust-anchor", anchor)),
     ]
 
 
@@ -132,13 +150,34 @@ def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def anchor_arguments(trust_anchors: Sequence[str | Path]) -> list[str]:
+    """The ``--trust-anchor`` values of the consensus processes: each
+    ``PATH[:components=..][:classes=..]`` with its path made absolute (not
+    read here: ``preflight.check_trust_anchors`` does)."""
+    from services.consensus.anchors import parse_anchor_spec
+
+    out = []
+    for text in trust_anchors:
+        spec = parse_anchor_spec(str(text))
+        out.append(str(dataclasses.replace(spec, path=str(Path(spec.path).absolute()))))
+    return out
+
+
 def start_cluster(
-    count: int, data_dir: Path, base_port: int, cluster_id: str | None = None
+    count: int,
+    data_dir: Path,
+    base_port: int,
+    cluster_id: str | None = None,
+    *,
+    trust_anchors: Sequence[str | Path] = (),
 ) -> tuple[dict[str, Any], list[subprocess.Popen[bytes]]]:
     """Write the anchors and start every child (without waiting for any);
     return the cluster.json document and the processes. ``cluster_id``:
-    a new one when None."""
+    a new one when None. ``trust_anchors``: publisher keys
+    (``PATH[:components=..][:classes=..]``) every consensus process records
+    in the ledger at bootstrap."""
     cluster_id = cluster_id or new_cluster_id()
+    anchor_args = anchor_arguments(trust_anchors)
     nodes = plan_nodes(count, data_dir, base_port)
     procs: list[subprocess.Popen[bytes]] = []
     doc_nodes = []
@@ -152,7 +191,7 @@ def start_cluster(
             metrics: dict[str, str] = {}
             commands: dict[str, list[str]] = {}
             for spec in SERVICES:
-                cmd = command_for(spec, node, nodes, cluster_id)
+                cmd = command_for(spec, node, nodes, cluster_id, anchor_args)
                 proc = spawn(cmd, node.data_dir / f"{spec.name}.log")
                 procs.append(proc)
                 pids[spec.name] = proc.pid
@@ -172,7 +211,11 @@ def start_cluster(
     except BaseException:
         stop_processes(procs)  # a child that could not be started: none left behind
         raise
-    doc = {"cluster_id": cluster_id, "base_port": base_port, "anchors": str(anchors), "nodes": doc_nodes}
+    doc = {
+        "cluster_id": cluster_id, "base_port": base_port, "anchors": str(anchors),
+        # The publisher keys the ledger is bootstrapped with (signing releases).
+        "trust_anchors": anchor_args, "nodes": doc_nodes,
+    }
     return doc, procs
 
 

@@ -1,6 +1,7 @@
 """What ``fleetsuit cluster up`` checks before it starts any child, so that
 a bad start fails at once with one line instead of children dying one by
-one: the plan is sane (at least one node, every port below 65536), the data
+one: the plan is sane (at least one node, every port below 65536), every
+trust anchor given is a readable P-256 or Ed25519 public key, the data
 directory is not in use by a live cluster (its lock, or a ``cluster.json``
 whose processes still run), the cluster id is the one recorded there, and
 every port the cluster will bind is free.
@@ -17,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +29,18 @@ from .cluster import ANCHORS_FILE, CLUSTER_FILE, HIGHEST_OFFSET, NODE_PORT_SPAN
 LOCK_FILE = "cluster.lock"
 HOST = "127.0.0.1"
 HIGHEST_PORT = 65_535
+
+
+def check_trust_anchors(specs: Sequence[str]) -> None:
+    """Every ``--trust-anchor PATH[:components=..][:classes=..]`` parses and
+    its file is a usable key, each key given once: a usage error naming the
+    file otherwise (the consensus processes would refuse to start)."""
+    from services.consensus.anchors import AnchorError, load_anchors, parse_anchor_spec
+
+    try:
+        load_anchors([parse_anchor_spec(text) for text in specs])
+    except AnchorError as exc:
+        raise CliError(f"--trust-anchor: {exc}", EXIT_USAGE) from None
 
 
 def check_plan(count: int, base_port: int) -> None:
@@ -100,7 +114,19 @@ def running(pid: int, command: list[str] | None) -> bool:
         return False
     except OSError:
         return True  # no /proc here: kill(0) is all we know
+    if not raw:
+        # No command line: an exited child not yet reaped, or one caught
+        # while it execs (the kernel shows none for a moment).
+        return not _zombie(pid)
     return raw.split(b"\0")[:-1] == [os.fsencode(part) for part in command]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # gone meanwhile
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def live_processes(data_dir: Path) -> list[str]:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -149,13 +149,16 @@ def run_cluster(
     cluster_id: str | None = None,
     start_timeout_s: float = START_TIMEOUT_S,
     out: TextIO | None = None,
+    trust_anchors: Sequence[str] = (),
 ) -> int:
     """Foreground: check, start, wait until serving, print success, wait for
     SIGINT/SIGTERM, stop every child. Raises CliError before starting any
     child when a check fails, and after stopping them when one does not
-    serve."""
+    serve. ``trust_anchors``: ``PATH[:components=..][:classes=..]`` each,
+    the publisher keys the ledger is bootstrapped with."""
     out = out or sys.stdout
     preflight.check_plan(count, base_port)
+    preflight.check_trust_anchors(trust_anchors)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -165,13 +168,14 @@ def run_cluster(
         preflight.check_not_in_use(data_dir)
         cluster_id = preflight.resolve_cluster_id(data_dir, cluster_id)
         preflight.check_ports_free(planned_ports(plan_nodes(count, data_dir, base_port)))
-        return _run(count, data_dir, base_port, cluster_id, start_timeout_s, out)
+        return _run(count, data_dir, base_port, cluster_id, start_timeout_s, out, trust_anchors)
     finally:
         lock.close()
 
 
 def _run(
-    count: int, data_dir: Path, base_port: int, cluster_id: str | None, start_timeout_s: float, out: TextIO
+    count: int, data_dir: Path, base_port: int, cluster_id: str | None, start_timeout_s: float, out: TextIO,
+    trust_anchors: Sequence[str],
 ) -> int:
     stopping = False
 
@@ -183,7 +187,7 @@ def _run(
     procs: list[subprocess.Popen[bytes]] = []
     failed = True  # until every child serves or a stop is asked for
     try:
-        doc, procs = start_cluster(count, data_dir, base_port, cluster_id)
+        doc, procs = start_cluster(count, data_dir, base_port, cluster_id, trust_anchors=trust_anchors)
         path = write_description(data_dir, doc)
         try:
             wait_serving(doc, procs, start_timeout_s, lambda: stopping)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import time
 import uuid
@@ -29,6 +30,7 @@ from fleetsuit.cli import (
     calling,
     command_group,
     emit,
+    rpc_error,
 )
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
@@ -125,15 +127,38 @@ async def _append(endpoint: str, payload: bytes, client_id: str, request_id: int
         )
 
 
+MAX_REQUEST_ID = 2**63 - 1
+
+
+def new_request_id() -> int:
+    """A fresh request id (1..2^63-1): a constant default would make a second
+    append with the same client id a "retry" of the first, and answer it
+    with the first one's entry."""
+    return secrets.randbelow(MAX_REQUEST_ID) + 1
+
+
 def cmd_append(args: argparse.Namespace) -> int:
     payload = _append_payload(args)
     client_id = args.client_id or f"cli-{uuid.uuid4().hex[:12]}"
-    with calling(args.endpoint, SERVICE):
-        resp = asyncio.run(_append(args.endpoint, payload, client_id, args.request_id))
+    request_id = args.request_id if args.request_id is not None else new_request_id()
+    if not 1 <= request_id <= MAX_REQUEST_ID:
+        raise CliError(f"--request-id must be between 1 and {MAX_REQUEST_ID}", EXIT_USAGE)
+    try:
+        resp = asyncio.run(_append(args.endpoint, payload, client_id, request_id))
+    except grpc.RpcError as exc:
+        error = rpc_error(exc, args.endpoint, SERVICE)
+        if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+            raise error from None  # not a ledger: nothing was submitted
+        # The entry may have been applied (an unknown outcome, a lost answer):
+        # a retry with the same ids tells, and applies it at most once.
+        raise CliError(
+            f"{error} (retry with --client-id {client_id} --request-id {request_id})", error.code
+        ) from None
     doc = {"index": resp.index, "block_height": resp.block_height, "duplicate": resp.duplicate,
-           "client_id": client_id, "request_id": args.request_id}
-    emit(args, doc, lambda d: f"committed at index {d['index']}, block {d['block_height']}"
-         + (" (duplicate)" if d["duplicate"] else ""))
+           "position": resp.position, "client_id": client_id, "request_id": request_id}
+    emit(args, doc, lambda d: f"committed at index {d['index']}, block {d['block_height']}, "
+         f"position {d['position']}" + (" (duplicate)" if d["duplicate"] else "")
+         + f"; client id {d['client_id']}, request id {d['request_id']}")
     return 0
 
 
@@ -305,9 +330,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("text", nargs="?", metavar="TEXT", help="the entry's text; - reads it from stdin")
     p.add_argument("--file", metavar="FILE", help="read the entry's bytes from FILE instead (- for stdin)")
     p.add_argument("--client-id", default="", help="idempotency: client id (default: a new one)")
-    p.add_argument("--request-id", type=int, default=1,
-                   help="idempotency: request id; a retry with the same client and request id "
-                        "is applied once (default: 1)")
+    p.add_argument("--request-id", type=int, default=None,
+                   help="idempotency: request id, 1..2^63-1; a retry with the same client and request id "
+                        "and the same entry is applied once (default: a new random one; both ids are "
+                        "printed, also on failure, to retry with)")
     add_output_options(p)
     p.set_defaults(func=cmd_append)
 

@@ -8,16 +8,21 @@ defaults. Derived values are properties, computed here only."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetsuit.logs import LOG_FORMATS
-from fleetsuit.settings import ConfigError, parse_config, setting
+from fleetsuit.settings import ConfigError, add_arguments, document, from_sources, setting
 
+from .anchors import SPEC_SEPARATOR, AnchorError, AnchorSpec, load_anchors, parse_anchor_specs
+from .ledger.entries import Anchor
 from .raft.types import RaftConfig
 from .runtime.config import RuntimeConfig
 
 ENV_PREFIX = "FLEETSUIT_CONSENSUS_"
+ANCHOR_FLAG = "--trust-anchor"
+ANCHOR_METAVAR = "PATH[:components=A,B][:classes=X,Y]"
 MIB = 1024 * 1024
 
 
@@ -68,6 +73,25 @@ class ConsensusConfig:
     max_snapshot_bytes: int = setting(4 * 1024 * MIB, "largest snapshot file accepted from a leader")
     join: bool = setting(False, "join a running cluster as a learner (peers = its voters); "
                          "add it first with `fleetsuit cluster add`")
+    manifest_endpoint: str = setting(
+        "", "HOST:PORT of this node's manifest service, which validates a release's envelope before "
+        "this node proposes it (none: that check is skipped)",
+    )
+    dht_endpoint: str = setting(
+        "", "HOST:PORT of this node's dht service, asked whether a release's payload is stored before "
+        "this node proposes it (none: that check is skipped)",
+    )
+    gateway_endpoint: str = setting("", "HOST:PORT of this node's gateway service (only advertised in Status)")
+    trust_anchors: tuple[AnchorSpec, ...] = setting(
+        (), "a PEM public key (Ed25519 or P-256) allowed to sign releases, optionally only for the "
+        "components and device classes named; repeat the flag for more (in the variable, separate "
+        "them with ';'). Recorded in the ledger once, when it has none; read at startup",
+        flag=ANCHOR_FLAG, parse=parse_anchor_specs, metavar=ANCHOR_METAVAR,
+    )
+    unsafe_skip_release_checks: bool = setting(
+        False, "TESTS ONLY: propose release entries without this node's checks (ledger state, "
+        "manifest, dht), to show that every node refuses a bad one when applying it",
+    )
     log_level: str = setting("INFO", "log level (DEBUG, INFO, WARNING, ERROR)")
     log_format: str = setting("text", "log lines as text or json")
 
@@ -103,6 +127,11 @@ class ConsensusConfig:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if ":" not in self.listen:
             raise ConfigError(f"listen {self.listen!r} is not HOST:PORT")
+        for name in ("manifest_endpoint", "dht_endpoint", "gateway_endpoint"):
+            value = getattr(self, name)
+            if value and ":" not in value:
+                raise ConfigError(f"{name} {value!r} is not HOST:PORT")
+        self.anchors()
 
     # ------------------------------------------------------------ derived values
 
@@ -118,6 +147,24 @@ class ConsensusConfig:
     @property
     def peer_addresses(self) -> dict[str, str]:
         return dict(self.voters)
+
+    def services(self) -> dict[str, str]:
+        """The node's services and the addresses clients reach them at (the
+        Status answer): this consensus process, and the others configured."""
+        out = {"consensus": self.peer_addresses.get(self.node_id, self.listen)}
+        for name, address in (("dht", self.dht_endpoint), ("manifest", self.manifest_endpoint),
+                              ("gateway", self.gateway_endpoint)):
+            if address:
+                out[name] = address
+        return out
+
+    def anchors(self) -> tuple[Anchor, ...]:
+        """The configured trust anchors, their files read (sorted by key id);
+        ConfigError naming a file that is missing or not a usable key."""
+        try:
+            return load_anchors(self.trust_anchors)
+        except AnchorError as exc:
+            raise ConfigError(f"trust_anchors: {exc}") from None
 
     @property
     def tick_s(self) -> float:
@@ -167,6 +214,19 @@ class ConsensusConfig:
     def from_args(
         cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     ) -> ConsensusConfig:
-        """Flags, then the environment, then the defaults; validated."""
-        return parse_config(cls, argv, env, prog="python -m services.consensus", env_prefix=ENV_PREFIX,
-                            description="One consensus process of a fleetsuit node.")
+        """Flags, then the environment, then the defaults; validated. A usage
+        error exits with status 2 (argparse); a bad value raises ConfigError."""
+        parser = argparse.ArgumentParser(
+            prog="python -m services.consensus", description="One consensus process of a fleetsuit node.",
+            conflict_handler="resolve",
+        )
+        add_arguments(parser, cls, ENV_PREFIX)
+        # --trust-anchor may be repeated (the shared settings take one value
+        # per flag): the values are joined as the variable holds them.
+        flag, env_var, default, help_text = next(r for r in document(cls, ENV_PREFIX) if r[0] == ANCHOR_FLAG)
+        parser.add_argument(flag, dest="trust_anchors", action="append", default=None, metavar=ANCHOR_METAVAR,
+                            help=f"{help_text} (default: {default}; env {env_var})")
+        args = parser.parse_args(argv)
+        if args.trust_anchors is not None:
+            args.trust_anchors = SPEC_SEPARATOR.join(args.trust_anchors)
+        return from_sources(cls, args, env, ENV_PREFIX)

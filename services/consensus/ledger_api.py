@@ -1,14 +1,26 @@
 """The public Ledger API: submissions (unary, streamed, batched), status,
 blocks, proofs, membership changes. Errors are raised as ConsensusErrors
 and mapped to gRPC statuses by the server's interceptor (``convert.ERRORS``);
-stream submissions answer each entry in-band, with its error code."""
+stream submissions answer each entry in-band, with its error code.
+
+Every error says whether the submission's outcome is known: definite (it
+never entered a log, or was refused) or not (``OutcomeUnknown``: it may
+still commit; resubmitting with the same key tells its fate). Unary calls
+carry it in the trailing metadata ``fleetsuit-outcome``, stream answers in
+``outcome_unknown``.
+
+A release entry is checked before it is proposed (``release_check``: its
+envelope against the trust anchors, its payload in the dht); a
+resubmission of a key already applied or waiting is not checked again, so a
+retry of an applied release gets the ledger's answer, not a refusal of its
+own sequence number."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -22,6 +34,7 @@ from .errors import BlockNotFound, ConsensusError, InvalidEntry, NotLeader
 from .ledger.block import merkle_path
 from .ledger.keys import RequestKey
 from .ledger.machine import Applied, encode_member_context
+from .metrics import ConsensusMetrics
 from .raft.membership import ConfChange, ConfChangeKind
 from .runtime import ConsensusNode
 
@@ -31,14 +44,33 @@ M = TypeVar("M")  # a stream's request message: one request, or a batch of them
 # yet sent before the stream stops being read (backpressure).
 MAX_STREAM_OUTSTANDING = 10_000
 
-# Entry kinds only the cluster itself may write.
-RESERVED_KINDS = frozenset({"membership_changed"})
+# Entry kinds only the cluster itself may write (the members' keys, and the
+# bootstrap trust anchors).
+RESERVED_KINDS = frozenset({"membership_changed", "trust_anchors_set"})
+
+# Entry kinds checked by ``release_check`` before they are proposed.
+CHECKED_KINDS = frozenset({"release_published"})
+
+# Checks a release entry before it is proposed; raises a ConsensusError
+# (a ReleaseRefused, CheckUnavailable) to refuse it.
+ReleaseCheck = Callable[[pb.LedgerEntry], Awaitable[None]]
 
 
 class LedgerServicer(pb_grpc.LedgerServicer):
-    def __init__(self, node: ConsensusNode, config: ConsensusConfig) -> None:
+    def __init__(
+        self,
+        node: ConsensusNode,
+        config: ConsensusConfig,
+        *,
+        release_check: ReleaseCheck | None = None,
+        metrics: ConsensusMetrics | None = None,
+    ) -> None:
         self._node = node
         self._config = config
+        self._release_check = release_check
+        # Release pushes answered by Submit (the release client's path), by outcome.
+        self._pushes = (metrics or ConsensusMetrics()).release_pushes
+        self._services = config.services()
         # Submissions without a key get one of this process's own.
         self._client_id = f"{config.node_id}/{uuid.uuid4().hex[:12]}"
         self._request_ids = itertools.count(1)
@@ -51,15 +83,31 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             entry.client_id = self._client_id
             entry.request_id = next(self._request_ids)
         payload, timeout_s = self._prepare(request)
-        result = await self._node.submit(payload, RequestKey(entry.client_id, entry.request_id), timeout_s)
+        key = RequestKey(entry.client_id, entry.request_id)
+        check = self._release_check
+        release = entry.WhichOneof("kind") in CHECKED_KINDS
+        try:
+            if check is not None and release:
+                await check(entry)
+            result = await self._node.submit(payload, key, timeout_s)
+        except ConsensusError as exc:
+            if release:
+                self._pushes.labels(exc.code).inc()
+            raise
+        if release:
+            self._pushes.labels("duplicate" if result.duplicate else "published").inc()
         return pb.SubmitResponse(
-            index=result.index, block_height=result.block_height, duplicate=result.duplicate
+            index=result.index, block_height=result.block_height, duplicate=result.duplicate,
+            position=result.position,
         )
 
     async def SubmitStream(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        pump = SubmissionStream(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
+        pump = SubmissionStream(
+            self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}",
+            release_check=self._release_check,
+        )
         reader = asyncio.create_task(pump.read(request_iterator, lambda request: (request,)))
         try:
             while (item := await pump.answers.get()) is not None:
@@ -67,11 +115,15 @@ class LedgerServicer(pb_grpc.LedgerServicer):
                 pump.taken()
         finally:
             reader.cancel()
+            pump.close()
 
     async def SubmitBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SubmitBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubmitBatchAnswers]:
-        pump = SubmissionStream(self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}")
+        pump = SubmissionStream(
+            self._node, self._prepare, f"{self._client_id}/s{next(self._request_ids)}",
+            release_check=self._release_check,
+        )
         reader = asyncio.create_task(pump.read(request_iterator, lambda batch: batch.requests))
         answers = pump.answers
         try:
@@ -92,6 +144,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
                     break
         finally:
             reader.cancel()
+            pump.close()
 
     def _prepare(self, request: pb.SubmitRequest) -> tuple[bytes, float]:
         """Validate an entry: (encoded payload, timeout in seconds) or InvalidEntry."""
@@ -139,6 +192,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             certified_height=self._node.certifier.certified_height if self._node.certifier else 0,
             snapshot_index=s.snapshot_index,
             pending_conf_index=s.pending_conf_index,
+            services=self._services,
         )
 
     async def _membership(
@@ -241,7 +295,11 @@ class SubmissionStream:
     """The submissions of one SubmitStream or SubmitBatches call: each request
     goes to the node at once, and each answer (or typed error) is queued as
     soon as its future resolves, in commit order. ``None`` on the queue ends
-    the call: the client stopped sending and nothing is left pending."""
+    the call: the client stopped sending and nothing is left pending.
+
+    A release entry is checked first, in a task of its own (``submit`` does
+    not wait): it counts as pending from the start, and a refusal is its
+    answer, in-band."""
 
     def __init__(
         self,
@@ -249,6 +307,8 @@ class SubmissionStream:
         prepare: Callable[[pb.SubmitRequest], tuple[bytes, float]],
         stream_client: str,
         limit: int = MAX_STREAM_OUTSTANDING,
+        *,
+        release_check: ReleaseCheck | None = None,
     ) -> None:
         self.answers: asyncio.Queue[pb.SubmitStreamResponse | None] = asyncio.Queue()
         self._limit = limit
@@ -256,6 +316,8 @@ class SubmissionStream:
         self._node = node
         self._prepare = prepare
         self._stream_client = stream_client
+        self._release_check = release_check
+        self._checks: set[asyncio.Task[None]] = set()
         self._pending = 0
         self._reading = True
 
@@ -295,9 +357,33 @@ class SubmissionStream:
                 error_code=exc.code, error_message=str(exc)))
             return
         self._pending += 1
-        self._node.submit_waiter(
-            payload, RequestKey(entry.client_id, entry.request_id), timeout_s, _Answer(self, entry)
-        )
+        key = RequestKey(entry.client_id, entry.request_id)
+        check = self._release_check
+        if check is not None and entry.WhichOneof("kind") in CHECKED_KINDS:
+            task = asyncio.create_task(self._checked(check, entry, payload, key, timeout_s))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            return
+        self._node.submit_waiter(payload, key, timeout_s, _Answer(self, entry))
+
+    async def _checked(
+        self, check: ReleaseCheck, entry: pb.LedgerEntry, payload: bytes, key: RequestKey, timeout_s: float
+    ) -> None:
+        answer = _Answer(self, entry)
+        try:
+            await check(entry)
+        except ConsensusError as exc:
+            answer.set_exception(exc)  # refused before proposal: definite
+            return
+        except Exception as exc:  # a broken check: the call's INTERNAL, and nothing was proposed
+            answer.set_exception(ConsensusError(f"the release check failed: {exc!r}"))
+            return
+        self._node.submit_waiter(payload, key, timeout_s, answer)
+
+    def close(self) -> None:
+        """The call ended: checks still running are dropped with it."""
+        for task in list(self._checks):
+            task.cancel()
 
     def done_reading(self) -> None:
         self._reading = False
@@ -309,12 +395,17 @@ class SubmissionStream:
         if result is not None:
             self.answers.put_nowait(pb.SubmitStreamResponse(
                 client_id=entry.client_id, request_id=entry.request_id, index=result.index,
-                block_height=result.block_height, duplicate=result.duplicate))
-        else:
-            code = exc.code if isinstance(exc, ConsensusError) else "INTERNAL"
+                block_height=result.block_height, duplicate=result.duplicate, position=result.position))
+        elif isinstance(exc, ConsensusError):
             self.answers.put_nowait(pb.SubmitStreamResponse(
                 client_id=entry.client_id, request_id=entry.request_id,
-                error_code=code, error_message=str(exc)))
+                error_code=exc.code, error_message=str(exc), outcome_unknown=not exc.definite))
+        else:
+            # Not one of ours: nothing says the entry did not go on, so its
+            # outcome is unknown.
+            self.answers.put_nowait(pb.SubmitStreamResponse(
+                client_id=entry.client_id, request_id=entry.request_id,
+                error_code="INTERNAL", error_message=str(exc), outcome_unknown=True))
         if not self._reading and self._pending == 0:
             self.answers.put_nowait(None)
 

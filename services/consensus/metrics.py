@@ -107,3 +107,8 @@ class ConsensusMetrics:
             "Release submissions answered by this node, by outcome (published, duplicate, or the error code).",
             ["outcome"], registry=r,
         )
+        self.release_checks = Counter(
+            "fleetsuit_release_checks",
+            "Release entries checked before this node proposed them, by outcome (passed, skipped, "
+            "or the refusal's code).", ["outcome"], registry=r,
+        )

@@ -1,6 +1,9 @@
 """The consensus process: the node, its gRPC server (the RaftPeer service
-between members, ``peer_api.py``; the public Ledger API, ``ledger_api.py``),
-health, reflection and metrics — the shape every fleetsuit service has.
+between members, ``peer_api.py``; the public Ledger API, ``ledger_api.py``,
+with its checks of a release before proposal, ``release_check.py``; the
+Releases API, ``releases_api.py``), health, reflection and metrics — the
+shape every fleetsuit service has — and, while it runs, the bootstrap of the
+configured trust anchors into the ledger (``anchors.py``).
 
 ``build_node(config, deps)`` wires the runtime to its ports;
 ``build_server(config, deps)`` binds and returns ``(server, port)`` so tests
@@ -32,15 +35,20 @@ from fleetsuit import __version__
 from fleetsuit.logs import log_start
 from fleetsuit.metrics import new_registry, serve_metrics
 from fleetsuit.rpc import add_health_and_reflection, bind, graceful_stop, new_server, set_serving
+from fleetsuit.settings import ConfigError
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
+from . import release_check
+from .anchors import bootstrap_anchors
 from .config import ConsensusConfig
 from .convert import ERRORS
 from .ledger.certify import NodeKey
 from .ledger_api import LedgerServicer
 from .metrics import ConsensusMetrics
 from .peer_api import RaftPeerServicer
+from .release_check import ReleaseChecker
+from .releases_api import ReleasesServicer
 from .runtime import ConsensusNode
 from .storage import FileSnapshotStore, NodeStorage, RocksStorage
 from .synchronizer import advertised_address, plan_rejoin, rejoin
@@ -51,6 +59,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Ledger"].full_name,
     pb.DESCRIPTOR.services_by_name["RaftPeer"].full_name,
+    pb.DESCRIPTOR.services_by_name["Releases"].full_name,
 )
 HEALTH_INTERVAL_S = 0.1
 LIVENESS = "liveness"  # a health service name that is SERVING while the process runs
@@ -69,6 +78,14 @@ class Deps:
     node: ConsensusNode | None = field(default=None)
     transport: GrpcTransport | None = field(default=None)
     health: health.aio.HealthServicer | None = field(default=None)
+    # Its channels to the node's manifest and dht are closed by ``close``.
+    release_check: ReleaseChecker | None = field(default=None)
+
+    async def close(self) -> None:
+        """Close what build_server opened besides the server (the release
+        checker's channels)."""
+        if self.release_check is not None:
+            await self.release_check.close()
 
 
 def build_node(
@@ -91,11 +108,20 @@ def build_node(
 
 def build_server(config: ConsensusConfig, deps: Deps) -> tuple[grpc.aio.Server, int]:
     """The gRPC server of the node (``build_node`` made it, or made here),
-    bound to ``config.listen``; its health servicer goes into ``deps.health``."""
+    bound to ``config.listen``; its health servicer goes into ``deps.health``,
+    its release checker (channels to the node's manifest and dht, closed by
+    ``deps.close()``) into ``deps.release_check``."""
     node = deps.node if deps.node is not None else build_node(config, deps)[0]
     server, health_servicer = new_server("consensus", ERRORS, deps.metrics.registry)
+    checker = release_check.connect(
+        node, deps.metrics.release_checks, timeout_s=config.submit_timeout_s,
+        manifest_endpoint=config.manifest_endpoint, dht_endpoint=config.dht_endpoint,
+        skip=config.unsafe_skip_release_checks,
+    )
+    deps.release_check = checker
     pb_grpc.add_RaftPeerServicer_to_server(RaftPeerServicer(node, config.cluster_id), server)
-    pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config), server)
+    pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config, release_check=checker, metrics=deps.metrics), server)
+    pb_grpc.add_ReleasesServicer_to_server(ReleasesServicer(node, config, deps.metrics), server)
     add_health_and_reflection(server, health_servicer, SERVICE_NAMES)
     deps.health = health_servicer
     return server, bind(server, config.listen)
@@ -120,13 +146,20 @@ async def watch_health(node: ConsensusNode, servicer: health.aio.HealthServicer)
 
 
 async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = None) -> int:
-    """Run the node until ``shutdown`` is set; returns a process exit code."""
+    """Run the node until ``shutdown`` is set; returns a process exit code
+    (2: a trust anchor file that no longer loads)."""
     log_start(
         log, service="consensus", version=__version__, cluster_id=config.cluster_id, node_id=config.node_id,
         data_dir=config.data_dir,
         addresses={"listen": config.listen,
-                   "metrics": f"{config.metrics_address}:{config.metrics_port}" if config.metrics_port else "off"},
+                   "metrics": f"{config.metrics_address}:{config.metrics_port}" if config.metrics_port else "off",
+                   **{name: address for name, address in config.services().items() if name != "consensus"}},
     )
+    try:
+        anchors = config.anchors()  # validated already; read again, as used
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
     storage = RocksStorage(
         os.path.join(config.data_dir, "consensus"), node_id=config.node_id, cluster_id=config.cluster_id
     )
@@ -169,6 +202,9 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
     transport.start()
     node.start()
     tasks = [asyncio.create_task(watch_health(node, deps.health), name="health")]
+    if anchors:
+        tasks.append(asyncio.create_task(
+            bootstrap_anchors(node, anchors, config.submit_timeout_s), name="trust-anchors"))
     if rejoining:
         tasks.append(asyncio.create_task(rejoin(config, advertise, node), name="rejoin"))
     log.info("consensus %s serving on port %d, voters %s", config.node_id, port,
@@ -183,6 +219,7 @@ async def serve(config: ConsensusConfig, *, shutdown: asyncio.Event | None = Non
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await graceful_stop(server, deps.health, grace_s=1.0)
+        await deps.close()
         await node.stop()
         await transport.stop()
         storage.close()

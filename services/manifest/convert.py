@@ -12,12 +12,21 @@ or carries severable members that do not match, or a trust anchor in the
 request that is not a key — is refused: the servicer raises the library's
 error and the interceptor (``fleetsuit.rpc``) aborts with the status below
 and the error's code in ``fleetsuit-error-code``.
+
+Fetchable payloads (``ManifestDeviceContext.fetchable``) are looked up by
+the URI the manifest names; one with an EMPTY ``uri`` stands for the
+payload whatever URI the manifest names (``_FetchableByUri``): a caller
+that knows the payload by its digest and size, not by where a device
+would fetch it (the consensus node checking a release before it proposes
+it: fleetsuit finds payloads by content id), says so with ``uri = ""``.
+The digest and size are still checked against the manifest's.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from typing import cast
 
 import grpc
@@ -139,6 +148,41 @@ def _image(msg: pb.ManifestPayload) -> Image:
     return ImageInfo(bytes(msg.sha256), int(msg.size))
 
 
+class _FetchableByUri(Mapping[str, Image]):
+    """Fetchable payloads by URI, and ``any_uri`` for every URI not named:
+    the payload given with an empty ``uri``. Iterates over the named ones
+    only."""
+
+    def __init__(self, named: dict[str, Image], any_uri: Image) -> None:
+        self._named = named
+        self._any_uri = any_uri
+
+    def __getitem__(self, uri: str) -> Image:
+        return self._named.get(uri, self._any_uri)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def __contains__(self, uri: object) -> bool:
+        return isinstance(uri, str)
+
+
+def fetchable_from_pb(payloads: Iterable[pb.ManifestPayload]) -> Mapping[str, Image]:
+    """URI -> payload; a payload with an empty uri answers for any URI not
+    named (the module's docstring says why)."""
+    named: dict[str, Image] = {}
+    any_uri: Image | None = None
+    for p in payloads:
+        if p.uri:
+            named[p.uri] = _image(p)
+        else:
+            any_uri = _image(p)
+    return named if any_uri is None else _FetchableByUri(named, any_uri)
+
+
 def context_from_pb(msg: pb.ManifestDeviceContext) -> DeviceContext:
     return DeviceContext(
         vendor_id=bytes(msg.vendor_id),
@@ -147,7 +191,7 @@ def context_from_pb(msg: pb.ManifestDeviceContext) -> DeviceContext:
         installed_sequence={
             component_from_pb(i.component): int(i.sequence_number) for i in msg.installed
         },
-        fetchable={p.uri: _image(p) for p in msg.fetchable},
+        fetchable=fetchable_from_pb(msg.fetchable),
         images={component_from_pb(p.component): _image(p) for p in msg.images},
     )
 

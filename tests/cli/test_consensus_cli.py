@@ -67,16 +67,52 @@ def test_append_takes_text_a_file_or_stdin(
 ) -> None:
     doc = _json(capsys, ["ledger", "append", "--endpoint", endpoint, "hello", "--json",
                          "--client-id", "ci", "--request-id", "7"])
-    assert doc == {"index": 11, "block_height": 5, "duplicate": False, "client_id": "ci", "request_id": 7}
+    assert doc == {"index": 11, "block_height": 5, "duplicate": False, "position": 0,
+                   "client_id": "ci", "request_id": 7}
     entry = tmp_path / "entry.bin"
     entry.write_bytes(b"\x00binary\xff")
     assert main(["ledger", "append", "--endpoint", endpoint, "--file", str(entry)]) == 0
-    assert capsys.readouterr().out == "committed at index 12, block 5\n"
+    filed = ledger.submitted[1]
+    assert capsys.readouterr().out == (
+        f"committed at index 12, block 5, position 0; client id {filed.client_id}, request id {filed.request_id}\n"
+    )
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from stdin")))
     assert main(["ledger", "append", "--endpoint", endpoint, "-"]) == 0
     assert [e.app.payload for e in ledger.submitted] == [b"hello", b"\x00binary\xff", b"from stdin"]
     assert ledger.submitted[0].client_id == "ci" and ledger.submitted[0].request_id == 7
-    assert ledger.submitted[1].client_id.startswith("cli-")
+    assert filed.client_id.startswith("cli-")
+
+
+def test_append_without_a_request_id_takes_a_fresh_one_and_prints_it(
+    endpoint: str, ledger: FakeLedger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A constant default would make a second append with the same client
+    id a retry of the first (answered with the first entry): each append
+    takes a new random request id, printed so that a retry can reuse it."""
+    docs = [_json(capsys, ["ledger", "append", "--endpoint", endpoint, text, "--json", "--client-id", "ci"])
+            for text in ("one", "two")]
+    ids = [e.request_id for e in ledger.submitted]
+    assert [d["request_id"] for d in docs] == ids
+    assert ids[0] != ids[1] and all(1 <= i < 2**63 for i in ids)
+    assert [e.client_id for e in ledger.submitted] == ["ci", "ci"]
+
+
+@pytest.mark.parametrize("request_id", ["0", str(2**63)])
+def test_append_refuses_a_request_id_out_of_range(
+    endpoint: str, ledger: FakeLedger, capsys: pytest.CaptureFixture[str], request_id: str
+) -> None:
+    assert main(["ledger", "append", "--endpoint", endpoint, "x", "--request-id", request_id]) == EXIT_USAGE
+    assert "--request-id must be between 1 and" in capsys.readouterr().err
+    assert ledger.submitted == []
+
+
+def test_a_failed_append_names_the_ids_to_retry_with(capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    argv = ["ledger", "append", "--endpoint", address, "x", "--client-id", "ci", "--request-id", "5"]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith(f"fleetsuit: cannot reach {address}") and len(err.splitlines()) == 1
+    assert err.rstrip().endswith("(retry with --client-id ci --request-id 5)")
 
 
 @pytest.mark.parametrize("argv", [[], ["hello", "--file", "x"]])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,13 @@ class LocalCluster:
     """``nodes`` nodes on loopback under ``data_dir``; each process is
     stopped by pid at close()."""
 
-    def __init__(self, nodes: int, data_dir: Path, cluster_id: str = "test") -> None:
+    def __init__(
+        self, nodes: int, data_dir: Path, cluster_id: str = "test", trust_anchors: Sequence[Path] = ()
+    ) -> None:
         self.base_port = free_base_port(NODE_PORT_SPAN * nodes + NODE_PORT_SPAN)
-        self.doc, self._procs = start_cluster(nodes, data_dir, self.base_port, cluster_id)
+        self.doc, self._procs = start_cluster(
+            nodes, data_dir, self.base_port, cluster_id, trust_anchors=trust_anchors
+        )
         self.nodes: list[dict[str, Any]] = self.doc["nodes"]
 
     def endpoint(self, node_id: str, service: str = "consensus") -> str:

@@ -39,9 +39,9 @@ from typing import Any
 
 from ..errors import (
     ChangePending,
-    OutcomeUnknown,
     MembershipRefused,
     NotLeader,
+    OutcomeUnknown,
     ShuttingDown,
     StorageError,
 )

@@ -6,9 +6,14 @@ simulation runs (``check``) and once it has healed (``check_converged``):
   links to the block below (every node builds the same chain, whatever it
   lived through: crashes, restarts, snapshots installed).
 - At most once: a request key is applied in one block only, on every node.
-- Acknowledged answers are true: an answer (index, height) given to a
-  client names a block at that height, on every node, that holds the entry
-  and covers that index; a retried key gets the first answer.
+- Acknowledged answers are true: an answer (index, height, position) given
+  to a client is one of an entry in effect (no refusal), and names a block
+  at that height, on every node, that covers that index and holds, at that
+  position, the very bytes the client submitted; a retried key gets the
+  first answer.
+- Definite failures are definite: a key whose every attempt failed with a
+  definite error (it never left the node it was submitted to) is in no
+  block, ever.
 - Certificates: a height a node calls certified has signatures from a
   majority of the voters, each one valid against the key the ledger records
   for its signer and the block's hash.
@@ -21,7 +26,8 @@ from __future__ import annotations
 from services.consensus.ledger.block import GENESIS_HASH, block_hash
 from services.consensus.ledger.certify import block_message, quorum, verify
 from services.consensus.ledger.codec import decode_entry
-from services.consensus.ledger.keys import RequestKey
+from services.consensus.ledger.keys import RequestKey, entry_digest
+from services.consensus.ledger.machine import Applied
 from services.consensus.raft.types import Role
 from services.consensus.runtime import ConsensusNode
 
@@ -39,17 +45,45 @@ class LedgerChecker:
         self._leaders: dict[int, str] = {}
         self._checked: dict[str, int] = {}  # node -> height checked
         self._certified: dict[str, int] = {}  # node -> certified height checked
-        self.acks: dict[RequestKey, tuple[int, int]] = {}
-        self._acks_at: dict[int, list[tuple[RequestKey, int]]] = {}
+        self.acks: dict[RequestKey, tuple[int, int, int]] = {}  # key -> (index, height, position)
+        self._acks_at: dict[int, list[tuple[RequestKey, int, int, bytes]]] = {}
+        self._entry_at: dict[tuple[int, int], bytes] = {}  # (height, position) -> digest of the entry
+        self._never: set[RequestKey] = set()
 
-    def acknowledged(self, key: RequestKey, index: int, height: int) -> None:
-        first = self.acks.setdefault(key, (index, height))
-        if first != (index, height):
-            raise InvariantViolation(f"{key} answered {first} first, then {(index, height)}")
-        if first == (index, height) and (key, index) not in self._acks_at.get(height, []):
-            self._acks_at.setdefault(height, []).append((key, index))
-            if height in self.hashes and self._key_height.get(key) != height:
-                raise InvariantViolation(f"{key} was answered with block {height}, which lacks it")
+    def acknowledged(self, answer: Applied, digest: bytes) -> None:
+        """A client got ``answer`` for the entry whose bytes have ``digest``."""
+        key = answer.key
+        assert key is not None
+        if answer.outcome:
+            raise InvariantViolation(f"{key} acknowledged as applied, yet refused: {answer.outcome}")
+        if answer.digest != digest:
+            raise InvariantViolation(f"{key} acknowledged with the digest of another entry")
+        where = (answer.index, answer.block_height, answer.position)
+        first = self.acks.setdefault(key, where)
+        if first != where:
+            raise InvariantViolation(f"{key} answered {first} first, then {where}")
+        index, height, position = where
+        if (key, index, position, digest) in self._acks_at.get(height, []):
+            return
+        self._acks_at.setdefault(height, []).append((key, index, position, digest))
+        if height in self.hashes:
+            self._check_ack(key, height, position, digest)
+
+    def never_applied(self, key: RequestKey) -> None:
+        """Every attempt to submit ``key`` failed definitely: it must never
+        be in a block."""
+        self._never.add(key)
+        if key in self._key_height:
+            raise InvariantViolation(
+                f"{key} failed definitely on every attempt, yet is in block {self._key_height[key]}"
+            )
+
+    def _check_ack(self, key: RequestKey, height: int, position: int, digest: bytes) -> None:
+        if self._key_height.get(key) != height:
+            raise InvariantViolation(f"{key} was answered with block {height}, which lacks it")
+        if self._entry_at.get((height, position)) != digest:
+            raise InvariantViolation(f"{key} was answered with position {position} of block {height}, "
+                                     "which holds another entry")
 
     def restarted(self, node_id: str) -> None:
         """A node came back: its chain is checked again from the start."""
@@ -82,7 +116,9 @@ class LedgerChecker:
                 raise InvariantViolation(f"{node_id} holds another block at height {height}")
             if block.prev_hash != self.hashes.get(height - 1, block.prev_hash):
                 raise InvariantViolation(f"{node_id}: block {height} does not link to block {height - 1}")
-            for payload in block.entries:
+            for position, payload in enumerate(block.entries):
+                if (height, position) not in self._entry_at:
+                    self._entry_at[height, position] = entry_digest(payload)
                 view = decode_entry(payload)
                 key = view.key if view is not None else None
                 if key is None:
@@ -90,9 +126,10 @@ class LedgerChecker:
                 where = self._key_height.setdefault(key, height)
                 if where != height:
                     raise InvariantViolation(f"{key} applied twice: in blocks {where} and {height}")
-            for key, index in self._acks_at.get(height, ()):
-                if self._key_height.get(key) != height:
-                    raise InvariantViolation(f"{key} was answered with block {height}, which lacks it")
+                if key in self._never:
+                    raise InvariantViolation(f"{key} failed definitely on every attempt, yet is in block {height}")
+            for key, index, position, digest in self._acks_at.get(height, ()):
+                self._check_ack(key, height, position, digest)
                 if not block.first_index <= index <= block.last_index:
                     raise InvariantViolation(f"{key} was answered with index {index}, outside block {height}")
             self._checked[node_id] = height

@@ -2,11 +2,14 @@
 timer on the virtual clock, after a seeded delay; links can be cut (a
 partition) and messages dropped or duplicated. ``SimTransport`` is one
 node's ``PeerTransport`` over it: Raft messages, snapshot streams and block
-signatures all cross the same faulty links."""
+signatures all cross the same faulty links. A test may watch the Raft
+messages as they arrive (``probe``), to act at a precise point: cut a node
+off right after its proposal reached the leader."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 
@@ -26,6 +29,8 @@ class SimNetwork:
         self.dup_rate = 0.0
         self.min_delay_s = 0.0005
         self.max_delay_s = 0.005
+        # Called with each Raft message just delivered to its node.
+        self.probe: Callable[[Message], None] | None = None
 
     # ------------------------------------------------------------ faults
 
@@ -62,6 +67,11 @@ class SimNetwork:
         if node is not None and self.connected(src, dst):
             act(node)
 
+    def deliver_message(self, node: ConsensusNode, msg: Message) -> None:
+        node.deliver([msg])
+        if self.probe is not None:
+            self.probe(msg)
+
     async def hop(self, src: str, dst: str) -> ConsensusNode | None:
         """One reliable-stream hop (a snapshot chunk, a signature pull): the
         peer, if it is alive and reachable once the hop's delay has passed."""
@@ -82,7 +92,7 @@ class SimTransport:
     def send(self, messages: Sequence[Message]) -> None:
         for msg in messages:
             if msg.dst in self._peers:
-                self._net.deliver(self._me, msg.dst, lambda node, m=msg: node.deliver([m]))
+                self._net.deliver(self._me, msg.dst, functools.partial(self._net.deliver_message, msg=msg))
 
     async def send_snapshot(self, node_id: str, chunks: AsyncIterable[Message]) -> bool:
         async for chunk in chunks:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.errors import ConsensusError
 from services.consensus.ledger.certify import NodeKey
-from services.consensus.ledger.keys import RequestKey
+from services.consensus.ledger.keys import RequestKey, entry_digest
 from services.consensus.metrics import ConsensusMetrics
 from services.consensus.raft.types import RaftConfig
 from services.consensus.runtime import ConsensusNode, RuntimeConfig
@@ -72,6 +72,8 @@ class Stats:
     snapshots_installed: int = 0
     acknowledged: int = 0
     height: int = 0
+    outcome_unknown: int = 0  # answers OUTCOME_UNKNOWN (the entry may have committed)
+    given_up: int = 0  # keys whose every attempt failed definitely (checked never to apply)
 
 
 class SimCluster:
@@ -143,6 +145,8 @@ class SimCluster:
             payload = pb.LedgerEntry(
                 client_id=name, request_id=request_id, app=pb.AppEntry(payload=self.rng.randbytes(16))
             ).SerializeToString()
+            digest = entry_digest(payload)
+            unknown = False
             for _attempt in range(4):  # the same key, to another node: applied once
                 live = sorted(self.net.nodes)
                 if not live:
@@ -151,10 +155,17 @@ class SimCluster:
                 node = self.net.nodes[self.rng.choice(live)]
                 try:
                     answer = await node.submit(payload, key, timeout_s=1.0)
-                except ConsensusError:
+                except ConsensusError as exc:
+                    if not exc.definite:
+                        unknown = True
+                        self.stats.outcome_unknown += 1
                     continue
-                self.checker.acknowledged(key, answer.index, answer.block_height)
+                self.checker.acknowledged(answer, digest)
                 break
+            else:
+                if not unknown:  # it never left a node: it must never apply
+                    self.stats.given_up += 1
+                    self.checker.never_applied(key)
             await asyncio.sleep(self.rng.uniform(0.01, 0.08))
 
     # ------------------------------------------------------------ faults
@@ -202,7 +213,7 @@ class SimCluster:
             node = self.net.nodes[self.rng.choice(self.ids)]
             try:
                 answer = await node.submit(payload, final, timeout_s=1.0)
-                self.checker.acknowledged(final, answer.index, answer.block_height)
+                self.checker.acknowledged(answer, entry_digest(payload))
                 break
             except ConsensusError:
                 if self.loop.time() > deadline:
