@@ -1,224 +1,275 @@
 """``make run``: start a local cluster on loopback (RocksDB under ``--data``),
 run the main job against it, print what happened, and stop every process.
 
-The main job is the path of a release, as far as it is built today:
-1. a CI step uploads a firmware payload to one node's dht, builds a SUIT
-   envelope for it and signs it (the key stays with CI);
-2. another node's manifest service validates the envelope against the trust
-   anchor and a device's context; a stale copy (rollback) is refused;
-3. the release is committed to the ledger through a follower (forwarded to
-   the leader), idempotently;
-4. a third node serves the payload from the dht, digest checked;
-5. the leader is killed: the cluster elects another and keeps committing;
-6. the certified ledger is exported and verified offline against the
-   cluster's anchors, and a compact proof of the release is checked offline,
+The main job is the path of a release as it is built today:
+1. before the cluster starts, a CI publisher key (Ed25519) is made; its
+   public key is written under ``--data`` and the cluster is started with it
+   as its trust anchor, recorded in the ledger at bootstrap (the private key
+   stays in this process, as it stays with a CI step);
+2. a CI step pushes a 4 MiB firmware release with ``fleetsuit.client``
+   (``FleetClient``, the library a pipeline imports): upload to one node's
+   dht, envelope built and signed here, release committed;
+3. the refusals the cluster makes before commit, each with its code: a push
+   signed by an untrusted key (UNTRUSTED_KEY), a stale sequence number
+   (STALE_SEQUENCE), a payload nobody uploaded (PAYLOAD_MISSING); and the
+   same push re-run, answered with the same release (idempotent);
+4. a follower lists the release (linearizable reads);
+5. another node's dht serves the payload, digest checked;
+6. the leader is killed (SIGKILL): the cluster elects another and the next
+   release commits through a survivor;
+7. the certified ledger is exported and verified offline against the
+   cluster's anchors, and the release's compact proof is checked offline,
    as a device would.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetsuit.cli import CliError
-from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.client import FleetClient
+from fleetsuit.client_errors import FleetError, Refused
+from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.release_model import CID_PREFIX, PushResult
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from fleetsuit.v1 import dht_pb2, dht_pb2_grpc, manifest_pb2, manifest_pb2_grpc
+from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.consensus.convert import block_from_pb
 from services.consensus.ledger.block import verify_chain
 from services.consensus.ledger.certify import Anchors, verify_certified_chain
 from services.consensus.ledger.export import read_blocks, write_blocks
 from services.consensus.ledger.proof import verify_entry_proof
-from suit.build import build_envelope, sign_envelope
+from suit import keys as suit_keys
 
 from . import preflight
 from .cluster import plan_nodes, planned_ports, start_cluster, stop_processes
 from .up import wait_serving
 
-PAYLOAD_BYTES = 4 * 1024 * 1024
-VENDOR_DOMAIN = "example.com"
-CLASS_INFO = "fleetsuit-demo-board"
+MIB = 1024 * 1024
+PAYLOAD_BYTES = 4 * MIB
+NEXT_PAYLOAD_BYTES = 256 * 1024
+COMPONENT = "firmware"
+DEVICE_CLASS = "demo-board"
+PUBLISHER_FILE = "ci-publisher.pub.pem"
+WAIT_S = 30.0
+CALL_TIMEOUT_S = 10.0
+T = TypeVar("T")
+_CID = re.compile(r"(sha256:[0-9a-f]{16})[0-9a-f]{48}")
 
 
-async def _until(probe: Any, timeout_s: float, what: str) -> Any:
+class DemoFailed(RuntimeError):
+    """The cluster did not do what the demo shows; the message says what."""
+
+
+def _until(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """``probe()`` until it returns a true value (errors count as not yet)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            value = await probe()
+            value = probe()
             if value:
                 return value
-        except grpc.RpcError:
+        except (grpc.RpcError, FleetError):
             pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    raise DemoFailed(f"timed out after {timeout_s:g}s waiting for {what}")
 
 
-class Cluster:
+class Nodes:
+    """Plain channels to every node's consensus and dht services (the
+    release path goes through ``FleetClient``; these are for what a pipeline
+    does not do: find the leader, read a blob, export the ledger)."""
+
     def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc = doc
-        self.ids = [n["id"] for n in doc["nodes"]]
-        self.channels: list[grpc.aio.Channel] = []
-        self.ledger = {n["id"]: pb_grpc.LedgerStub(self._ch(n["endpoints"]["consensus"])) for n in doc["nodes"]}
-        self.dht = {n["id"]: dht_pb2_grpc.DhtStub(self._ch(n["endpoints"]["dht"])) for n in doc["nodes"]}
-        self.manifest = {
-            n["id"]: manifest_pb2_grpc.ManifestStub(self._ch(n["endpoints"]["manifest"])) for n in doc["nodes"]
-        }
+        self.ids: list[str] = [n["id"] for n in doc["nodes"]]
+        self.endpoints: dict[str, dict[str, str]] = {n["id"]: n["endpoints"] for n in doc["nodes"]}
+        self._channels: dict[str, grpc.Channel] = {}
 
-    def _ch(self, endpoint: str) -> grpc.aio.Channel:
-        channel = insecure_channel(endpoint)
-        self.channels.append(channel)
-        return channel
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        if endpoint not in self._channels:
+            self._channels[endpoint] = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        return self._channels[endpoint]
 
-    async def leader(self, among: list[str]) -> str | None:
+    def consensus(self, nid: str) -> str:
+        return self.endpoints[nid]["consensus"]
+
+    def ledger(self, nid: str) -> pb_grpc.LedgerStub:
+        return pb_grpc.LedgerStub(self._channel(self.consensus(nid)))
+
+    def dht(self, nid: str) -> dht_pb2_grpc.DhtStub:
+        return dht_pb2_grpc.DhtStub(self._channel(self.endpoints[nid]["dht"]))
+
+    def status(self, nid: str, timeout_s: float = 1.0) -> pb.StatusResponse:
+        answer: pb.StatusResponse = self.ledger(nid).Status(pb.StatusRequest(), timeout=timeout_s)
+        return answer
+
+    def leader(self, among: list[str]) -> str | None:
         for nid in among:
             try:
-                s = await self.ledger[nid].Status(pb.StatusRequest(), timeout=0.5)
+                if self.status(nid, 0.5).role == "leader":
+                    return nid
             except grpc.RpcError:
                 continue
-            if s.role == "leader":
-                return nid
         return None
 
-    async def submit(self, node: str, entry: pb.LedgerEntry, among: list[str]) -> pb.SubmitResponse:
-        order = [node] + [n for n in among if n != node]
-        for attempt in range(100):
-            try:
-                answer: pb.SubmitResponse = await self.ledger[order[attempt % len(order)]].Submit(
-                    pb.SubmitRequest(entry=entry, timeout_ms=2000), timeout=3)
-                return answer
-            except grpc.RpcError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("submission never committed")
-
-    async def close(self) -> None:
-        for ch in self.channels:
-            await ch.close()
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
 
 
-def _envelope(payload: bytes, cid: str, sequence: int, key: Ed25519PrivateKey) -> bytes:
-    description = {
-        "manifest-version": 1,
-        "manifest-sequence-number": sequence,
-        "text": {"manifest-description": f"demo firmware, sequence {sequence}"},
-        "components": [{
-            "install-id": ["00"],
-            "vendor-domain": VENDOR_DOMAIN,
-            "class-info": CLASS_INFO,
-            "install-digest": {"algorithm-id": "sha256", "digest-bytes": hashlib.sha256(payload).hexdigest()},
-            "install-size": len(payload),
-            "uri": f"fleetsuit:{cid}",
-        }],
-    }
-    signed: bytes = sign_envelope(build_envelope(description, {}), key)
-    return signed
+def _progress(done: int, total: int) -> None:
+    """The upload's progress as plain lines (a pipeline's log has no terminal)."""
+    print(f"[ci]   upload {done / MIB:.1f} of {total / MIB:.1f} MiB ({100 * done // max(total, 1)}%)")
 
 
-def _device_context(payload: bytes, cid: str, installed: int) -> manifest_pb2.ManifestDeviceContext:
-    import uuid
-
-    vendor = uuid.uuid5(uuid.NAMESPACE_DNS, VENDOR_DOMAIN)
-    klass = uuid.uuid5(vendor, CLASS_INFO)
-    component = manifest_pb2.ManifestComponentId(parts=[b"\x00"])
-    return manifest_pb2.ManifestDeviceContext(
-        vendor_id=vendor.bytes, class_id=klass.bytes,
-        installed=[manifest_pb2.ManifestInstalledSequence(component=component, sequence_number=installed)],
-        fetchable=[manifest_pb2.ManifestPayload(
-            uri=f"fleetsuit:{cid}", sha256=hashlib.sha256(payload).digest(), size=len(payload))],
-    )
+def _short(text: str, limit: int = 120) -> str:
+    """``text`` with content ids cut to 16 hex digits, and at most ``limit`` characters."""
+    text = _CID.sub(r"\1...", text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-async def main_job(doc: dict[str, Any], kill: Any) -> int:
-    c = Cluster(doc)
-    n1, n2, n3 = c.ids[:3]
+def _expect_refusal(what: str, code: str, push: Callable[[], PushResult], node: str) -> None:
     try:
-        started = time.monotonic()
-        leader = await _until(lambda: c.leader(c.ids), 30, "a leader")
+        result = push()
+    except Refused as exc:
+        if exc.code != code:
+            raise DemoFailed(f"{what}: refused {exc.code}, not {code}: {exc.message}") from None
+        print(f"[{node}] refused before commit: {what}: {exc.code} ({_short(exc.message)})")
+        return
+    raise DemoFailed(f"{what} was not refused: committed as {result.release_id} at index {result.index}")
+
+
+def main_job(
+    doc: dict[str, Any], ci_key_pem: bytes, rogue_key_pem: bytes, kill: Callable[[str], None], started: float
+) -> int:
+    """The path of a release on the started cluster; ``started``: when the
+    cluster was started (monotonic clock)."""
+    nodes = Nodes(doc)
+    ci_node = nodes.ids[0]
+    client = FleetClient(nodes.consensus(ci_node), timeout_s=CALL_TIMEOUT_S, retry_deadline_s=WAIT_S)
+    clients = [client]
+    try:
+        leader = _until(lambda: nodes.leader(nodes.ids), WAIT_S, "a leader")
         print(f"leader elected: {leader} ({time.monotonic() - started:.2f}s after start)")
 
-        # 1. CI: upload, build, sign.
+        # 1. The CI publisher's key, in the ledger as its trust anchor.
+        anchors_in_ledger = _until(client.trust_anchors, WAIT_S, "the trust anchors in the ledger")
+        for anchor in anchors_in_ledger:
+            scope = ", ".join((*anchor.components, *anchor.device_classes)) or "any component and device class"
+            print(f"trust anchor in the ledger: key {anchor.key_id} (the CI publisher's; {scope}), "
+                  f"{time.monotonic() - started:.2f}s after start")
+
+        # 2. CI: push a release with the client library.
         payload = random.Random(7).randbytes(PAYLOAD_BYTES)
+        release = f"{COMPONENT}@2"
+        print(f"[ci] FleetClient({client.endpoint}) push {release} for {DEVICE_CLASS}: "
+              f"{len(payload)} bytes, signed here with Ed25519")
 
-        async def chunks() -> Any:
-            for i in range(0, len(payload), 256 * 1024):
-                yield dht_pb2.BlobPutRequest(data=payload[i:i + 256 * 1024], pin=(i == 0))
+        def push_2() -> PushResult:
+            return client.push_release(payload, component=COMPONENT, sequence=2, key_pem=ci_key_pem,
+                                       device_class=DEVICE_CLASS, progress=_progress)
 
-        put = await c.dht[n1].Put(chunks(), timeout=60)
-        print(f"[ci] payload of {put.size} bytes stored on {n1}'s dht as {put.content_id} "
-              f"({put.chunk_count} chunks, {put.replicas_requested} replicas requested)")
-        ci_key = Ed25519PrivateKey.generate()
-        anchor = manifest_pb2.ManifestTrustAnchor(public_key_der=ci_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-        envelope = _envelope(payload, put.content_id, 2, ci_key)
-        print(f"[ci] SUIT envelope built and signed with Ed25519: {len(envelope)} bytes, sequence 2")
+        t0 = time.monotonic()
+        pushed = push_2()
+        took = time.monotonic() - t0
+        print(f"[ci] published {pushed.release_id}: block {pushed.block_height}, position {pushed.position} "
+              f"(index {pushed.index}); {pushed.payload_size} bytes uploaded, checked and committed in "
+              f"{took:.2f}s ({pushed.payload_size / MIB / max(took, 1e-3):.1f} MiB/s end to end)")
+        if pushed.duplicate or not pushed.uploaded:
+            raise DemoFailed(f"the first push of {release} was not a fresh upload and commit")
 
-        # 2. Validation by another node's manifest service.
-        verdict = await c.manifest[n2].Validate(manifest_pb2.ManifestValidateRequest(
-            envelope=envelope, trust_anchors=[anchor], context=_device_context(payload, put.content_id, 1)))
-        print(f"[{n2} manifest] update from sequence 1: accepted={verdict.accepted}")
-        stale = _envelope(payload, put.content_id, 1, ci_key)
-        refused = await c.manifest[n2].Validate(manifest_pb2.ManifestValidateRequest(
-            envelope=stale, trust_anchors=[anchor], context=_device_context(payload, put.content_id, 1)))
-        code = manifest_pb2.ManifestErrorCode.Name(refused.code)
-        print(f"[{n2} manifest] stale envelope (sequence 1 over 1): accepted={refused.accepted} ({code})")
-        if not verdict.accepted or refused.accepted:
-            raise RuntimeError("manifest validation did not behave")
+        # 3. What the cluster refuses before commit; a re-run is the same release.
+        _expect_refusal(f"{COMPONENT}@3 signed by a key the ledger does not trust", "UNTRUSTED_KEY",
+                        lambda: client.push_release(payload, component=COMPONENT, sequence=3,
+                                                    key_pem=rogue_key_pem, device_class=DEVICE_CLASS),
+                        ci_node)
+        _expect_refusal(f"{COMPONENT}@1, below the current sequence 2", "STALE_SEQUENCE",
+                        lambda: client.push_release(payload, component=COMPONENT, sequence=1,
+                                                    key_pem=ci_key_pem, device_class=DEVICE_CLASS),
+                        ci_node)
+        never = b"firmware bytes nobody uploaded"
+        missing = CID_PREFIX + hashlib.sha256(never).hexdigest()
+        _expect_refusal(f"{COMPONENT}@3 naming a payload no dht holds", "PAYLOAD_MISSING",
+                        lambda: client.push_release(None, component=COMPONENT, sequence=3, key_pem=ci_key_pem,
+                                                    device_class=DEVICE_CLASS, payload_cid=missing,
+                                                    payload_size=len(never)),
+                        ci_node)
+        again = push_2()
+        if not again.duplicate or (again.release_id, again.index, again.block_height, again.position) != (
+                pushed.release_id, pushed.index, pushed.block_height, pushed.position):
+            raise DemoFailed(f"the re-run of the push of {release} was not answered with the first release")
+        print(f"[ci] the same push re-run: {again.release_id}, block {again.block_height}, position "
+              f"{again.position}, duplicate={again.duplicate}, uploaded={again.uploaded} (applied once)")
 
-        # 3. Commit the release through a follower; retry it to show idempotency.
-        follower = next(n for n in c.ids if n != leader)
-        release = pb.LedgerEntry(client_id="ci-pipeline", request_id=1, release_published=pb.ReleasePublished(
-            release_id="demo-2", envelope=envelope, component="00", sequence_number=2,
-            payload_cid=put.content_id, payload_size=put.size))
-        committed = await c.submit(follower, release, c.ids)
-        again = await c.submit(n3, release, c.ids)
-        if (again.index, again.block_height) != (committed.index, committed.block_height):
-            raise RuntimeError("a retried submission was applied twice")
-        print(f"[ledger] release demo-2 committed via {follower}: index {committed.index}, "
-              f"block {committed.block_height}; the retry via {n3} got the same answer (applied once)")
+        # 4. A follower lists it (linearizable reads, through the leader's commit index).
+        leader = _until(lambda: nodes.leader(nodes.ids), WAIT_S, "a leader")
+        reader = next((n for n in nodes.ids if n not in (leader, ci_node)), None) or \
+            next(n for n in nodes.ids if n != leader)
+        follower_client = FleetClient(nodes.consensus(reader), timeout_s=CALL_TIMEOUT_S, retry_deadline_s=WAIT_S)
+        clients.append(follower_client)
+        listed = follower_client.list_releases(component=COMPONENT)
+        # Exactly the one release: nothing of the refused pushes was committed.
+        if [(r.release_id, r.block_height, r.position) for r in listed] != [
+                (release, pushed.block_height, pushed.position)]:
+            raise DemoFailed(f"{reader} lists {[r.release_id for r in listed]} for {COMPONENT}, "
+                             f"not {release} alone where it was committed")
+        r = listed[0]
+        print(f"[{reader} follower] lists {r.release_id} (the one release of {COMPONENT}): {r.state}, "
+              f"classes {', '.join(r.device_classes)}, payload {_short(r.payload_cid)} ({r.payload_size} bytes), "
+              f"signed by {r.signer_key_id}")
+        current = follower_client.current_release(COMPONENT, DEVICE_CLASS)
+        print(f"[{reader} follower] current release of {COMPONENT} for {DEVICE_CLASS}: {current.release_id}")
+        if current.release_id != release:
+            raise DemoFailed(f"{reader}'s current release of {COMPONENT} is {current.release_id}, not {release}")
 
-        # 4. Another node serves the payload.
+        # 5. Another node's dht serves the payload.
+        server = nodes.ids[-1]
         got = bytearray()
-        async for part in c.dht[n3].Get(dht_pb2.BlobGetRequest(content_id=put.content_id), timeout=60):
+        for part in nodes.dht(server).Get(dht_pb2.BlobGetRequest(content_id=pushed.payload_cid), timeout=60):
             got += part.data
         ok = hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
-        print(f"[{n3} dht] served {len(got)} bytes, digest matches: {ok}")
+        print(f"[{server} dht] served {len(got)} bytes of {_short(pushed.payload_cid)}, digest matches: {ok}")
+        if not ok:
+            raise DemoFailed(f"{server}'s dht served other bytes than the payload")
 
-        # 5. Kill the leader.
+        # 6. Kill the leader; the next release commits through a survivor.
         print(f"killing the leader {leader} (SIGKILL) ...")
         killed_at = time.monotonic()
         kill(leader)
-        survivors = [n for n in c.ids if n != leader]
-        new_leader = await _until(lambda: c.leader(survivors), 30, "a new leader")
-        after = await c.submit(new_leader, pb.LedgerEntry(
-            client_id="ci-pipeline", request_id=2, app=pb.AppEntry(payload=b"after failover")), survivors)
-        print(f"  new leader {new_leader}; first commit after the kill at index {after.index} "
+        survivors = [n for n in nodes.ids if n != leader]
+        new_leader = _until(lambda: nodes.leader(survivors), WAIT_S, "a new leader")
+        elected_s = time.monotonic() - killed_at
+        via = next((n for n in survivors if n != new_leader), new_leader)
+        survivor_client = FleetClient(nodes.consensus(via), timeout_s=CALL_TIMEOUT_S, retry_deadline_s=WAIT_S)
+        clients.append(survivor_client)
+        after = survivor_client.push_release(
+            random.Random(8).randbytes(NEXT_PAYLOAD_BYTES), component=COMPONENT, sequence=3, key_pem=ci_key_pem,
+            device_class=DEVICE_CLASS)
+        print(f"  new leader {new_leader} ({elected_s * 1000:.0f} ms after the kill); {after.release_id} "
+              f"committed through {via} at block {after.block_height} "
               f"({(time.monotonic() - killed_at) * 1000:.0f} ms after the kill)")
 
-        # 6. Offline verification against the anchors.
+        # 7. Offline: the certified ledger against anchors.json, and the release's proof.
         anchors = Anchors.from_json(Path(doc["anchors"]).read_text())
-        stub = c.ledger[new_leader]
-
-        async def certified() -> bool:
-            s = await stub.Status(pb.StatusRequest(), timeout=1)
-            return bool(s.certified_height >= after.block_height)
-
-        await _until(certified, 30, "certification of the new blocks")
-        blocks = [block_from_pb(b) async for b in stub.ExportBlocks(pb.ExportRequest(certified_only=True))]
+        stub = nodes.ledger(new_leader)
+        _until(lambda: nodes.status(new_leader).certified_height >= after.block_height, WAIT_S,
+               "certification of the new blocks")
+        blocks = [block_from_pb(b) for b in stub.ExportBlocks(pb.ExportRequest(certified_only=True), timeout=60)]
         buf = io.BytesIO()
         write_blocks(buf, blocks)
         chain = list(read_blocks(io.BytesIO(buf.getvalue())))
@@ -226,21 +277,24 @@ async def main_job(doc: dict[str, Any], kill: Any) -> int:
         verify_certified_chain(chain, anchors)
         print(f"[offline] exported {len(chain)} blocks ({len(buf.getvalue())} bytes): every hash link and every "
               f"quorum certificate verifies against anchors.json; head {head.hex()[:16]}...")
-        block = block_from_pb(await stub.GetBlock(pb.GetBlockRequest(height=committed.block_height)))
-        position = next(i for i, raw in enumerate(block.entries)
-                        if pb.LedgerEntry.FromString(raw).WhichOneof("kind") == "release_published")
-        proof = await stub.GetProof(pb.ProofRequest(height=committed.block_height, position=position))
-        proven = verify_entry_proof(proof.SerializeToString(), anchors)
-        print(f"[device] a {proof.ByteSize()}-byte proof shows release "
+        raw = survivor_client.proof(pushed.block_height, pushed.position, wait_certified_s=WAIT_S)
+        proven = verify_entry_proof(raw, anchors)
+        proof = pb.EntryProof.FromString(raw)
+        if proven.WhichOneof("kind") != "release_published" or proven.release_published.release_id != release:
+            raise DemoFailed(f"the proof of block {pushed.block_height}, position {pushed.position} "
+                             f"is not of {release}")
+        print(f"[device] proof verified offline: a {len(raw)}-byte proof shows release "
               f"{proven.release_published.release_id} in certified block {proof.height} "
               f"({len(proof.certificate)} signatures, {len(proof.path)} Merkle steps)")
         for nid in survivors:
-            s = await c.ledger[nid].Status(pb.StatusRequest(), timeout=2)
+            s = nodes.status(nid, 2.0)
             print(f"  {nid}: role={s.role} term={s.term} commit={s.commit_index} blocks={s.block_height} "
                   f"certified={s.certified_height}")
         return 0
     finally:
-        await c.close()
+        for c in clients:
+            c.close()
+        nodes.close()
 
 
 def main() -> int:
@@ -263,14 +317,31 @@ def main() -> int:
         return exc.code
     if data.exists():
         shutil.rmtree(data)
-    doc, procs = start_cluster(args.nodes, data, args.base_port)
+    # The CI publisher's key, made before the cluster starts: the public half
+    # is the cluster's trust anchor; the private half stays in this process.
+    ci_key = suit_keys.generate(suit_keys.KeyAlgorithm.ED25519)
+    rogue_key = suit_keys.generate(suit_keys.KeyAlgorithm.ED25519)
+    publisher = data / PUBLISHER_FILE
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        publisher.write_bytes(suit_keys.public_pem(ci_key.public_key()))
+        preflight.check_trust_anchors([str(publisher)])
+    except OSError as exc:
+        print(f"demo cannot start: cannot write {publisher}: {exc.strerror}", file=sys.stderr)
+        return 3
+    except CliError as exc:
+        print(f"demo cannot start: {exc}", file=sys.stderr)
+        return exc.code
+    started = time.monotonic()
+    doc, procs = start_cluster(args.nodes, data, args.base_port, trust_anchors=[str(publisher)])
     try:
         wait_serving(doc, procs)
     except CliError as exc:
         stop_processes(procs)
         print(f"demo cannot start: {exc}", file=sys.stderr)
         return exc.code
-    print(f"started {args.nodes} nodes on 127.0.0.1 (data and logs in {data}/; anchors in {doc['anchors']})")
+    print(f"started {args.nodes} nodes on 127.0.0.1 (data and logs in {data}/; anchors in {doc['anchors']}; "
+          f"trust anchor {publisher})")
     print(json.dumps({n["id"]: n["endpoints"] for n in doc["nodes"]}))
 
     def kill(node_id: str) -> None:
@@ -278,8 +349,8 @@ def main() -> int:
         os.kill(pid, signal.SIGKILL)
 
     try:
-        return asyncio.run(main_job(doc, kill))
-    except (RuntimeError, grpc.RpcError) as exc:
+        return main_job(doc, suit_keys.private_pem(ci_key), suit_keys.private_pem(rogue_key), kill, started)
+    except (DemoFailed, FleetError, grpc.RpcError, ValueError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -1,6 +1,6 @@
-"""Release entries for tests: signed envelopes built with the SUIT library
-in the shape fleetsuit's release push builds them (component id = the UTF-8
-bytes of the component's name, class-info = the device class), the entries
+"""Release entries for tests: signed envelopes built by the release
+client's own description (``fleetsuit.client.release_description``: the
+shape the cluster's checks expect), the entries
 that publish, revoke and change them, and the bootstrap anchors."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fleetsuit.client import release_description
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.ledger.codec import encode_anchor_bootstrap
 from services.consensus.ledger.entries import Anchor
@@ -52,18 +53,10 @@ def envelope(
     """A signed envelope; ``manifest_payload``: the bytes whose digest and
     size the manifest states (default: ``payload``)."""
     stated = payload if manifest_payload is None else manifest_payload
-    description = {
-        "manifest-version": 1,
-        "manifest-sequence-number": sequence,
-        "components": [{
-            "install-id": [component.encode().hex()],
-            "vendor-domain": vendor,
-            "class-info": device_class,
-            "install-digest": {"algorithm-id": "sha256", "digest-bytes": hashlib.sha256(stated).hexdigest()},
-            "install-size": len(stated),
-            "uri": f"fleetsuit:{cid_of(payload)}",
-        }],
-    }
+    description = release_description(
+        component=component, sequence=sequence, payload_cid=cid_of(stated), payload_size=len(stated),
+        device_class=device_class, vendor_domain=vendor,
+    )
     signed: bytes = sign_envelope(build_envelope(description, {}), publisher.key)
     return signed
 

@@ -335,8 +335,8 @@ class ReleaseState:
         current = self.sequence(publish.component)
         if publish.sequence_number <= current:
             raise StaleSequence(
-                f"sequence number {publish.sequence_number} is not greater than component "
-                f"{publish.component!r}'s current {current}"
+                f"sequence number {publish.sequence_number} is not greater than {current}, the current one "
+                f"of component {publish.component!r}"
             )
         return publish, check_envelope(publish, self.anchors(), current)
 
