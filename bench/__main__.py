@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("consensus", "manifest", "dht", "snapshot")
+BENCHES = ("consensus", "manifest", "dht", "snapshot", "release")
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,13 @@ crashes in the middle of the loop, restarts, snapshots for nodes that were
 away) with the invariants checked throughout, then healing and a
 convergence bound (one chain everywhere, every acknowledged entry in it,
 every block certified). Three seeds in four run 3 nodes, the fourth 5.
+Release entries are part of the workload (``nodesim/releases.py``): trust
+anchors, releases of two components (some that must be refused on apply),
+revocations, rollout pauses, resumptions and halts; every answer must carry
+the outcome the release rules give it, and at convergence every node's
+release state (and every state a node held right after a restart or a
+snapshot install) must be the one a fresh ledger machine derives from the
+chain's entries, and the rules'.
 
 FLEETSUIT_NODESIM_SEEDS=N runs seeds 0..N-1 (default 300);
 FLEETSUIT_NODESIM_SEED=N runs exactly seed N (a failure prints the command).
@@ -16,24 +23,31 @@ pin down what a failed submission's answer promises: a follower cut off
 right after it forwarded a submission that then commits answers
 OUTCOME_UNKNOWN, never NO_LEADER, and a resubmission anywhere answers the one
 application; a submission that never left its node answers a definite
-NO_LEADER and never commits.
+NO_LEADER and never commits. A third (``nodesim/catchup.py``) wipes a
+follower's data directory while release entries come in, brings it back the
+way the Synchronizer does (a learner, removed and added again) and requires
+it to catch up through a snapshot to the very release state of the others.
 
-The last tests inject a bug into the ledger machine, into certification and
-into the runtime's outcome tracking, and require the simulation to catch
-each: a simulation that cannot fail proves nothing.
+The last tests inject a bug into the ledger machine, into certification,
+into the runtime's outcome tracking, into the release checks of one node and
+into what a snapshot carries, and require the simulation to catch each: a
+simulation that cannot fail proves nothing.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from .nodesim import outcomes
+from .nodesim import catchup, outcomes
 from .nodesim.invariants import InvariantViolation
 from .nodesim.scenario import Plan, Stats, run
 
 OUTCOME_SEEDS = range(4)
+CATCHUP_SEEDS = range(4)
 
 _DEFAULT_SEEDS = 300
 
@@ -68,12 +82,25 @@ def test_node_simulation_seed(seed: int) -> None:
 
 def test_the_simulation_exercises_what_it_claims() -> None:
     """A few seeds together crash nodes, install snapshots on nodes that were
-    away, and commit entries (else the invariants would hold vacuously)."""
+    away, and commit entries (else the invariants would hold vacuously); the
+    release entries get every outcome the workload aims at, and some
+    snapshots carry release state to the nodes that install them."""
     stats = [_run(seed) for seed in range(8)]
     assert sum(s.crashes for s in stats) >= 8
     assert sum(s.snapshots_installed for s in stats) >= 1
     assert min(s.acknowledged for s in stats) >= 10
     assert sum(s.outcome_unknown for s in stats) >= 1
+    assert min(s.release_acknowledged for s in stats) >= 5
+    assert sum(s.releases for s in stats) >= 20
+    assert sum(s.snapshots_with_releases for s in stats) >= 2
+    assert sum(s.release_checkpoints for s in stats) >= 3 * len(stats)  # the restarts at healing, at least
+    outcomes = Counter[str]()
+    for s in stats:
+        outcomes.update(s.release_outcomes)
+    assert set(outcomes) >= {"", "NO_TRUST_ANCHORS", "ANCHORS_REFUSED", "UNTRUSTED_KEY", "STALE_SEQUENCE",
+                             "DIGEST_MISMATCH", "DUPLICATE_RELEASE", "REVOKED", "UNKNOWN_RELEASE",
+                             "INVALID_TRANSITION"}, outcomes
+    assert sum(s.release_resubmitted for s in stats) >= 1  # an entry the chaos left unanswered
 
 
 @pytest.mark.parametrize("seed", OUTCOME_SEEDS)
@@ -93,6 +120,15 @@ def test_a_submission_that_never_left_a_leaderless_node_fails_definitely(seed: i
     no one, the answer is a definite NO_LEADER, and it never commits; once
     healed, submitting it again applies it for the first time."""
     outcomes.run(seed, outcomes.never_proposed)
+
+
+@pytest.mark.parametrize("seed", CATCHUP_SEEDS)
+def test_a_wiped_follower_catches_up_to_the_release_state(seed: int) -> None:
+    """Issue 11: a follower loses its data directory while releases are
+    published, refused, revoked, paused and halted; brought back as a
+    learner, removed and added again, it catches up through a snapshot, and
+    its release state is the others', the one the chain's entries give."""
+    outcomes.run(seed, catchup.wiped_follower_catches_up)
 
 
 def _first_failure(seeds: range) -> AssertionError | None:
@@ -157,3 +193,46 @@ def test_an_injected_outcome_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(Submissions, "propose", forgetful)
     with pytest.raises(outcomes.ScenarioFailure, match="must be OUTCOME_UNKNOWN"):
         outcomes.run(OUTCOME_SEEDS[0], outcomes.forwarded_then_cut)
+
+
+def test_an_injected_release_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One node skips the stale-sequence check when it applies a release
+    (it reads every component's sequence number as 0): a release older than
+    the component's current one takes effect there, and there only."""
+    from services.consensus.ledger.releases import ReleaseState
+
+    from .nodesim.scenario import SimStorage
+
+    real_sequence = ReleaseState.sequence
+
+    def sequence(self: ReleaseState, component: str) -> int:
+        store = self._store  # noqa: SLF001
+        if isinstance(store, SimStorage) and store.node_id == "n1":
+            return 0
+        return real_sequence(self, component)
+
+    monkeypatch.setattr(ReleaseState, "sequence", sequence)
+    failure = _first_failure(range(10))
+    assert isinstance(failure, InvariantViolation), failure
+    assert "the release rules say STALE_SEQUENCE" in str(failure) or "n1's release state differs" in str(failure)
+
+
+def test_an_injected_snapshot_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots leave out the release tables (a state view that copies the
+    member keys and addresses but forgets the release state): a node that
+    installs one loses every release, anchor and refusal, in the chaos runs
+    and when a wiped node catches up."""
+    from services.consensus.storage.node_storage import NodeStorage, StateView
+
+    real_view = NodeStorage.state_view
+
+    def state_view(self: NodeStorage) -> StateView:
+        view = real_view(self)
+        return replace(view, small=[(k, v) for k, v in view.small if not k.startswith(b"t/")])
+
+    monkeypatch.setattr(NodeStorage, "state_view", state_view)
+    failure = _first_failure(range(10))
+    assert isinstance(failure, InvariantViolation), failure
+    assert "release state" in str(failure) or "release rules say" in str(failure), failure
+    with pytest.raises(InvariantViolation, match="release state after a snapshot install"):
+        outcomes.run(CATCHUP_SEEDS[0], catchup.wiped_follower_catches_up)

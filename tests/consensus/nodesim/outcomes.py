@@ -49,7 +49,7 @@ class ScenarioFailure(AssertionError):
     pass
 
 
-async def _until(cluster: SimCluster, ready: Callable[[], bool], within_s: float, what: str) -> None:
+async def wait_until(cluster: SimCluster, ready: Callable[[], bool], within_s: float, what: str) -> None:
     """Wait on a condition with a deadline (virtual time)."""
     deadline = cluster.loop.time() + within_s
     while not ready():
@@ -58,7 +58,7 @@ async def _until(cluster: SimCluster, ready: Callable[[], bool], within_s: float
         await asyncio.sleep(0.01)
 
 
-async def _stable_leader(cluster: SimCluster) -> str:
+async def stable_leader(cluster: SimCluster) -> str:
     """Every node follows one leader."""
     nodes = cluster.net.nodes
 
@@ -66,7 +66,7 @@ async def _stable_leader(cluster: SimCluster) -> str:
         leaders = {node.leader_id for node in nodes.values()}
         return len(leaders) == 1 and "" not in leaders and nodes[next(iter(leaders))].role is Role.LEADER
 
-    await _until(cluster, agreed, 10.0, "a leader every node follows")
+    await wait_until(cluster, agreed, 10.0, "a leader every node follows")
     return next(iter(nodes.values())).leader_id
 
 
@@ -93,7 +93,7 @@ async def _converged(cluster: SimCluster) -> None:
     def same() -> bool:
         return len({n.machine.height for n in nodes.values()}) == 1 and len({n.leader_id for n in nodes.values()}) == 1
 
-    await _until(cluster, same, 10.0, "every node at the same height after healing")
+    await wait_until(cluster, same, 10.0, "every node at the same height after healing")
 
 
 async def _resubmit_everywhere(cluster: SimCluster) -> list[Applied]:
@@ -107,7 +107,7 @@ async def _resubmit_everywhere(cluster: SimCluster) -> list[Applied]:
 
 async def forwarded_then_cut(cluster: SimCluster) -> None:
     net = cluster.net
-    leader = await _stable_leader(cluster)
+    leader = await stable_leader(cluster)
     followers = sorted(n for n in cluster.ids if n != leader)
     follower = cluster.rng.choice(followers)
     cut_at: list[float] = []
@@ -133,7 +133,7 @@ async def forwarded_then_cut(cluster: SimCluster) -> None:
             f"{follower}, cut off after forwarding, answered {answer.code} (definite={answer.definite}): "
             f"{answer}; the entry may have committed, so the answer must be OUTCOME_UNKNOWN"
         )
-    await _until(cluster, lambda: net.nodes[leader].submissions.known(KEY), 5.0, f"{leader} applies the entry")
+    await wait_until(cluster, lambda: net.nodes[leader].submissions.known(KEY), 5.0, f"{leader} applies the entry")
     if net.nodes[follower].submissions.known(KEY):
         raise ScenarioFailure(f"{follower} learnt of the commit while cut off")
     net.probe = None
@@ -152,7 +152,7 @@ async def forwarded_then_cut(cluster: SimCluster) -> None:
 
 async def never_proposed(cluster: SimCluster) -> None:
     net = cluster.net
-    leader = await _stable_leader(cluster)
+    leader = await stable_leader(cluster)
     follower = cluster.rng.choice(sorted(n for n in cluster.ids if n != leader))
     left: list[Message] = []
 
@@ -162,7 +162,7 @@ async def never_proposed(cluster: SimCluster) -> None:
 
     net.probe = probe
     net.partition([[follower], [n for n in cluster.ids if n != follower]])
-    await _until(cluster, lambda: net.nodes[follower].leader_id == "", 5.0, f"{follower} knows no leader")
+    await wait_until(cluster, lambda: net.nodes[follower].leader_id == "", 5.0, f"{follower} knows no leader")
     try:
         await net.nodes[follower].submit(PAYLOAD, KEY, SUBMIT_TIMEOUT_S)
     except ConsensusError as exc:
@@ -185,7 +185,7 @@ async def never_proposed(cluster: SimCluster) -> None:
         raise ScenarioFailure("the entry answered NO_LEADER had been applied before")
     # (A node that has not applied it yet would answer with its own first
     # application, duplicate=False: a retry is asked once every node has.)
-    await _until(cluster, lambda: all(n.submissions.known(KEY) for n in net.nodes.values()), 5.0,
+    await wait_until(cluster, lambda: all(n.submissions.known(KEY) for n in net.nodes.values()), 5.0,
                  "every node applies the entry")
     answers = await _resubmit_everywhere(cluster)
     if not all(a.duplicate and (a.index, a.position) == (first.index, first.position) for a in answers):
@@ -221,4 +221,6 @@ def run(seed: int, scenario: Scenario) -> None:
         loop.close()
 
 
-__all__ = ["InvariantViolation", "ScenarioFailure", "forwarded_then_cut", "never_proposed", "run"]
+__all__ = [
+    "InvariantViolation", "ScenarioFailure", "forwarded_then_cut", "never_proposed", "run", "stable_leader", "wait_until",
+]

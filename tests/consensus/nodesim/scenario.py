@@ -2,15 +2,21 @@
 a convergence bound.
 
 Chaos: clients submit ledger entries to random nodes (and retry, with the
-same key, on another node when an answer does not come) while the network
+same key, on another node when an answer does not come): app entries, and
+release entries (``releases.py``: trust anchors, releases of a few
+components, some of which must be refused on apply, revocations, rollout
+pauses, resumptions and halts), while the network
 drops, delays and duplicates messages, partitions come and go, nodes crash
 (in the middle of whatever their loop was doing) and restart from what they
 had stored. Nodes compact their logs every few dozen entries, so a node that
 was away comes back through a snapshot. Every node signs its blocks and
 gathers certificates. Then the faults stop: every node is restarted, the
 network heals, and within a bound every node must hold the same chain with
-every acknowledged entry in it and every block certified. The invariants
-(``invariants.py``) are checked every few virtual milliseconds throughout.
+every acknowledged entry in it and every block certified, and every node
+must hold the release state the chain's entries give (as must every node
+right after each restart and each snapshot install), the one the release
+rules say. The invariants (``invariants.py``) are checked every few virtual
+milliseconds throughout.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,13 +36,15 @@ from services.consensus.errors import ConsensusError
 from services.consensus.ledger.certify import NodeKey
 from services.consensus.ledger.keys import RequestKey, entry_digest
 from services.consensus.metrics import ConsensusMetrics
-from services.consensus.raft.types import RaftConfig
+from services.consensus.raft.types import RaftConfig, SnapshotMeta
 from services.consensus.runtime import ConsensusNode, RuntimeConfig
 from services.consensus.storage import FileSnapshotStore, NodeStorage
 from services.consensus.storage.kv import MemoryKeyValue
 
 from .invariants import InvariantViolation, LedgerChecker
 from .network import SimNetwork, SimTransport
+from .release_checks import ReleaseChecker
+from .releases import ReleaseWorkload
 from .vloop import VirtualTimeLoop
 
 CLUSTER = "sim"
@@ -56,6 +66,8 @@ class Plan:
     dup_rate: float = 0.02
     compact_every_entries: int = 20
     compact_keep_entries: int = 4
+    release_components: tuple[str, ...] = ("fw-a", "fw-b")  # one release client each
+    release_ops: int = 12  # entries per component client (a publish signs an envelope: ~0.2 ms)
 
 
 class ConvergenceFailure(AssertionError):
@@ -74,10 +86,33 @@ class Stats:
     height: int = 0
     outcome_unknown: int = 0  # answers OUTCOME_UNKNOWN (the entry may have committed)
     given_up: int = 0  # keys whose every attempt failed definitely (checked never to apply)
+    release_acknowledged: int = 0  # release entries answered (applied or refused)
+    release_refused: int = 0  # of those, refused on apply
+    release_outcomes: dict[str, int] = field(default_factory=dict)  # answers by outcome ("" applied)
+    release_envelopes: int = 0  # signed envelopes built
+    release_resubmitted: int = 0  # release entries the chaos left unanswered, submitted again after healing
+    releases: int = 0  # releases in the final state
+    release_checkpoints: int = 0  # states after a restart or a snapshot install checked against the chain
+    snapshots_with_releases: int = 0  # snapshot installs that brought release state
+
+
+class SimStorage(NodeStorage):
+    """A node's in-memory storage that tells the simulation when a snapshot
+    was installed into it (what the install left is then read back), and
+    knows whose it is (a test injects a bug into one node's ledger by it)."""
+
+    node_id = ""
+    on_install: Callable[[NodeStorage, int], None] | None = None
+
+    def install_snapshot(self, meta: SnapshotMeta, records: Iterable[tuple[bytes, bytes]]) -> None:
+        super().install_snapshot(meta, records)
+        if self.on_install is not None:
+            self.on_install(self, meta.index)
 
 
 class SimCluster:
     def __init__(self, seed: int, plan: Plan, workdir: Path) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.plan = plan
         self.loop = asyncio.get_running_loop()
@@ -86,9 +121,12 @@ class SimCluster:
         self.checker = LedgerChecker(CLUSTER, self.ids)
         self._workdir = workdir
         self._kv = {n: MemoryKeyValue() for n in self.ids}
+        self._snapshot_dirs = {n: workdir / n for n in self.ids}
         self._keys = {n: NodeKey(Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))) for n in self.ids}
         self._metrics: dict[str, ConsensusMetrics] = {}
         self.stats = Stats()
+        self.releases = ReleaseChecker()
+        self.workload: ReleaseWorkload | None = None  # the chaos runs start one
         self.config = RuntimeConfig(
             RaftConfig(node_id="", peers=self.ids, election_ticks=10, heartbeat_ticks=2),
             cluster_id=CLUSTER,
@@ -98,24 +136,33 @@ class SimCluster:
             snapshot_chunk_bytes=4096,
         )
 
-    def start(self, node_id: str) -> None:
-        raft = RaftConfig(node_id=node_id, peers=self.ids, election_ticks=10, heartbeat_ticks=2)
+    def start(self, node_id: str, *, join: bool = False) -> None:
+        """Start (or restart) a node on what it stored; ``join``: as a learner
+        of the other voters, the way a wiped node comes back (synchronizer.py)."""
+        peers = tuple(n for n in self.ids if n != node_id) if join else self.ids
+        raft = RaftConfig(node_id=node_id, peers=peers, learners=(node_id,) if join else (), election_ticks=10,
+                          heartbeat_ticks=2)
         config = RuntimeConfig(**{**{f: getattr(self.config, f) for f in self.config.__slots__}, "raft": raft})
         metrics = ConsensusMetrics()
+        storage = SimStorage.in_memory(node_id=node_id, cluster_id=CLUSTER, kv=self._kv[node_id])
+        assert isinstance(storage, SimStorage)
+        storage.node_id = node_id
+        storage.on_install = lambda store, index: self.releases.installed(node_id, store, index)
         node = ConsensusNode(
             config,
-            NodeStorage.in_memory(node_id=node_id, cluster_id=CLUSTER, kv=self._kv[node_id]),
+            storage,
             SimTransport(node_id, self.net),
             metrics,
             random.Random(self.rng.getrandbits(64)),
             node_key=self._keys[node_id],
-            snapshots=FileSnapshotStore(self._workdir / node_id),
+            snapshots=FileSnapshotStore(self._snapshot_dirs[node_id]),
             addresses={n: f"{n}:0" for n in self.ids},
             offload=_inline,
         )
         self._metrics[node_id] = metrics
         self.net.nodes[node_id] = node
         self.checker.restarted(node_id)
+        self.releases.restarted(node_id, node)
         node.start()
 
     async def crash(self, node_id: str) -> None:
@@ -123,6 +170,13 @@ class SimCluster:
         self._count_installs(node_id)
         await node.stop()
         self.stats.crashes += 1
+
+    def wipe(self, node_id: str) -> None:
+        """A node that is down loses its data directory: its store and its
+        snapshots (not its key file)."""
+        assert node_id not in self.net.nodes
+        self._kv[node_id] = MemoryKeyValue()
+        self._snapshot_dirs[node_id] = self._workdir / f"{node_id}-wiped-{self.stats.crashes}"
 
     def _count_installs(self, node_id: str) -> None:
         metrics = self._metrics.get(node_id)
@@ -218,6 +272,14 @@ class SimCluster:
             except ConsensusError:
                 if self.loop.time() > deadline:
                     raise ConvergenceFailure("no entry committed after the network healed") from None
+        await self.converge(deadline, "healing")
+
+    async def converge(self, deadline: float, after: str) -> None:
+        """Every release entry answered, then every node the same, by
+        ``deadline``: the chain (``LedgerChecker.converged``), then the
+        release state (``ReleaseChecker.check_converged``)."""
+        if self.workload is not None and not await self.workload.resubmit_pending(self.net.nodes, deadline):
+            raise ConvergenceFailure(f"a release entry left unanswered by the chaos is unanswered after {after}")
         why: str | None = "not checked"
         while self.loop.time() < deadline:
             self.checker.check(self.net.nodes)
@@ -226,9 +288,19 @@ class SimCluster:
                 break
             await asyncio.sleep(0.05)
         if why is not None:
-            raise ConvergenceFailure(f"not converged {self.plan.heal_bound_s} s after healing: {why}")
+            raise ConvergenceFailure(f"not converged {self.plan.heal_bound_s} s after {after}: {why}")
+        self.releases.check_converged(CLUSTER, self.net.nodes, self.workload)
         self.stats.acknowledged = len(self.checker.acks)
         self.stats.height = self.net.nodes[self.ids[0]].machine.height
+        self.stats.releases = len(self.net.nodes[self.ids[0]].machine.releases.releases())
+        self.stats.release_checkpoints = len(self.releases.checkpoints)
+        self.stats.snapshots_with_releases = self.releases.snapshots_with_releases
+        if self.workload is not None:
+            self.stats.release_acknowledged = self.workload.stats.acknowledged
+            self.stats.release_refused = self.workload.stats.refused
+            self.stats.release_envelopes = self.workload.stats.envelopes
+            self.stats.release_resubmitted = self.workload.stats.resubmitted
+            self.stats.release_outcomes = dict(Counter(outcome for _, outcome in self.workload.answers.values()))
 
 
 async def _run(seed: int, plan: Plan, workdir: Path) -> Stats:
@@ -237,15 +309,18 @@ async def _run(seed: int, plan: Plan, workdir: Path) -> Stats:
         cluster.start(node_id)
     checking = asyncio.create_task(cluster.checking())
     until = cluster.loop.time() + plan.chaos_s
+    cluster.workload = ReleaseWorkload(seed, plan.release_components, plan.release_ops, cluster.checker)
+    clients = [asyncio.create_task(cluster.client(f"c{i}", until)) for i in range(plan.clients)]
+    clients.append(asyncio.create_task(cluster.workload.run(cluster.net.nodes, until)))
     try:
-        clients = [asyncio.create_task(cluster.client(f"c{i}", until)) for i in range(plan.clients)]
         await cluster.chaos(until)
         await asyncio.gather(*clients)
         await cluster.heal_and_converge()
         if checking.done():
             checking.result()  # an invariant broken in the background
     finally:
-        checking.cancel()
+        for task in (checking, *clients):
+            task.cancel()
         await cluster.stop_all()
     return cluster.stats
 
