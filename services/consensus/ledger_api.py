@@ -10,10 +10,9 @@ carry it in the trailing metadata ``fleetsuit-outcome``, stream answers in
 ``outcome_unknown``.
 
 A release entry is checked before it is proposed (``release_check``: its
-envelope against the trust anchors, its payload in the dht); a
-resubmission of a key already applied or waiting is not checked again, so a
-retry of an applied release gets the ledger's answer, not a refusal of its
-own sequence number."""
+envelope against the trust anchors, its payload in the dht), a resubmission
+too: the check passes a retry of the release in effect at once (the ledger
+then answers it as a duplicate) and refuses one that was revoked since."""
 
 from __future__ import annotations
 

@@ -39,16 +39,23 @@ class BlockData:
     certificate: tuple[tuple[str, bytes], ...] = ()
 
 
+_LEAF = hashlib.sha256(b"\x00")
+
+
 def leaf_hash(entry: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry).digest()
+    h = _LEAF.copy()  # no copy of the entry to put the prefix before it
+    h.update(entry)
+    return h.digest()
 
 
 def _node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def merkle_root(entries: Sequence[bytes]) -> bytes:
-    level = [leaf_hash(e) for e in entries]
+def merkle_root(entries: Sequence[bytes], leaves: Sequence[bytes] | None = None) -> bytes:
+    """The Merkle root of ``entries`` (``leaves``: their leaf hashes, when
+    the caller has them already)."""
+    level = list(leaves) if leaves is not None else [leaf_hash(e) for e in entries]
     if not level:
         return hashlib.sha256(b"").digest()
     while len(level) > 1:
@@ -112,15 +119,24 @@ def block_hash(
     last_index: int,
     term: int,
     entries: Sequence[bytes],
+    leaves: Sequence[bytes] | None = None,
 ) -> bytes:
     return header_hash(
-        height, prev_hash, first_index, last_index, term, len(entries), merkle_root(entries)
+        height, prev_hash, first_index, last_index, term, len(entries), merkle_root(entries, leaves)
     )
 
 
 def make_block(
-    height: int, prev_hash: bytes, first_index: int, last_index: int, term: int, entries: Sequence[bytes]
+    height: int,
+    prev_hash: bytes,
+    first_index: int,
+    last_index: int,
+    term: int,
+    entries: Sequence[bytes],
+    leaves: Sequence[bytes] | None = None,
 ) -> BlockData:
+    """A block of ``entries`` (``leaves``: their leaf hashes, if known: the
+    ledger machine hashes each entry once, for its digest and the root)."""
     return BlockData(
         height=height,
         prev_hash=prev_hash,
@@ -128,7 +144,7 @@ def make_block(
         last_index=last_index,
         term=term,
         entries=tuple(entries),
-        hash=block_hash(height, prev_hash, first_index, last_index, term, entries),
+        hash=block_hash(height, prev_hash, first_index, last_index, term, entries, leaves),
     )
 
 

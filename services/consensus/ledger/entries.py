@@ -144,6 +144,10 @@ class Applied(NamedTuple):
     digest: bytes = b""
     outcome: str = ""
     message: str = ""
+    # The applied entry's bytes, for this process only (never stored): the
+    # node that took the submission tells its own entry from another with
+    # the same key by comparing bytes, without hashing them.
+    entry: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ business (``storage/layout.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
+
+from .block import leaf_hash
 
 
 class RequestKey(NamedTuple):
@@ -23,7 +24,9 @@ DIGEST_BYTES = 16
 
 
 def entry_digest(payload: bytes) -> bytes:
-    """The fingerprint of an encoded ledger entry (SHA-256, first 16 bytes):
-    stored with its request answer, so a key reused for other content is
-    told apart from a retry of the same entry."""
-    return hashlib.sha256(payload).digest()[:DIGEST_BYTES]
+    """The fingerprint of an encoded ledger entry: the first 16 bytes of its
+    Merkle leaf hash (``block.leaf_hash``, SHA-256 of 0x00 | entry), which
+    the ledger machine computes for the block anyway. Stored with the
+    entry's answer, so a key reused for other content is told apart from a
+    retry of the same entry."""
+    return leaf_hash(payload)[:DIGEST_BYTES]

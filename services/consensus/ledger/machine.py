@@ -23,17 +23,19 @@ from collections.abc import Callable, Sequence
 
 from ..raft.membership import ConfChange, ConfChangeKind, ConfigDecodeError, decode_config
 from ..raft.types import Entry, EntryType
-from .block import GENESIS_HASH, BlockData, make_block
+from .block import GENESIS_HASH, BlockData, leaf_hash, make_block
 from .certify import key_message, verify
 from .codec import block_from_bytes, block_to_bytes, decode_batch, decode_entry
 from .entries import Applied, MemberKey
-from .keys import RequestKey, entry_digest
+from .keys import DIGEST_BYTES, RequestKey
 from .releases import ReleaseState
 from .store import LedgerStore
 
 __all__ = ["Applied", "LedgerMachine", "decode_member_context", "encode_member_context"]
 
 KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+# In ``apply``: a key of the block being made (its answer comes with the block).
+_PENDING = Applied(None, 0, 0, False)
 
 
 MAX_CONTEXT_BYTES = 1024
@@ -112,6 +114,7 @@ class LedgerMachine:
         seen_now: dict[RequestKey, Applied] = {}  # answers of this call (height 0: block not made yet)
         lookup = self._storage.get_request
         decode = decode_entry
+        leaf = leaf_hash
         releases = self.releases
         for entry in entries:
             if entry.index <= self._applied:
@@ -125,23 +128,27 @@ class LedgerMachine:
             index = entry.index
             height = self._height + 1
             included: list[bytes] = []
-            answers: list[Applied] = []  # this block's, height filled in below
-            again: list[tuple[Applied, bytes]] = []  # repeats of this block's own keys, with their digest
+            leaves: list[bytes] = []
+            # This block's answers, made once the block is: (key, position, digest, outcome, message, entry).
+            answers: list[tuple[RequestKey | None, int, bytes, str, str, bytes]] = []
+            again: list[tuple[RequestKey, bytes]] = []  # repeats of this block's own keys, with their digest
             for payload in decode_batch(entry.data):
+                hashed = leaf(payload)
                 view = decode(payload)
                 if view is None:
                     # Not a ledger entry: kept as it is, the log ordered it.
-                    answers.append(Applied(None, index, 0, False, len(included)))
+                    answers.append((None, len(included), b"", "", "", payload))
                     included.append(payload)
+                    leaves.append(hashed)
                     continue
                 key = view.key
                 digest = b""
                 if key is not None:
-                    digest = entry_digest(payload)
+                    digest = hashed[:DIGEST_BYTES]
                     earlier = seen_now.get(key) or lookup(key)
                     if earlier is not None:
                         if earlier.block_height == 0:
-                            again.append((earlier, digest))  # its height is known once the block is
+                            again.append((key, digest))  # its height is known once the block is
                         else:
                             results.append(_repeat(earlier, digest))
                         continue
@@ -149,29 +156,28 @@ class LedgerMachine:
                 outcome, message = "", ""
                 if view.body is not None:
                     outcome, message = releases.apply(view.body, index, height, position, view.kind or "")
-                answer = Applied(key, index, 0, False, position, digest, outcome, message)
                 if key is not None:
-                    seen_now[key] = answer
-                answers.append(answer)
+                    seen_now[key] = _PENDING
+                answers.append((key, position, digest, outcome, message, payload))
                 included.append(payload)
+                leaves.append(hashed)
                 if view.members:
                     self._register_keys(view.members, member_keys)
             if not included:
                 continue
-            block = make_block(height, self._head_hash, index, index, entry.term, included)
+            block = make_block(height, self._head_hash, index, index, entry.term, included, leaves)
             self._height = height
             self._head_hash = block.hash
             blocks.append((height, block_to_bytes(block)))
             new_blocks.append(block)
-            for answer in answers:
-                answer = answer._replace(block_height=height)
+            for key, position, digest, outcome, message, payload in answers:
+                answer = Applied(key, index, height, False, position, digest, outcome, message, payload)
                 results.append(answer)
-                if answer.key is not None:
-                    seen_now[answer.key] = answer
+                if key is not None:
+                    seen_now[key] = answer
                     requests.append(answer)
-            for earlier, digest in again:
-                first = seen_now[earlier.key] if earlier.key is not None else earlier
-                results.append(_repeat(first, digest))
+            for key, digest in again:
+                results.append(_repeat(seen_now[key], digest))
         self._storage.write_applied(
             self._applied, blocks, requests, list(member_keys.items()), list(addresses.items()),
             releases.take_writes(),

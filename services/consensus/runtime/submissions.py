@@ -69,13 +69,19 @@ class Waiter(Protocol):
 @dataclass(slots=True)
 class _Waiting:
     payload: bytes
-    digest: bytes  # entry_digest(payload), computed once per waiting key
     waiters: list[Waiter] = field(default_factory=list)
+    _digest: bytes = b""  # entry_digest(payload), computed when first needed
     proposed_term: int = -1  # term in which it was last proposed (-1: not yet, or again)
     proposed_at: float = 0.0  # clock time of the last proposal
     # Handed to the Raft core at least once (appended as leader, or forwarded
     # to one): from then on it may commit whatever this node sees next.
     proposed: bool = False
+
+    @property
+    def digest(self) -> bytes:
+        if not self._digest:
+            self._digest = entry_digest(self.payload)
+        return self._digest
 
 
 def _describe(key: RequestKey | None) -> str:
@@ -139,7 +145,7 @@ class Submissions:
                     f"{len(self._waiting)} submissions are already waiting for commit on this node; retry later"
                 ))
                 return False
-            self._waiting[key] = _Waiting(payload, entry_digest(payload), [waiter])
+            self._waiting[key] = _Waiting(payload, [waiter])
             self._queue.append(key)
         elif waiting.payload != payload:
             waiter.set_exception(IdempotencyKeyReused(
@@ -252,8 +258,10 @@ class Submissions:
             waiting = waiting_by_key.pop(result.key, None)
             if waiting is None:
                 continue
-            # The usual case first: this entry, applied and in effect.
-            answer = (result if result.digest == waiting.digest and not result.outcome
+            # The usual case first: this entry (its very bytes), applied and
+            # in effect; hashing is for the rest.
+            entry = result.entry
+            answer = (result if not result.outcome and (entry is waiting.payload or entry == waiting.payload)
                       else self._settle(result, waiting.digest))
             for waiter in waiting.waiters:
                 if not waiter.done():
