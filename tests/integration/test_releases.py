@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -437,3 +438,35 @@ def test_release_state_is_identical_after_a_restart_and_a_wiped_nodes_snapshot_c
     wait_until(lambda: _same_state_everywhere(cluster), 60, "the restarted node's release state")
     assert _chains_agree(cluster)
 
+
+
+def _scrape(cluster: LocalCluster, node_id: str) -> dict[tuple[str, str], float]:
+    """A node's consensus /metrics: {(name, labels): value}."""
+    address = cluster.node(node_id)["metrics"]["consensus"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith("fleetsuit_release"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name, _, labels = name_labels.partition("{")
+        out[(name, labels.rstrip("}"))] = float(value)
+    return out
+
+
+def test_release_metrics_count_states_refusals_and_pushes(cluster: LocalCluster) -> None:
+    """Run after the tests above (module order): releases by state, the
+    refusals recorded on apply by code, and pushes by outcome."""
+    ids = _ids(cluster)
+    scraped = {nid: wait_until(lambda nid=nid: _scrape(cluster, nid), 30, f"{nid}'s metrics") for nid in ids}
+    active = {s[("fleetsuit_releases", 'state="active"')] for s in scraped.values()}
+    revoked = {s[("fleetsuit_releases", 'state="revoked"')] for s in scraped.values()}
+    listed = _list(cluster, ids[0])
+    assert active == {sum(1 for r in listed if r["state"] == "active")}  # the same on every node
+    assert revoked == {sum(1 for r in listed if r["state"] == "revoked")} and revoked != {0.0}
+    assert {s[("fleetsuit_release_refusals", 'code="UNTRUSTED_KEY"')] for s in scraped.values()} == {1.0}
+    pushes = scraped[ids[0]]
+    assert pushes[("fleetsuit_release_pushes_total", 'outcome="published"')] >= 3
+    for code in ("UNTRUSTED_KEY", "STALE_SEQUENCE", "PAYLOAD_MISSING", "DIGEST_MISMATCH", "REVOKED"):
+        assert pushes[("fleetsuit_release_pushes_total", f'outcome="{code}"')] >= 1, code
