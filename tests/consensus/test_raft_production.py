@@ -385,3 +385,58 @@ def test_an_idle_follower_learns_the_commit_index_at_the_next_tick() -> None:
     net.stabilize()
     assert all(net.nodes[n].commit_index == index for n in net.ids)
     assert all(net.applied[n][-1].data == b"a" for n in net.ids)
+
+
+@pytest.mark.parametrize("first_ack", ["n2", "n3"])
+def test_a_follower_that_forwarded_a_proposal_learns_its_commit_at_once(first_ack: str) -> None:
+    # n2's client waits on n2 applying its forwarded entry: the leader tells n2
+    # the commit index as it commits (no tick), whichever ack makes the quorum.
+    # n3 forwarded nothing and still learns it at the next tick.
+    net = RaftNet()
+    leader = net.elect("n1")
+    net.spread_commit()
+    net.nodes["n2"].propose([b"via-n2"])
+    net.deliver(net.drain("n2"))
+    net.deliver(net.drain("n1"))  # the leader appends and persists it, then replicates
+    index = leader.last_index
+    acks = {n: net.drain(n) for n in ("n2", "n3")}
+    net.deliver(acks[first_ack])
+    assert leader.commit_index == index
+    out = net.drain("n1")
+    if first_ack == "n3":
+        # n2's append is still in flight: its answer brings the notice.
+        assert not out
+        net.deliver(acks["n2"])
+        out = net.drain("n1")
+    else:
+        net.deliver(acks["n3"])
+        out += net.drain("n1")
+    assert [(m.type, m.dst, m.commit, m.entries) for m in out] == [
+        (MessageType.APPEND, "n2", index, ())
+    ]
+    net.deliver(out)
+    net.stabilize()
+    assert net.nodes["n2"].commit_index == index
+    assert net.applied["n2"][-1].data == b"via-n2"
+    assert net.nodes["n3"].commit_index < index
+    net.tick("n1")
+    net.stabilize()
+    assert net.nodes["n3"].commit_index == index
+
+
+def test_only_the_forwarded_commit_is_told_at_once() -> None:
+    # Once told, n2 is an ordinary idle follower again: the leader's own
+    # proposal reaches it at the next tick, like every other commit.
+    net = RaftNet()
+    leader = net.elect("n1")
+    net.spread_commit()
+    net.nodes["n2"].propose([b"via-n2"])
+    net.stabilize()
+    assert net.nodes["n2"].commit_index == leader.commit_index
+    (own,) = leader.propose([b"own"])
+    net.stabilize()
+    assert leader.commit_index == own
+    assert all(net.nodes[n].commit_index < own for n in ("n2", "n3"))
+    net.tick("n1")
+    net.stabilize()
+    assert all(net.nodes[n].commit_index == own for n in net.ids)

@@ -119,6 +119,9 @@ class RaftNode:
         # Followers owed a commit index: told at the next tick unless an
         # append proposed in the meantime carries it (no extra message).
         self._commit_notify: set[str] = set()
+        # Leader: per follower, the last entry appended for its PROPOSE. Its
+        # client waits on that commit, so it is told at once, not at the tick.
+        self._forwarded: dict[str, int] = {}
         self._votes: dict[str, bool] = {}
         self._progress: dict[str, Progress] = {}
         self._transferee = _NONE
@@ -453,6 +456,7 @@ class RaftNode:
         self._reset_timeout()
         self._votes = {}
         self._progress = {}
+        self._forwarded = {}
         self._transferee = _NONE
         self._reads.clear()
         self._reads_waiting = []
@@ -622,7 +626,9 @@ class RaftNode:
         elif msg.type is MessageType.PROPOSE:
             if self._transferee or not msg.proposals:
                 return
-            self._append_own([(EntryType.NORMAL, p) for p in msg.proposals])
+            indexes = self._append_own([(EntryType.NORMAL, p) for p in msg.proposals])
+            if msg.src in self._progress:
+                self._forwarded[msg.src] = indexes[-1]
             self._broadcast_append()
         elif msg.type is MessageType.READ_INDEX:
             if self._transferee:
@@ -731,6 +737,7 @@ class RaftNode:
         for p in list(self._progress):
             if p not in members:
                 del self._progress[p]
+                self._forwarded.pop(p, None)
         nxt = nxt or max(self._log.last_index, 1)
         for p in sorted(members - self._progress.keys()):
             self._progress[p] = Progress(nxt, self._config.max_inflight_appends)
@@ -971,12 +978,35 @@ class RaftNode:
         yet; busy ones learn it from their next append. Deferred to the next
         tick: when proposals keep coming (one client writing in a loop, or
         many), the next append carries it and no message is spent on it; an
-        idle follower learns it within a tick. Only followers' apply waits on
-        it: the leader answers its clients at its own commit.
+        idle follower learns it within a tick. The leader answers its own
+        clients at its own commit; a follower answers at its apply.
         (etcd's raft likewise leaves the commit index to the next append or
-        heartbeat.)"""
-        if self._owes_commit(pr):
-            self._commit_notify.add(to)
+        heartbeat.)
+
+        Except for a follower whose forwarded proposal (PROPOSE) this commit
+        covers: its client waits on exactly this commit index, and the tick
+        would cost it a whole tick of latency. It is told at once, with the
+        same empty append the tick would send, when nothing else will carry
+        it: no append in flight (their answer brings us back here) and none
+        about to go (``_handle_append_response`` fills the pipeline after
+        this; that append carries the commit). At most one such message per
+        commit advance and forwarding follower: it sets ``commit_sent``."""
+        fwd = self._forwarded.get(to)
+        if fwd is not None and pr.commit_sent >= fwd:
+            del self._forwarded[to]  # told, by this notice or by an append
+            fwd = None
+        if not self._owes_commit(pr):
+            return
+        if (
+            fwd is not None
+            and min(self._log.commit, pr.match_index) >= fwd
+            and pr.next_index > self._log.last_index
+        ):
+            del self._forwarded[to]
+            self._commit_notify.discard(to)
+            self._send_heartbeat(to)
+            return
+        self._commit_notify.add(to)
 
     def _owes_commit(self, pr: Progress) -> bool:
         return (

@@ -318,6 +318,12 @@ async def _run(seed: int, plan: Plan, workdir: Path) -> Stats:
         await cluster.heal_and_converge()
         if checking.done():
             checking.result()  # an invariant broken in the background
+    except AssertionError:
+        if checking.done() and not checking.cancelled() and checking.exception() is not None:
+            # The background check broke first; what failed since may only
+            # be a consequence (it left its records half-updated): report it.
+            checking.result()
+        raise
     finally:
         for task in (checking, *clients):
             task.cancel()
