@@ -402,11 +402,12 @@ class FleetClient:
         self._learn_members()
         uploaded_to: set[str] = set()
         uploaded = False
+        pinned: list[str] = []  # dht addresses where this push pinned the payload
 
         def attempt(endpoint: str) -> pb.SubmitResponse:
             nonlocal uploaded
             if blob.source is not None and endpoint not in uploaded_to:
-                uploaded = self._upload(endpoint, blob, progress) or uploaded
+                uploaded = self._upload(endpoint, blob, progress, pinned) or uploaded
                 uploaded_to.add(endpoint)
             return cast(pb.SubmitResponse, self._ledger(endpoint).Submit(request, timeout=self.timeout_s))
 
@@ -414,6 +415,7 @@ class FleetClient:
             answer = self._write(attempt, f"release {release_id}")
         except (IdempotencyConflict, Refused) as exc:
             if not isinstance(exc, IdempotencyConflict) and exc.code != "DUPLICATE_RELEASE":
+                self._unpin(pinned, blob.cid)  # refused for good: no release holds the payload here
                 raise
             existing = self._existing(release_id, exc)
             if not existing.publishes(published):
@@ -506,9 +508,22 @@ class FleetClient:
         except grpc.RpcError as exc:
             log.debug("cannot learn the members from %s: %s", self.endpoint, exc)
 
-    def _upload(self, endpoint: str, blob: _Payload, progress: UploadProgress | None) -> bool:
-        """Make sure the dht of the node at ``endpoint`` holds the payload;
-        True when it had to be sent."""
+    def _unpin(self, addresses: Sequence[str], cid: str) -> None:
+        """Best effort: drop the pins this push placed (a refused release
+        leaves no payload pinned for nothing; unpinned, the dht may evict it)."""
+        for address in addresses:
+            try:
+                dht_pb2_grpc.DhtStub(self._channel(address)).Unpin(
+                    dht_pb2.BlobPinRequest(content_id=cid), timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                log.debug("cannot unpin %s on %s: %s", cid, address, exc)
+
+    def _upload(
+        self, endpoint: str, blob: _Payload, progress: UploadProgress | None, pinned: list[str] | None = None
+    ) -> bool:
+        """Make sure the dht of the node at ``endpoint`` holds the payload,
+        pinned; True when it had to be sent. ``pinned`` collects the dht
+        addresses where this call placed the pin (not one already there)."""
         if endpoint not in self._services:
             self._status_of(endpoint)
         address = self._services[endpoint].get("dht")
@@ -521,6 +536,8 @@ class FleetClient:
             if stat.local and stat.size == blob.size:
                 if not stat.pinned:
                     stub.Pin(dht_pb2.BlobPinRequest(content_id=blob.cid), timeout=self.timeout_s)
+                    if pinned is not None:
+                        pinned.append(address)
                 log.info("payload %s is on %s's dht already; upload skipped", blob.cid, address)
                 return False
         except grpc.RpcError as exc:
@@ -546,6 +563,8 @@ class FleetClient:
             raise FleetError("PAYLOAD_CHANGED", f"{address} stored {reply.content_id} ({reply.size} bytes), "
                              f"not {blob.cid} ({blob.size} bytes): did the file change during the push?")
         log.info("uploaded %s to %s", blob.cid, address)
+        if pinned is not None:
+            pinned.append(address)
         return True
 
     def _write(self, attempt: Callable[[str], pb.SubmitResponse], what: str) -> pb.SubmitResponse:

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,19 +127,33 @@ def command_for(
 
 
 def join_command(
-    node_id: str, listen: str, data_dir: Path, voters: dict[str, str], cluster_id: str, metrics_port: int = 0
+    node_id: str,
+    listen: str,
+    data_dir: Path,
+    voters: dict[str, str],
+    cluster_id: str,
+    metrics_port: int = 0,
+    *,
+    endpoints: Mapping[str, str] | None = None,
+    trust_anchors: Sequence[str | Path] = (),
 ) -> list[str]:
     """The command of a consensus process joining a running cluster as a
     learner (add it with ``fleetsuit cluster add`` first, or after: until it
     is added nobody talks to it). ``voters``: id -> address of the current
-    voters. Restarting it with the same command, even with its data
-    directory wiped, brings it back."""
+    voters. ``endpoints``: the node's other services (``dht``, ``manifest``,
+    ``gateway``), which check its releases before proposal and which its
+    Status names; ``trust_anchors``: as for ``start_cluster`` (the ledger's
+    stand once recorded; a joining node only compares). Restarting it with
+    the same command, even with its data directory wiped, brings it back."""
     peers = ",".join(f"{nid}={addr}" for nid, addr in sorted(voters.items()) if nid != node_id)
+    services = [arg for name, address in sorted((endpoints or {}).items())
+                for arg in (f"--{name}-endpoint", address)]
+    anchors = [arg for anchor in anchor_arguments(trust_anchors) for arg in ("--trust-anchor", anchor)]
     return [
         sys.executable, "-m", "services.consensus",
         "--node-id", node_id, "--listen", listen, "--metrics-port", str(metrics_port),
         "--data", str(data_dir), "--peers", f"{peers},{node_id}={listen}", "--cluster-id", cluster_id,
-        "--join",
+        "--join", *services, *anchors,
     ]
 
 

@@ -36,6 +36,7 @@ from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.ledger_client import SubmitBatcher, SubmitFailed
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
+from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from suit.keys import KeyAlgorithm, generate, private_pem, public_pem
 from tests.support.cli import CLI, run_cli
 from tests.support.cluster import LocalCluster
@@ -287,6 +288,11 @@ def test_each_refusal_end_to_end_with_its_code_and_nothing_committed(
 
     other = _write_payload(tmp_path / "app-6.bin", 64 * 1024, seed=6)
     _assert_refused(cluster, _push(cluster, node, other, "app", 6, keys.rogue), "UNTRUSTED_KEY", before)
+    # The refused push took back the pin it placed on the payload.
+    with grpc.insecure_channel(cluster.endpoint(node, "dht")) as channel:
+        stat = dht_pb2_grpc.DhtStub(channel).Stat(
+            dht_pb2.BlobStatRequest(content_id=cid_of(other.read_bytes()), lookup=False), timeout=5)
+    assert stat.local and not stat.pinned
     _assert_refused(cluster, _push(cluster, node, other, "app", 3, keys.ci), "STALE_SEQUENCE", before)
     missing = "sha256:" + hashlib.sha256(b"never uploaded").hexdigest()
     _assert_refused(cluster, _push(cluster, node, None, "app", 6, keys.ci, "--payload-cid", missing,

@@ -14,7 +14,7 @@ from fleetsuit.cli import EXIT_USAGE, CliError
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import SERVICES, anchor_arguments, command_for, plan_nodes
+from launcher.cluster import SERVICES, anchor_arguments, command_for, join_command, plan_nodes
 from launcher.preflight import check_trust_anchors
 from tests.support.cli import ClusterUp, run_cli
 from tests.support.releases import Publisher
@@ -40,6 +40,21 @@ def test_each_consensus_process_gets_its_nodes_services_and_the_anchors(tmp_path
     for spec in SERVICES:
         if spec.name != "consensus":
             assert "--trust-anchor" not in command_for(spec, nodes[0], nodes, "c", ["/k/ci.pem"])
+
+
+def test_a_joining_node_gets_its_services_and_the_anchors(tmp_path: Path, pem: Path) -> None:
+    cmd = join_command(
+        "n4", "127.0.0.1:7131", tmp_path / "n4", {"n1": "127.0.0.1:7101"}, "c",
+        endpoints={"dht": "127.0.0.1:7132", "manifest": "127.0.0.1:7133"}, trust_anchors=[f"{pem}:classes=a"],
+    )
+    assert "--join" in cmd
+    assert cmd[cmd.index("--dht-endpoint") + 1] == "127.0.0.1:7132"
+    assert cmd[cmd.index("--manifest-endpoint") + 1] == "127.0.0.1:7133"
+    assert cmd[cmd.index("--trust-anchor") + 1] == f"{pem.absolute()}:classes=a"
+    from services.consensus.config import ConsensusConfig
+
+    config = ConsensusConfig.from_args(cmd[3:], env={})
+    assert config.services()["dht"] == "127.0.0.1:7132" and len(config.anchors()) == 1
 
 
 def test_anchor_paths_are_made_absolute_and_keep_their_scope(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
