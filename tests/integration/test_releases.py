@@ -487,3 +487,31 @@ def test_release_metrics_count_states_refusals_and_pushes(
 
     assert pushed(after, "published") - pushed(before, "published") == 1
     assert pushed(after, "UNTRUSTED_KEY") - pushed(before, "UNTRUSTED_KEY") == 1
+
+
+def test_a_node_cut_off_from_the_majority_still_lists_releases_when_stale_reads_are_asked(
+    cluster: LocalCluster,
+) -> None:
+    """DESIGN: a partitioned minority keeps serving committed releases. With
+    the two other nodes down, the survivor answers a stale read from its own
+    state and refuses a linearizable one (it cannot know it is current), in
+    one line and a non-zero exit."""
+    ids = _ids(cluster)
+    survivor, others = ids[0], ids[1:]
+    expected = sorted(r["release_id"] for r in _list(cluster, survivor))
+    for nid in others:
+        cluster.kill(nid, sig=signal.SIGTERM)
+    try:
+        stale = run_cli("release", "list", "--json", "--stale", "--endpoint", cluster.endpoint(survivor),
+                        "--retry-deadline", "2")
+        assert stale.returncode == 0, stale.stderr
+        doc = json.loads(stale.stdout)
+        listed = doc["releases"] if isinstance(doc, dict) else doc
+        assert sorted(r["release_id"] for r in listed) == expected
+        current = run_cli("release", "list", "--json", "--endpoint", cluster.endpoint(survivor),
+                          "--retry-deadline", "2", "--timeout", "2")
+        assert current.returncode == 1 and len(current.stderr.strip().splitlines()) == 1, current.stderr
+    finally:
+        for nid in others:
+            cluster.restart(nid)
+        wait_until(lambda: _same_state_everywhere(cluster), 60, "the nodes back")
