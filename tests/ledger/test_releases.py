@@ -241,3 +241,23 @@ def test_release_state_survives_a_restart_and_a_snapshot_identically(tmp_path: P
     [answer] = other.apply(publish(ci, "fw", 6, FIRMWARE))
     assert answer.outcome == "" and other.machine.releases.sequence("fw") == 6
     other.close()
+
+
+def test_an_entry_the_check_chokes_on_is_refused_not_a_crash(
+    ledger: Ledger, ci: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed entry that made apply raise would stop every node that
+    applies it, on every restart: it is refused instead, with a message
+    that is the same on every node (the exception's type, not its text)."""
+    import services.consensus.ledger.releases as releases
+
+    def choke(*_: object) -> None:
+        raise RuntimeError(f"object at {id(ledger):#x}")
+
+    monkeypatch.setattr(releases, "check_envelope", choke)
+    [answer] = ledger.apply(publish(ci, "fw", 1, FIRMWARE))
+    assert (answer.outcome, answer.message) == ("INVALID_RELEASE", "the entry could not be checked (RuntimeError)")
+    assert ledger.machine.releases.releases() == []
+    [refusal] = ledger.machine.releases.refusals()
+    assert refusal.message == answer.message
+    ledger.close()

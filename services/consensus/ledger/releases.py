@@ -242,7 +242,9 @@ def check_envelope(publish: Publish, anchors: Sequence[Anchor], current_sequence
             )
         if tuple(outcome.components) != (component,):
             raise InvalidRelease(f"the manifest is not for component {publish.component!r} alone")
-        signer = next(a for s, a in scoped if s is outcome.signer)
+        signer = next((a for s, a in scoped if s is outcome.signer or s == outcome.signer), None)
+        if signer is None:
+            raise UntrustedKey("the signing key is none of the ledger's trust anchors")
     assert signer is not None
     return signer
 
@@ -353,11 +355,24 @@ class ReleaseState:
             else:
                 self._anchors(body)
         except ReleaseRefused as exc:
-            release_id = getattr(body, "release_id", "")
-            refusal = Refusal(index, height, position, kind, release_id, exc.code, str(exc))
-            self._pending[(T_REFUSAL, f"{index:020d}:{position:06d}")] = refusal_to_bytes(refusal)
-            return exc.code, str(exc)
+            return self._refuse(body, index, height, position, kind, exc.code, str(exc))
+        except Exception as exc:
+            # A bug, or an input the SUIT library chokes on: every node fails
+            # the same way on the same entry, so the entry is refused, never
+            # a crash (a committed entry that stops every node that applies
+            # it would stop the cluster for good). Only the exception's type
+            # goes into the record: its text may differ between nodes.
+            return self._refuse(body, index, height, position, kind, InvalidRelease.code,
+                                f"the entry could not be checked ({type(exc).__name__})")
         return "", ""
+
+    def _refuse(
+        self, body: ReleaseEntry, index: int, height: int, position: int, kind: str, code: str, message: str
+    ) -> tuple[str, str]:
+        release_id = getattr(body, "release_id", "")
+        refusal = Refusal(index, height, position, kind, release_id, code, message)
+        self._pending[(T_REFUSAL, f"{index:020d}:{position:06d}")] = refusal_to_bytes(refusal)
+        return code, message
 
     def _publish(self, publish: Publish, index: int, height: int, position: int) -> None:
         publish, signer = self.check_publish(publish)
