@@ -261,3 +261,40 @@ def test_an_entry_the_check_chokes_on_is_refused_not_a_crash(
     [refusal] = ledger.machine.releases.refusals()
     assert refusal.message == answer.message
     ledger.close()
+
+
+def test_mangled_envelopes_are_refused_and_never_raise(ledger: Ledger, ci: Publisher) -> None:
+    """Bytes flipped, cut or inserted anywhere in a signed envelope: apply
+    answers every one with a refusal code (or accepts an envelope whose
+    change the signature does not cover), and raises for none."""
+    import random
+
+    from fleetsuit.v1 import consensus_pb2 as pb
+    from services.consensus.errors import REFUSALS
+
+    rng = random.Random(11)
+    good = pb.LedgerEntry.FromString(publish(ci, "fw", 1, FIRMWARE))
+    envelope_bytes = good.release_published.envelope
+    outcomes = set()
+    for i in range(300):
+        mangled = bytearray(envelope_bytes)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(mangled))
+            what = rng.randrange(3)
+            if what == 0:
+                mangled[at] ^= 1 << rng.randrange(8)
+            elif what == 1:
+                del mangled[at:at + rng.randint(1, 16)]
+            else:
+                mangled[at:at] = rng.randbytes(rng.randint(1, 8))
+        entry = pb.LedgerEntry()
+        entry.CopyFrom(good)
+        entry.request_id = 1000 + i
+        entry.release_published.envelope = bytes(mangled)
+        [answer] = ledger.apply(entry.SerializeToString())
+        assert answer.outcome in REFUSALS or answer.outcome == "", answer
+        outcomes.add(answer.outcome)
+        if answer.outcome == "":
+            break  # the first accepted one takes fw@1; the rest would be duplicates
+    assert "UNTRUSTED_KEY" in outcomes or "INVALID_RELEASE" in outcomes
+    ledger.close()
