@@ -40,6 +40,7 @@ class _Meta:
     parse: Callable[[str], Any] | None
     metavar: str | None
     flag: bool | str
+    repeat: str | None = None
 
 
 def setting(
@@ -50,13 +51,16 @@ def setting(
     parse: Callable[[str], T] | None = None,
     metavar: str | None = None,
     flag: bool | str = True,
+    repeat: str | None = None,
 ) -> T:
     """A config field: ``default``, ``help`` for ``--help`` and the docs,
     ``env`` to override the variable's name, ``parse`` for types other than
     str, int, float, bool and tuple[str, ...] (a comma-separated list);
     ``flag="--name"`` when the flag is not ``--field-name``; ``flag=False``
-    for a setting read only from the environment."""
-    meta = _Meta(help, env, parse, metavar, flag)
+    for a setting read only from the environment; ``repeat=SEP`` for a flag
+    that may be given several times, its values joined with SEP (the
+    separator the variable uses) before ``parse``."""
+    meta = _Meta(help, env, parse, metavar, flag, repeat)
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
@@ -123,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], env_prefix: s
         if hint is bool:
             parser.add_argument(flag_name(f), dest=f.name, default=None,
                                 action=argparse.BooleanOptionalAction, help=help_text)
+        elif meta.repeat is not None:
+            parser.add_argument(flag_name(f), dest=f.name, default=None, metavar=meta.metavar,
+                                action="append", help=f"{help_text}; repeatable")
         else:
             parser.add_argument(flag_name(f), dest=f.name, default=None, metavar=meta.metavar,
                                 help=help_text)
@@ -156,6 +163,9 @@ def from_sources(
         known_env.add(name)
         parse = _parser_for(f, hint)
         raw_flag = given.get(f.name)
+        separator = _meta(f).repeat
+        if separator is not None and isinstance(raw_flag, list):
+            raw_flag = separator.join(raw_flag)
         if raw_flag is not None:
             values[f.name] = _parse_value(parse, raw_flag, flag_name(f))
         elif environ.get(name, "") != "":

@@ -52,6 +52,20 @@ def test_a_bad_value_or_an_unknown_variable_is_refused_by_name(
         parse_config(_Config, argv, env, prog="t", env_prefix="T_")
 
 
+@dataclass(frozen=True)
+class _Repeated:
+    keys: tuple[str, ...] = setting((), "keys", parse=lambda raw: tuple(raw.split(";")), repeat=";")
+
+
+def test_a_repeatable_flag_joins_its_values_as_the_variable_holds_them() -> None:
+    got = parse_config(_Repeated, ["--keys", "a.pem", "--keys", "b.pem:classes=x"], {}, prog="t", env_prefix="R_")
+    assert got.keys == ("a.pem", "b.pem:classes=x")
+    from_env = parse_config(_Repeated, [], {"R_KEYS": "a.pem;b.pem"}, prog="t", env_prefix="R_")
+    assert from_env.keys == ("a.pem", "b.pem")
+    assert parse_config(_Repeated, ["--keys", "c.pem"], {"R_KEYS": "a.pem"}, prog="t", env_prefix="R_").keys == (
+        "c.pem",)
+
+
 def test_every_setting_is_documented_with_its_default_and_variable() -> None:
     assert document(_Config, "T_") == [
         ("--name", "T_NAME", "n1", "a name"),

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetsuit.logs import LOG_FORMATS
-from fleetsuit.settings import ConfigError, add_arguments, document, from_sources, setting
+from fleetsuit.settings import ConfigError, add_arguments, from_sources, setting
 
 from .anchors import SPEC_SEPARATOR, AnchorError, AnchorSpec, load_anchors, parse_anchor_specs
 from .ledger.entries import Anchor
@@ -86,7 +86,7 @@ class ConsensusConfig:
         (), "a PEM public key (Ed25519 or P-256) allowed to sign releases, optionally only for the "
         "components and device classes named; repeat the flag for more (in the variable, separate "
         "them with ';'). Recorded in the ledger once, when it has none; read at startup",
-        flag=ANCHOR_FLAG, parse=parse_anchor_specs, metavar=ANCHOR_METAVAR,
+        flag=ANCHOR_FLAG, parse=parse_anchor_specs, metavar=ANCHOR_METAVAR, repeat=SPEC_SEPARATOR,
     )
     unsafe_skip_release_checks: bool = setting(
         False, "TESTS ONLY: propose release entries without this node's checks (ledger state, "
@@ -218,15 +218,6 @@ class ConsensusConfig:
         error exits with status 2 (argparse); a bad value raises ConfigError."""
         parser = argparse.ArgumentParser(
             prog="python -m services.consensus", description="One consensus process of a fleetsuit node.",
-            conflict_handler="resolve",
         )
         add_arguments(parser, cls, ENV_PREFIX)
-        # --trust-anchor may be repeated (the shared settings take one value
-        # per flag): the values are joined as the variable holds them.
-        flag, env_var, default, help_text = next(r for r in document(cls, ENV_PREFIX) if r[0] == ANCHOR_FLAG)
-        parser.add_argument(flag, dest="trust_anchors", action="append", default=None, metavar=ANCHOR_METAVAR,
-                            help=f"{help_text} (default: {default}; env {env_var})")
-        args = parser.parse_args(argv)
-        if args.trust_anchors is not None:
-            args.trust_anchors = SPEC_SEPARATOR.join(args.trust_anchors)
-        return from_sources(cls, args, env, ENV_PREFIX)
+        return from_sources(cls, parser.parse_args(argv), env, ENV_PREFIX)
