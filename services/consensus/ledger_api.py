@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
@@ -29,7 +30,7 @@ from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
 from .config import ConsensusConfig
 from .convert import block_to_pb
-from .errors import BlockNotFound, ConsensusError, InvalidEntry, NotLeader
+from .errors import BlockNotFound, CheckUnavailable, ConsensusError, InvalidEntry, NotLeader
 from .ledger.block import merkle_path
 from .ledger.keys import RequestKey
 from .ledger.machine import Applied, encode_member_context
@@ -87,7 +88,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         release = entry.WhichOneof("kind") in CHECKED_KINDS
         try:
             if check is not None and release:
-                await check(entry)
+                timeout_s = await checked_within(check, entry, timeout_s)
             result = await self._node.submit(payload, key, timeout_s)
         except ConsensusError as exc:
             if release:
@@ -290,6 +291,25 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             await self._node.wait_for_height(height, 1.0)
 
 
+async def checked_within(check: ReleaseCheck, entry: pb.LedgerEntry, timeout_s: float) -> float:
+    """Run the checks before proposal within the submission's own deadline
+    and return what is left of it for the commit. Checks that do not finish
+    in time (a node cut off from the majority waits on its read barrier)
+    are ``CheckUnavailable``: definite, nothing was proposed, so the client
+    hears it before its deadline instead of guessing."""
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(check(entry), timeout_s)
+    except TimeoutError:
+        raise CheckUnavailable(
+            f"the checks before proposal did not finish within {timeout_s:.1f}s; nothing was proposed, retry"
+        ) from None
+    left = timeout_s - (time.monotonic() - started)
+    if left <= 0:
+        raise CheckUnavailable("the checks before proposal used the whole deadline; nothing was proposed, retry")
+    return left
+
+
 class SubmissionStream:
     """The submissions of one SubmitStream or SubmitBatches call: each request
     goes to the node at once, and each answer (or typed error) is queued as
@@ -370,7 +390,7 @@ class SubmissionStream:
     ) -> None:
         answer = _Answer(self, entry)
         try:
-            await check(entry)
+            timeout_s = await checked_within(check, entry, timeout_s)
         except ConsensusError as exc:
             answer.set_exception(exc)  # refused before proposal: definite
             return

@@ -57,9 +57,17 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
         state = self._node.machine.releases
         return lambda: sum(1 for r in state.refusals() if r.code == code)
 
-    async def _barrier(self, stale_ok: bool) -> None:
-        if not stale_ok:
-            await self._node.read_barrier(self._config.submit_timeout_s)
+    async def _barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
+        """A linearizable read waits for a ReadIndex barrier, within the
+        call's own deadline (so a node cut off from the majority answers
+        READ_TIMEOUT before the client gives up)."""
+        if stale_ok:
+            return
+        timeout_s = self._config.submit_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = max(0.05, min(timeout_s, remaining * 0.8))
+        await self._node.read_barrier(timeout_s)
 
     def _release(self, release: Release, include_envelope: bool) -> pb.Release:
         msg = release_to_pb(release, include_envelope=include_envelope)
@@ -71,7 +79,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     ) -> pb.ListReleasesResponse:
         if request.state and request.state not in STATES:
             raise InvalidEntry(f"unknown state {request.state!r} (one of {', '.join(STATES)})")
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         applied = self._node.machine.applied_index()
         out = []
         for release in self._node.machine.releases.releases():
@@ -87,7 +95,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     async def GetRelease(  # noqa: N802
         self, request: pb.GetReleaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.Release:
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         release = self._node.machine.releases.release(request.release_id)
         if release is None:
             raise ReleaseNotFound(f"no release {request.release_id!r} in the ledger")
@@ -98,7 +106,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     ) -> pb.Release:
         if not request.component:
             raise InvalidEntry("component is required")
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         best = self._node.machine.releases.current(request.component, request.device_class, self._clock_ms())
         if best is None:
             what = f" for device class {request.device_class!r}" if request.device_class else ""
@@ -108,7 +116,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     async def ListRefusals(  # noqa: N802
         self, request: pb.ListRefusalsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRefusalsResponse:
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         refusals = self._node.machine.releases.refusals()
         return pb.ListRefusalsResponse(
             refusals=[refusal_to_pb(r) for r in refusals], applied_index=self._node.machine.applied_index()
@@ -117,7 +125,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     async def TrustAnchors(  # noqa: N802
         self, request: pb.TrustAnchorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.TrustAnchorsResponse:
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         anchors = self._node.machine.releases.anchors()
         return pb.TrustAnchorsResponse(
             anchors=[anchor_to_pb(a) for a in anchors], applied_index=self._node.machine.applied_index()
@@ -126,7 +134,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
     async def Sequences(  # noqa: N802
         self, request: pb.TrustAnchorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SequencesResponse:
-        await self._barrier(request.stale_ok)
+        await self._barrier(request.stale_ok, context)
         sequences = self._node.machine.releases.sequences()
         return pb.SequencesResponse(
             components=[pb.ComponentSequence(component=c, sequence_number=n) for c, n in sorted(sequences.items())],

@@ -213,3 +213,22 @@ async def test_trust_anchors_are_written_by_the_nodes_only() -> None:
         code, trailing = await refusal(stub, pb.SubmitRequest(entry=entry))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and trailing["fleetsuit-error-code"] == "INVALID_ENTRY"
     assert node.submitted == []
+
+
+class Hang:
+    """A release check that never finishes (a node cut off from the majority
+    waiting on its read barrier)."""
+
+    async def __call__(self, entry: pb.LedgerEntry) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.mark.asyncio
+async def test_checks_that_outlast_the_submissions_deadline_are_a_definite_check_unavailable() -> None:
+    node = ScriptedNode()
+    request = release(1, 5)
+    request.timeout_ms = 200
+    async with serving(node, Hang()) as stub:
+        code, trailing = await refusal(stub, request)
+    assert code is grpc.StatusCode.UNAVAILABLE and trailing["fleetsuit-error-code"] == "CHECK_UNAVAILABLE"
+    assert trailing["fleetsuit-outcome"] == "definite" and node.submitted == []

@@ -142,6 +142,12 @@ def _release(rid: int) -> pb.SubmitRequest:
     return pb.SubmitRequest(entry=entry)
 
 
+async def _turns(count: int = 5) -> None:
+    """Let the event loop run the tasks ready now, and those they start."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 class _Check:
     """A release check the test lets through, or refuses, entry by entry."""
 
@@ -163,12 +169,12 @@ async def test_a_release_is_submitted_once_its_check_passes_and_a_refusal_is_ans
     pump.submit(_release(1))
     pump.submit(_release(2))
     pump.submit(_request(3))  # not a release: not checked
-    await asyncio.sleep(0)
+    await _turns()
     assert check.asked == [1, 2] and set(node.waiters) == {RequestKey("c", 3)}
     assert await _blocked(pump)  # entries being checked count as pending
     check.verdicts[1].set_exception(UntrustedKey("not signed by an anchor"))
     check.verdicts[2].set_result(None)
-    await asyncio.sleep(0)
+    await _turns()
     refused = await pump.answers.get()
     assert refused is not None and (refused.request_id, refused.error_code) == (1, "UNTRUSTED_KEY")
     assert not refused.outcome_unknown  # refused before proposal: it will never commit
