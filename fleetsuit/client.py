@@ -15,22 +15,20 @@ What it does not do: the checks themselves (the node's manifest and dht
 services, and every node when it applies the entry), and waiting for
 devices. One client per thread; it is not thread-safe.
 
-This is the one module of ``fleetsuit`` that imports the SUIT library
-(``suit/``, a pure library): signing has to happen where the key is.
+What a push sends, the release's envelope and its payload, is
+``release_content.py``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import grpc
 
@@ -45,8 +43,13 @@ from fleetsuit.client_errors import (
     from_rpc_error,
 )
 from fleetsuit.grpcutil import CHANNEL_OPTIONS
+from fleetsuit.release_content import (
+    Payload,
+    build_release_envelope,
+    check_envelope,
+    release_description,
+)
 from fleetsuit.release_model import (
-    CID_PREFIX,
     DEFAULT_DEVICE_CLASS,
     DEFAULT_VENDOR_DOMAIN,
     ROLLOUT_ACTIONS,
@@ -58,7 +61,6 @@ from fleetsuit.release_model import (
     StatusInfo,
     TrustAnchorInfo,
     WriteResult,
-    check_content_id,
     check_release_names,
     release_id_of,
     release_key,
@@ -68,10 +70,6 @@ from fleetsuit.release_model import (
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
-from suit import keys as suit_keys
-from suit.build import build_envelope, sign_envelope
-from suit.codec import decode as decode_envelope
-from suit.errors import SuitError
 
 __all__ = [
     "FleetClient", "FleetError", "IdempotencyConflict", "MemberInfo", "NotFound", "OutcomeUnknownError",
@@ -82,7 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-UPLOAD_PIECE_BYTES = 1024 * 1024  # one Dht.Put message; far below the 8 MiB gRPC limit
 MIN_UPLOAD_BYTES_PER_S = 1024 * 1024  # the upload's deadline assumes at least this rate
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -95,104 +92,6 @@ _FAILOVER_CODES = frozenset({"NO_LEADER", "CHECK_UNAVAILABLE", "SHUTTING_DOWN", 
 _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 UploadProgress = Callable[[int, int], None]  # (bytes uploaded, total bytes)
-
-
-# ---------------------------------------------------------------- envelopes
-
-
-def release_description(
-    *, component: str, sequence: int, payload_cid: str, payload_size: int,
-    device_class: str = DEFAULT_DEVICE_CLASS, vendor_domain: str = DEFAULT_VENDOR_DOMAIN,
-) -> dict[str, Any]:
-    """The SUIT description (``suit.build``'s input) of a release, as the
-    cluster's check expects it: one component whose id is one part, the
-    UTF-8 bytes of its name; one device class (draft-ietf-suit-manifest
-    §8.4.8.2: class id = UUID5(vendor id, class name), vendor id =
-    UUID5(DNS, vendor domain)); the payload's SHA-256 and size, fetched from
-    ``fleetsuit:<content id>``."""
-    check_content_id(payload_cid)
-    return {
-        "manifest-version": 1,
-        "manifest-sequence-number": sequence,
-        "text": {"manifest-description": f"{component} sequence {sequence} ({device_class})"},
-        "components": [{
-            "install-id": [component.encode().hex()],
-            "vendor-domain": vendor_domain,
-            "class-info": device_class,
-            "install-digest": {"algorithm-id": "sha256", "digest-bytes": payload_cid[len(CID_PREFIX):]},
-            "install-size": payload_size,
-            "uri": f"fleetsuit:{payload_cid}",
-        }],
-    }
-
-
-def build_release_envelope(
-    *, component: str, sequence: int, payload_cid: str, payload_size: int, key_pem: bytes,
-    device_class: str = DEFAULT_DEVICE_CLASS, vendor_domain: str = DEFAULT_VENDOR_DOMAIN,
-) -> bytes:
-    """The signed envelope of a release (Ed25519 or P-256 key, PEM). A
-    P-256 (ECDSA) signature differs on every call; an Ed25519 one does not."""
-    key = suit_keys.load_private_pem(key_pem)
-    description = release_description(
-        component=component, sequence=sequence, payload_cid=payload_cid, payload_size=payload_size,
-        device_class=device_class, vendor_domain=vendor_domain,
-    )
-    try:
-        return sign_envelope(build_envelope(description, {}), key)
-    except SuitError as exc:
-        raise ValueError(f"cannot build the envelope: {exc}") from None
-
-
-def _check_envelope(envelope: bytes, component: str, sequence: int) -> None:
-    """A pre-built envelope must at least decode and name this component and
-    sequence (the cluster checks the rest)."""
-    try:
-        _, manifest = decode_envelope(envelope)
-    except SuitError as exc:
-        raise ValueError(f"the envelope does not decode: {exc}") from None
-    if manifest.sequence_number != sequence:
-        raise ValueError(f"the envelope's sequence number is {manifest.sequence_number}, not {sequence}")
-    if manifest.common.components != ((component.encode(),),):
-        raise ValueError(f"the envelope is not for the one component {component!r}")
-
-
-# ---------------------------------------------------------------- payloads
-
-
-@dataclass(frozen=True, slots=True)
-class _Payload:
-    cid: str
-    size: int
-    source: Path | bytes | None  # None: assumed in the dht already
-
-    @classmethod
-    def of(cls, payload: Path | bytes | None, cid: str | None, size: int | None) -> _Payload:
-        if payload is not None and cid is not None:
-            raise ValueError("give the payload or its cid and size, not both")
-        if payload is None:
-            if cid is None or size is None:
-                raise ValueError("give the payload, or its cid and size (payload_cid, payload_size)")
-            if size < 0:
-                raise ValueError("payload_size must not be negative")
-            return cls(check_content_id(cid), size, None)
-        if isinstance(payload, bytes):
-            return cls(CID_PREFIX + hashlib.sha256(payload).hexdigest(), len(payload), payload)
-        digest = hashlib.sha256()
-        size = 0
-        with open(payload, "rb") as f:
-            while piece := f.read(UPLOAD_PIECE_BYTES):
-                digest.update(piece)
-                size += len(piece)
-        return cls(CID_PREFIX + digest.hexdigest(), size, payload)
-
-    def pieces(self) -> Iterator[bytes]:
-        if isinstance(self.source, bytes):
-            for at in range(0, len(self.source), UPLOAD_PIECE_BYTES):
-                yield self.source[at:at + UPLOAD_PIECE_BYTES]
-        elif self.source is not None:
-            with open(self.source, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    yield piece
 
 
 def _unix_ms(value: datetime | float | None, name: str) -> int:
@@ -381,7 +280,7 @@ class FleetClient:
         ).validate()
         if (key_pem is None) == (envelope is None):
             raise ValueError("give one of key_pem (to sign here) or envelope (signed elsewhere), not both")
-        blob = _Payload.of(payload, payload_cid, payload_size)
+        blob = Payload.of(payload, payload_cid, payload_size)
         if envelope is None:
             assert key_pem is not None
             envelope = build_release_envelope(
@@ -389,7 +288,7 @@ class FleetClient:
                 key_pem=key_pem, device_class=device_class, vendor_domain=vendor_domain,
             )
         else:
-            _check_envelope(envelope, component, sequence)
+            check_envelope(envelope, component, sequence)
         release_id = release_id_of(component, sequence)
         client_id, request_id = release_key(component, sequence)
         published = pb.ReleasePublished(
@@ -519,7 +418,7 @@ class FleetClient:
                 log.debug("cannot unpin %s on %s: %s", cid, address, exc)
 
     def _upload(
-        self, endpoint: str, blob: _Payload, progress: UploadProgress | None, pinned: list[str] | None = None
+        self, endpoint: str, blob: Payload, progress: UploadProgress | None, pinned: list[str] | None = None
     ) -> bool:
         """Make sure the dht of the node at ``endpoint`` holds the payload,
         pinned; True when it had to be sent. ``pinned`` collects the dht

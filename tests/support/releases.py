@@ -1,5 +1,5 @@
 """Release entries for tests: signed envelopes built by the release
-client's own description (``fleetsuit.client.release_description``: the
+client's own description (``fleetsuit.release_content.release_description``: the
 shape the cluster's checks expect), the entries
 that publish, revoke and change them, and the bootstrap anchors."""
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetsuit.client import release_description
+from fleetsuit.release_content import release_description
 from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.ledger.codec import encode_anchor_bootstrap
 from services.consensus.ledger.entries import Anchor
