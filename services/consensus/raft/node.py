@@ -30,6 +30,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .commit_notice import CommitNotices, owes_commit
 from .log import LogInvariantError, RaftLog
 from .membership import (
     ConfChange,
@@ -116,12 +117,8 @@ class RaftNode:
         self._applying = applied  # handed out in a Ready, not yet advanced
         self._prev_hard_state = hard_state
         self._msgs: list[Message] = []
-        # Followers owed a commit index: told at the next tick unless an
-        # append proposed in the meantime carries it (no extra message).
-        self._commit_notify: set[str] = set()
-        # Leader: per follower, the last entry appended for its PROPOSE. Its
-        # client waits on that commit, so it is told at once, not at the tick.
-        self._forwarded: dict[str, int] = {}
+        # Who is told the commit index outside an append, and when.
+        self._notices = CommitNotices()
         self._votes: dict[str, bool] = {}
         self._progress: dict[str, Progress] = {}
         self._transferee = _NONE
@@ -209,7 +206,7 @@ class RaftNode:
     def tick(self) -> None:
         self._now += 1
         if self._role is Role.LEADER:
-            self._flush_commit_notify()
+            self._tell_commit_due()
             self._tick_leader()
         else:
             self._tick_election()
@@ -456,7 +453,7 @@ class RaftNode:
         self._reset_timeout()
         self._votes = {}
         self._progress = {}
-        self._forwarded = {}
+        self._notices.role_changed()
         self._transferee = _NONE
         self._reads.clear()
         self._reads_waiting = []
@@ -628,7 +625,7 @@ class RaftNode:
                 return
             indexes = self._append_own([(EntryType.NORMAL, p) for p in msg.proposals])
             if msg.src in self._progress:
-                self._forwarded[msg.src] = indexes[-1]
+                self._notices.forwarded(msg.src, indexes[-1])
             self._broadcast_append()
         elif msg.type is MessageType.READ_INDEX:
             if self._transferee:
@@ -737,7 +734,7 @@ class RaftNode:
         for p in list(self._progress):
             if p not in members:
                 del self._progress[p]
-                self._forwarded.pop(p, None)
+                self._notices.forget(p)
         nxt = nxt or max(self._log.last_index, 1)
         for p in sorted(members - self._progress.keys()):
             self._progress[p] = Progress(nxt, self._config.max_inflight_appends)
@@ -974,56 +971,15 @@ class RaftNode:
         self._maybe_promote()
 
     def _maybe_send_commit(self, to: str, pr: Progress) -> None:
-        """Tell an idle, caught-up follower a commit index it has not heard
-        yet; busy ones learn it from their next append. Deferred to the next
-        tick: when proposals keep coming (one client writing in a loop, or
-        many), the next append carries it and no message is spent on it; an
-        idle follower learns it within a tick. The leader answers its own
-        clients at its own commit; a follower answers at its apply.
-        (etcd's raft likewise leaves the commit index to the next append or
-        heartbeat.)
-
-        Except for a follower whose forwarded proposal (PROPOSE) this commit
-        covers: its client waits on exactly this commit index, and the tick
-        would cost it a whole tick of latency. It is told at once, with the
-        same empty append the tick would send, when nothing else will carry
-        it: no append in flight (their answer brings us back here) and none
-        about to go (``_handle_append_response`` fills the pipeline after
-        this; that append carries the commit). At most one such message per
-        commit advance and forwarding follower: it sets ``commit_sent``."""
-        fwd = self._forwarded.get(to)
-        if fwd is not None and pr.commit_sent >= fwd:
-            del self._forwarded[to]  # told, by this notice or by an append
-            fwd = None
-        if not self._owes_commit(pr):
-            return
-        if (
-            fwd is not None
-            and min(self._log.commit, pr.match_index) >= fwd
-            and pr.next_index > self._log.last_index
-        ):
-            del self._forwarded[to]
-            self._commit_notify.discard(to)
+        """Tell ``to`` the commit index now, at the next tick, or with its
+        next append (``commit_notice.py``)."""
+        if self._notices.at_commit(to, pr, self._log.commit, self._log.last_index):
             self._send_heartbeat(to)
-            return
-        self._commit_notify.add(to)
 
-    def _owes_commit(self, pr: Progress) -> bool:
-        return (
-            pr.state is ProgressState.REPLICATE
-            and not pr.inflight
-            and pr.commit_sent < min(self._log.commit, pr.match_index)
-        )
-
-    def _flush_commit_notify(self) -> None:
-        if not self._commit_notify:
-            return
-        owed, self._commit_notify = sorted(self._commit_notify), set()
-        if self._role is not Role.LEADER:
-            return
-        for to in owed:
+    def _tell_commit_due(self) -> None:
+        for to in self._notices.take_due():
             pr = self._progress.get(to)
-            if pr is not None and self._owes_commit(pr):
+            if pr is not None and owes_commit(pr, self._log.commit):
                 self._send_heartbeat(to)
 
     def _handle_reject(self, msg: Message, pr: Progress) -> None:
