@@ -43,6 +43,14 @@ def public_pem(key: PublicKey) -> bytes:
     )
 
 
+def public_der(key: PublicKey) -> bytes:
+    """The key's SubjectPublicKeyInfo, DER: how trust anchors travel and
+    are named."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def load_private_pem(data: bytes) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)

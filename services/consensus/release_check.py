@@ -38,14 +38,13 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter
 
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.rpc import ERROR_CODE_KEY
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc, manifest_pb2, manifest_pb2_grpc
-from suit.keys import load_public_pem
+from suit.keys import load_public_pem, public_der
 
 from .errors import CheckUnavailable, ConsensusError, DigestMismatch, PayloadMissing
 from .ledger.codec import decode_entry
@@ -75,11 +74,8 @@ def manifest_anchor(anchor: Anchor, vendor_domain: str) -> manifest_pb2.Manifest
     """A ledger anchor as the manifest service takes it, scoped as
     ``releases.suit_anchors`` scopes it: class ids under ``vendor_domain``,
     components as one-part ids."""
-    der = load_public_pem(anchor.public_key_pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     return manifest_pb2.ManifestTrustAnchor(
-        public_key_der=der,
+        public_key_der=public_der(load_public_pem(anchor.public_key_pem)),
         key_id=anchor.key_id.encode(),
         class_ids=[class_id(vendor_domain, c) for c in anchor.device_classes],
         components=[manifest_pb2.ManifestComponentId(parts=[c.encode()]) for c in anchor.components],

@@ -44,6 +44,7 @@ from suit.errors import (
     StructureError,
     SuitError,
 )
+from suit.keys import public_der
 from suit.model import ComponentId, Envelope, Manifest
 from suit.processor import Procedure, Verdict
 from suit.show import diagnostic, envelope_json
@@ -131,11 +132,8 @@ class AnchorCache:
 
 
 def anchor_to_pb(anchor: TrustAnchor) -> pb.ManifestTrustAnchor:
-    der = anchor.public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     return pb.ManifestTrustAnchor(
-        public_key_der=der,
+        public_key_der=public_der(anchor.public_key),
         key_id=anchor.key_id or b"",
         class_ids=sorted(anchor.class_ids or ()),
         components=[component_to_pb(c) for c in sorted(anchor.components or ())],

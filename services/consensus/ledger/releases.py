@@ -33,12 +33,10 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
-from cryptography.hazmat.primitives import serialization
-
 from suit.auth import TrustAnchor
 from suit.device import DeviceContext, ImageInfo
 from suit.errors import SuitError
-from suit.keys import load_public_pem
+from suit.keys import load_public_pem, public_der
 from suit.processor import process
 
 from ..errors import (
@@ -115,10 +113,7 @@ def refusal_for_suit(code: str, message: str) -> ReleaseRefused:
 def key_id_of(public_key_pem: bytes) -> str:
     """A trust anchor's default id: the first 16 hex digits of the SHA-256
     of its SubjectPublicKeyInfo."""
-    der = load_public_pem(public_key_pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()[:16]
+    return hashlib.sha256(public_der(load_public_pem(public_key_pem))).hexdigest()[:16]
 
 
 def vendor_id(vendor_domain: str) -> bytes:
