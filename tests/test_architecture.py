@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("consensus", "dht", "manifest")
+SERVICES = ("consensus", "dht", "manifest", "gateway")
 
 
 def _imports(path: Path) -> list[str]:
