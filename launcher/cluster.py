@@ -77,10 +77,28 @@ def _manifest_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> li
     return ["--cluster-id", cluster_id]
 
 
+GATEWAY_HTTP_OFFSET = 5  # the gateway's payload downloads (HTTP), beside its gRPC port
+
+
+def gateway_http(node: NodePlan) -> str:
+    return f"127.0.0.1:{node.base + GATEWAY_HTTP_OFFSET}"
+
+
+def _gateway_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
+    # The node's own consensus (ledger, devices, reports) and dht (payloads).
+    return [
+        "--cluster-id", cluster_id,
+        "--consensus-endpoint", f"127.0.0.1:{node.base + 1}",
+        "--dht-endpoint", f"127.0.0.1:{node.base + 2}",
+        "--http-listen", gateway_http(node),
+    ]
+
+
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args, takes_trust_anchors=True),
     ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
     ServiceSpec("manifest", "services.manifest", 3, 8, _manifest_args, stores_data=False),
+    ServiceSpec("gateway", "services.gateway", 4, 9, _gateway_args),
 ]
 HIGHEST_OFFSET = max(max(s.port_offset, s.metrics_offset) for s in SERVICES)
 
@@ -107,6 +125,7 @@ def planned_ports(nodes: list[NodePlan]) -> list[tuple[int, str]]:
         for spec in SERVICES:
             out.append((node.base + spec.port_offset, f"{spec.name} of {node.node_id}"))
             out.append((node.base + spec.metrics_offset, f"metrics of {spec.name} of {node.node_id}"))
+        out.append((node.base + GATEWAY_HTTP_OFFSET, f"downloads of gateway of {node.node_id}"))
     return out
 
 
@@ -184,12 +203,15 @@ def start_cluster(
     cluster_id: str | None = None,
     *,
     trust_anchors: Sequence[str | Path] = (),
+    extra_args: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], list[subprocess.Popen[bytes]]]:
     """Write the anchors and start every child (without waiting for any);
     return the cluster.json document and the processes. ``cluster_id``:
     a new one when None. ``trust_anchors``: publisher keys
     (``PATH[:components=..][:classes=..]``) every consensus process records
-    in the ledger at bootstrap."""
+    in the ledger at bootstrap. ``extra_args``: service name -> more
+    flags for that service on every node (``{"gateway":
+    ["--heartbeat-interval-ms", "1000"]}``)."""
     cluster_id = cluster_id or new_cluster_id()
     anchor_args = anchor_arguments(trust_anchors)
     nodes = plan_nodes(count, data_dir, base_port)
@@ -206,6 +228,7 @@ def start_cluster(
             commands: dict[str, list[str]] = {}
             for spec in SERVICES:
                 cmd = command_for(spec, node, nodes, cluster_id, anchor_args)
+                cmd += list((extra_args or {}).get(spec.name, ()))
                 proc = spawn(cmd, node.data_dir / f"{spec.name}.log")
                 procs.append(proc)
                 pids[spec.name] = proc.pid
@@ -218,6 +241,8 @@ def start_cluster(
                     "data_dir": str(node.data_dir),
                     "pids": pids,
                     "endpoints": endpoints,
+                    # Where devices download payloads (the gateway's HTTP).
+                    "downloads": gateway_http(node),
                     "metrics": metrics,
                     "commands": commands,
                 }

@@ -60,9 +60,10 @@ def test_every_port_within_range_is_accepted(nodes: int, base_port: int) -> None
 
 def test_planned_ports_are_every_service_and_metrics_port_of_every_node() -> None:
     ports = planned_ports(plan_nodes(2, Path("d"), 7100))
-    assert sorted(p for p, _ in ports) == [7101, 7102, 7103, 7106, 7107, 7108,
-                                          7111, 7112, 7113, 7116, 7117, 7118]
+    assert sorted(p for p, _ in ports) == [7101, 7102, 7103, 7104, 7105, 7106, 7107, 7108, 7109,
+                                          7111, 7112, 7113, 7114, 7115, 7116, 7117, 7118, 7119]
     assert (7112, "dht of n2") in ports and (7118, "metrics of manifest of n2") in ports
+    assert (7114, "gateway of n2") in ports and (7115, "downloads of gateway of n2") in ports
 
 
 @pytest.fixture

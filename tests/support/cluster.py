@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,16 @@ class LocalCluster:
     stopped by pid at close()."""
 
     def __init__(
-        self, nodes: int, data_dir: Path, cluster_id: str = "test", trust_anchors: Sequence[Path] = ()
+        self,
+        nodes: int,
+        data_dir: Path,
+        cluster_id: str = "test",
+        trust_anchors: Sequence[Path] = (),
+        extra_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.base_port = free_base_port(NODE_PORT_SPAN * nodes + NODE_PORT_SPAN)
         self.doc, self._procs = start_cluster(
-            nodes, data_dir, self.base_port, cluster_id, trust_anchors=trust_anchors
+            nodes, data_dir, self.base_port, cluster_id, trust_anchors=trust_anchors, extra_args=extra_args
         )
         self.nodes: list[dict[str, Any]] = self.doc["nodes"]
 
