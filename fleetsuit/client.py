@@ -259,6 +259,10 @@ class FleetClient:
         end_at: datetime | float | None = None,
         experimental: bool = False,
         stages: Sequence[int] = (),
+        stage_interval_s: float = 0.0,
+        groups: Sequence[str] = (),
+        halt_failure_percent: int = 0,
+        halt_min_devices: int = 0,
         payload_cid: str | None = None,
         payload_size: int | None = None,
         progress: UploadProgress | None = None,
@@ -269,14 +273,21 @@ class FleetClient:
         commit it. With ``payload=None``, ``payload_cid`` and
         ``payload_size`` name a payload already in the dht.
 
-        Times are aware datetimes or unix seconds. A re-run of the same push
+        Times are aware datetimes or unix seconds; ``stage_interval_s``
+        (seconds between stage openings), ``groups`` (device groups
+        targeted, none: all) and the automatic halt's threshold
+        (``halt_failure_percent`` of at least ``halt_min_devices`` devices
+        reporting) are the rollout policy's. A re-run of the same push
         returns the first result with ``duplicate=True``; a different
         release under the same component and sequence raises
         IdempotencyConflict (or Refused DUPLICATE_RELEASE). Arguments that
         cannot make a release raise ValueError before anything is sent."""
         check_release_names(component, sequence, device_class, vendor_domain)
+        if stage_interval_s < 0:
+            raise ValueError(f"stage_interval_s must not be negative, not {stage_interval_s}")
         rollout = RolloutPolicy(
-            _unix_ms(start_at, "start_at"), _unix_ms(end_at, "end_at"), experimental, tuple(stages)
+            _unix_ms(start_at, "start_at"), _unix_ms(end_at, "end_at"), experimental, tuple(stages),
+            round(stage_interval_s * 1000), tuple(groups), halt_failure_percent, halt_min_devices,
         ).validate()
         if (key_pem is None) == (envelope is None):
             raise ValueError("give one of key_pem (to sign here) or envelope (signed elsewhere), not both")
@@ -329,7 +340,7 @@ class FleetClient:
 
     def revoke(self, release_id: str, reason: str) -> WriteResult:
         """Revoke a release: no device is offered it any more."""
-        entry = pb.LedgerEntry(client_id=revoke_client_id(release_id), request_id=self._request_id(),
+        entry = pb.LedgerEntry(client_id=revoke_client_id(release_id), request_id=self.request_id(),
                                release_revoked=pb.ReleaseRevoked(release_id=release_id, reason=reason))
         return self._write_entry(entry, release_id, f"revocation of {release_id}")
 
@@ -338,28 +349,43 @@ class FleetClient:
         if action not in ROLLOUT_ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ROLLOUT_ACTIONS)}, not {action!r}")
         entry = pb.LedgerEntry(
-            client_id=rollout_client_id(release_id), request_id=self._request_id(),
+            client_id=rollout_client_id(release_id), request_id=self.request_id(),
             rollout_changed=pb.RolloutChanged(release_id=release_id, action=action, reason=reason),
         )
         return self._write_entry(entry, release_id, f"{action} of {release_id}")
 
-    # ------------------------------------------------------------ internals
+    # ------------------------------------------------------------ for other clients
 
-    def _request_id(self) -> int:
+    def submit(self, entry: pb.LedgerEntry, what: str) -> pb.SubmitResponse:
+        """Submit a ledger entry until a definite answer, with this client's
+        retries and failover; every retry sends the same bytes under the
+        entry's key. Raises Refused, IdempotencyConflict, OutcomeUnknownError
+        (``what`` names the write in it), ... (``fleetsuit.device_admin``
+        writes through this)."""
+        request = self._submit_request(entry)
+        self._learn_members()
+        return self._write(
+            lambda ep: cast(pb.SubmitResponse, self._ledger(ep).Submit(request, timeout=self.timeout_s)),
+            f"{what} (key {entry.client_id}/{entry.request_id})",
+        )
+
+    def read(self, call: Callable[[grpc.Channel, float], T]) -> T:
+        """``call(channel, timeout_s)`` on the current node's consensus
+        channel, with this client's retries and failover (for reads)."""
+        return self._call(lambda ep: call(self._channel(ep), self.timeout_s))
+
+    def request_id(self) -> int:
         """A fresh 63-bit request id (never 0, which means none)."""
         return self._rng.getrandbits(63) or 1
+
+    # ------------------------------------------------------------ internals
 
     def _submit_request(self, entry: pb.LedgerEntry) -> pb.SubmitRequest:
         wait_ms = max(1, int(self.timeout_s * 1000 * COMMIT_WAIT_SHARE))
         return pb.SubmitRequest(entry=entry, timeout_ms=wait_ms)
 
     def _write_entry(self, entry: pb.LedgerEntry, release_id: str, what: str) -> WriteResult:
-        request = self._submit_request(entry)
-        self._learn_members()
-        answer = self._write(
-            lambda ep: cast(pb.SubmitResponse, self._ledger(ep).Submit(request, timeout=self.timeout_s)),
-            f"{what} (key {entry.client_id}/{entry.request_id})",
-        )
+        answer = self.submit(entry, what)
         return WriteResult(release_id, answer.index, answer.block_height, answer.position, answer.duplicate,
                            entry.client_id, entry.request_id)
 

@@ -22,12 +22,14 @@ import grpc
 ERROR_CODE_KEY = "fleetsuit-error-code"
 OUTCOME_KEY = "fleetsuit-outcome"
 
-# A release entry refused by the checks (before proposal or when applied):
-# nothing of it takes effect, and a retry gets the same answer.
+# A release or device entry refused by the checks (before proposal or when
+# applied): nothing of it takes effect, and a retry gets the same answer.
 REFUSAL_CODES = frozenset({
     "UNTRUSTED_KEY", "STALE_SEQUENCE", "PAYLOAD_MISSING", "DIGEST_MISMATCH", "REVOKED",
     "DUPLICATE_RELEASE", "INVALID_RELEASE", "UNKNOWN_RELEASE", "INVALID_TRANSITION",
     "NO_TRUST_ANCHORS", "ANCHORS_REFUSED", "RELEASE_REFUSED",
+    "DEVICE_REFUSED", "INVALID_DEVICE", "DEVICE_EXISTS", "DEVICE_UNKNOWN", "DEVICE_STATE",
+    "DEVICE_NOT_ACCEPTED", "INVALID_EVENT",
 })
 # Worth another attempt with the same key: nothing happened yet
 # (NO_LEADER, CHECK_UNAVAILABLE, OVERLOADED, ...) or it may still happen
@@ -36,7 +38,7 @@ RETRYABLE_CODES = frozenset({
     "OUTCOME_UNKNOWN", "NO_LEADER", "CHECK_UNAVAILABLE", "OVERLOADED", "SHUTTING_DOWN",
     "READ_TIMEOUT", "NOT_LEADER",
 })
-NOT_FOUND_CODES = frozenset({"RELEASE_NOT_FOUND", "BLOCK_NOT_FOUND", "NOT_FOUND"})
+NOT_FOUND_CODES = frozenset({"RELEASE_NOT_FOUND", "DEVICE_NOT_FOUND", "BLOCK_NOT_FOUND", "NOT_FOUND"})
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
 UNREACHABLE = "UNREACHABLE"
@@ -106,7 +108,7 @@ class TransportError(FleetError):
 
 
 class NotFound(FleetError):
-    """No such release (or block)."""
+    """No such release, device or block."""
 
 
 class _Retryable(FleetError):

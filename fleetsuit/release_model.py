@@ -22,6 +22,9 @@ DEFAULT_VENDOR_DOMAIN = "fleetsuit.example"
 CID_PREFIX = "sha256:"
 _CID = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_UINT64 = 2**64 - 1
+MAX_UINT32 = 2**32 - 1
+MAX_NAME = 128  # characters in a group name (as the ledger's other names)
+MAX_GROUPS = 256  # groups one rollout may target
 
 STATES = ("active", "paused", "halted", "revoked", "ended")
 ROLLOUT_ACTIONS = ("pause", "resume", "halt")
@@ -80,13 +83,21 @@ class RolloutPolicy:
     """When and to how much of the fleet a release goes out. Times are unix
     milliseconds, 0 meaning "at once" (start) or "no end" (end); ``stages``
     are cumulative percentages of the fleet, ascending and ending at 100
-    (empty: everyone at once). An experimental release needs an end: the
-    devices switch back then."""
+    (empty: everyone at once), stage k opening at start + k *
+    ``stage_interval_ms``. An experimental release needs an end: the devices
+    switch back then. ``groups``: the device groups it targets (empty:
+    every group). The ledger halts the release once at least
+    ``halt_min_devices`` devices reported an outcome and
+    ``halt_failure_percent`` of them failed (0: never)."""
 
     start_at_unix_ms: int = 0
     end_at_unix_ms: int = 0
     experimental: bool = False
     stages: tuple[int, ...] = ()
+    stage_interval_ms: int = 0
+    groups: tuple[str, ...] = ()
+    halt_failure_percent: int = 0
+    halt_min_devices: int = 0
 
     def validate(self) -> RolloutPolicy:
         """Self, or ValueError naming the bad field."""
@@ -104,17 +115,28 @@ class RolloutPolicy:
                 raise ValueError(f"stages must be strictly ascending, not {list(self.stages)}")
             if self.stages[-1] != 100:
                 raise ValueError(f"stages must end at 100, not {self.stages[-1]}")
+        if not 0 <= self.stage_interval_ms <= MAX_UINT64:
+            raise ValueError(f"stage_interval must not be negative, not {self.stage_interval_ms} ms")
+        if len(self.groups) > MAX_GROUPS or any(not g or len(g) > MAX_NAME for g in self.groups):
+            raise ValueError(f"groups are at most {MAX_GROUPS} names of 1..{MAX_NAME} characters")
+        if not 0 <= self.halt_failure_percent <= 100:
+            raise ValueError(f"halt_failure_percent is from 0 to 100, not {self.halt_failure_percent}")
+        if not 0 <= self.halt_min_devices <= MAX_UINT32:
+            raise ValueError(f"halt_min_devices must be from 0 to 2**32-1, not {self.halt_min_devices}")
         return self
 
     def to_pb(self) -> pb.RolloutPolicy:
         return pb.RolloutPolicy(
             start_at_unix_ms=self.start_at_unix_ms, end_at_unix_ms=self.end_at_unix_ms,
-            experimental=self.experimental, stages=list(self.stages),
+            experimental=self.experimental, stages=list(self.stages), stage_interval_ms=self.stage_interval_ms,
+            groups=list(self.groups), halt_failure_percent=self.halt_failure_percent,
+            halt_min_devices=self.halt_min_devices,
         )
 
     @classmethod
     def from_pb(cls, msg: pb.RolloutPolicy) -> RolloutPolicy:
-        return cls(msg.start_at_unix_ms, msg.end_at_unix_ms, msg.experimental, tuple(msg.stages))
+        return cls(msg.start_at_unix_ms, msg.end_at_unix_ms, msg.experimental, tuple(msg.stages),
+                   msg.stage_interval_ms, tuple(msg.groups), msg.halt_failure_percent, msg.halt_min_devices)
 
 
 # ---------------------------------------------------------------- results

@@ -1,8 +1,8 @@
 """The ``fleetsuit`` command: registers each service's sub-commands
 explicitly (``register(subparsers)`` of each ``services/<name>/cli.py``, and
-the launcher's own ``cluster up`` and ``release`` / ``rollout``) and turns
-every failure into one line and an exit code (``fleetsuit.cli``): 0 ok, 1
-refused or failed, 2 usage, 3 cannot start. A closed pipe (``fleetsuit
+the launcher's own ``cluster up``, ``release`` / ``rollout`` and ``device``)
+and turns every failure into one line and an exit code (``fleetsuit.cli``):
+0 ok, 1 refused or failed, 2 usage, 3 cannot start. A closed pipe (``fleetsuit
 status | head -1``) ends the command quietly."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from services.dht import cli as dht_cli
 from services.manifest import cli as manifest_cli
 
 from . import cli as launcher_cli
-from . import release_cli
+from . import device_cli, release_cli
 
 # In help order; the launcher's ``cluster up`` joins the consensus
 # service's ``cluster`` group.
-COMMANDS = (consensus_cli, launcher_cli, release_cli, dht_cli, manifest_cli)
+COMMANDS = (consensus_cli, launcher_cli, release_cli, device_cli, dht_cli, manifest_cli)
 
 EPILOG = """\
 exit codes:

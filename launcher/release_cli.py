@@ -11,7 +11,11 @@ Times (``--start-at``, ``--end-at``) are ISO-8601 with a UTC offset
 (``2030-01-01T08:00:00Z``), unix seconds, ``now``, or an offset from now
 (``+10m``, ``+1h30m``; units s, m, h, d). An offset is resolved when the
 command runs, so a re-run of a push with one is another release's rollout:
-use absolute times where a CI job may be re-run.
+use absolute times where a CI job may be re-run. Durations
+(``--stage-interval``) are ``90s``, ``10m``, ``1h30m`` or seconds.
+
+``client_for``, ``add_client_options`` and ``add_stale`` are shared with
+the other commands over ``fleetsuit.client`` (``device_cli.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _OFFSET = re.compile(r"\+((?:\d+[smhd])+)")
 _OFFSET_PART = re.compile(r"(\d+)([smhd])")
 _UNIX = re.compile(r"\d+(?:\.\d+)?")
+_DURATION = re.compile(r"(?:\d+[smhd])+")
 
 
 # ---------------------------------------------------------------- values
@@ -86,6 +91,17 @@ def parse_time(text: str, now_s: float) -> int:
     return round(when.timestamp() * 1000)
 
 
+def parse_duration(text: str) -> int:
+    """A duration option as milliseconds (``90s``, ``10m``, ``1h30m``,
+    ``2d``, or plain seconds); ValueError saying what is accepted."""
+    text = text.strip()
+    if _UNIX.fullmatch(text):
+        return round(float(text) * 1000)
+    if _DURATION.fullmatch(text):
+        return 1000 * sum(int(n) * _UNITS_S[unit] for n, unit in _OFFSET_PART.findall(text))
+    raise ValueError(f"{text!r} is not a duration: give 90s, 10m, 1h30m, 2d or seconds")
+
+
 def parse_stages(text: str) -> tuple[int, ...]:
     """``1,10,50,100`` -> (1, 10, 50, 100); the rules are RolloutPolicy's."""
     try:
@@ -99,7 +115,11 @@ def rollout_policy(args: argparse.Namespace, now_s: float) -> RolloutPolicy:
     start = parse_time(args.start_at, now_s) if args.start_at else 0
     end = parse_time(args.end_at, now_s) if args.end_at else 0
     stages = parse_stages(args.stages) if args.stages else ()
-    return RolloutPolicy(start, end, args.experimental, stages).validate()
+    interval = parse_duration(args.stage_interval) if args.stage_interval else 0
+    return RolloutPolicy(
+        start, end, args.experimental, stages, interval, tuple(args.group or ()), args.halt_failure_percent,
+        args.halt_min_devices,
+    ).validate()
 
 
 def _iso(unix_ms: int) -> str:
@@ -114,6 +134,7 @@ def release_doc(release: ReleaseInfo) -> dict[str, Any]:
     doc.pop("envelope")
     doc["device_classes"] = list(release.device_classes)
     doc["rollout"]["stages"] = list(release.rollout.stages)
+    doc["rollout"]["groups"] = list(release.rollout.groups)
     return doc
 
 
@@ -121,8 +142,12 @@ def _rollout_text(rollout: dict[str, Any]) -> str:
     start = _iso(rollout["start_at_unix_ms"]) if rollout["start_at_unix_ms"] else "at once"
     end = _iso(rollout["end_at_unix_ms"]) if rollout["end_at_unix_ms"] else "none"
     stages = ",".join(str(s) for s in rollout["stages"]) or "100"
+    interval = f" every {rollout['stage_interval_ms'] / 1000:g}s" if rollout["stage_interval_ms"] else ""
     kind = "; experimental (devices switch back at the end)" if rollout["experimental"] else ""
-    return f"start {start}; end {end}; stages {stages}%{kind}"
+    groups = f"; groups {', '.join(rollout['groups'])}" if rollout["groups"] else ""
+    halt = (f"; halts at {rollout['halt_failure_percent']}% failed of at least "
+            f"{max(1, rollout['halt_min_devices'])} devices" if rollout["halt_failure_percent"] else "")
+    return f"start {start}; end {end}; stages {stages}%{interval}{kind}{groups}{halt}"
 
 
 def _state(doc: dict[str, Any]) -> str:
@@ -163,7 +188,7 @@ def _write_doc(result: WriteResult, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _client(args: argparse.Namespace, retry_deadline_s: float) -> Iterator[FleetClient]:
+def client_for(args: argparse.Namespace, retry_deadline_s: float) -> Iterator[FleetClient]:
     """A client for the command, notes on stderr (unless --quiet), and every
     FleetError as one ``CODE: message`` line."""
     handler: logging.Handler | None = None
@@ -246,7 +271,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read payload {payload}: not a file")
     progress = _UploadProgress(args.quiet)
     proof: bytes | None = None
-    with _client(args, WRITE_RETRY_DEADLINE_S) as client:
+    with client_for(args, WRITE_RETRY_DEADLINE_S) as client:
         try:
             result = client.push_release(
                 payload, component=args.component, sequence=args.sequence, key_pem=key_pem,
@@ -254,6 +279,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                 start_at=policy.start_at_unix_ms / 1000 if policy.start_at_unix_ms else None,
                 end_at=policy.end_at_unix_ms / 1000 if policy.end_at_unix_ms else None,
                 experimental=policy.experimental, stages=policy.stages,
+                stage_interval_s=policy.stage_interval_ms / 1000, groups=policy.groups,
+                halt_failure_percent=policy.halt_failure_percent, halt_min_devices=policy.halt_min_devices,
                 payload_cid=args.payload_cid, payload_size=args.payload_size, progress=progress,
             )
         except ValueError as exc:  # a key or envelope file that cannot make this release
@@ -282,21 +309,21 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _client(args, READ_RETRY_DEADLINE_S) as client:
+    with client_for(args, READ_RETRY_DEADLINE_S) as client:
         releases = client.list_releases(component=args.component, state=args.state, stale_ok=args.stale)
     emit(args, {"releases": [release_doc(r) for r in releases]}, _list_text)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _client(args, READ_RETRY_DEADLINE_S) as client:
+    with client_for(args, READ_RETRY_DEADLINE_S) as client:
         release = client.get_release(args.release_id, stale_ok=args.stale)
     emit(args, release_doc(release), _release_text)
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    with _client(args, WRITE_RETRY_DEADLINE_S) as client:
+    with client_for(args, WRITE_RETRY_DEADLINE_S) as client:
         result = client.revoke(args.release_id, args.reason)
     doc = _write_doc(result, action="revoke", reason=args.reason)
     emit(args, doc, lambda d: f"revoked {d['release_id']}: index {d['index']}, block {d['block_height']}")
@@ -304,7 +331,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    with _client(args, READ_RETRY_DEADLINE_S) as client:
+    with client_for(args, READ_RETRY_DEADLINE_S) as client:
         release = client.get_release(args.release_id, stale_ok=args.stale)
     doc = {key: value for key, value in release_doc(release).items()
            if key in ("release_id", "state", "state_reason", "rollout")}
@@ -313,7 +340,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_action(args: argparse.Namespace) -> int:
-    with _client(args, WRITE_RETRY_DEADLINE_S) as client:
+    with client_for(args, WRITE_RETRY_DEADLINE_S) as client:
         result = client.rollout(args.release_id, args.action, args.reason)
     doc = _write_doc(result, action=args.action, reason=args.reason)
     past = {"pause": "paused", "resume": "resumed", "halt": "halted"}[args.action]
@@ -324,7 +351,8 @@ def cmd_rollout_action(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- registration
 
 
-def _common(p: argparse.ArgumentParser, retry_deadline_s: float) -> None:
+def add_client_options(p: argparse.ArgumentParser, retry_deadline_s: float) -> None:
+    """--endpoint, --timeout, --retry-deadline, --json, -o and --quiet."""
     add_endpoint(p, SERVICE)
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long one call may take (default: 10)")
@@ -335,7 +363,7 @@ def _common(p: argparse.ArgumentParser, retry_deadline_s: float) -> None:
     add_quiet(p)
 
 
-def _stale(p: argparse.ArgumentParser) -> None:
+def add_stale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stale", action="store_true",
                    help="answer from the node's applied state at once (not linearizable)")
 
@@ -370,6 +398,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="devices switch back to the previous release at --end-at")
     p.add_argument("--stages", metavar="P,P,...",
                    help="cumulative percentages of the fleet, ascending, ending at 100 (e.g. 1,10,50,100)")
+    p.add_argument("--stage-interval", metavar="DURATION",
+                   help="time between stage openings: 90s, 10m, 1h (default: every stage opens at the start)")
+    p.add_argument("--group", action="append", metavar="G",
+                   help="a device group the release targets (repeatable; default: every group)")
+    p.add_argument("--halt-failure-percent", type=int, default=0, metavar="P",
+                   help="the ledger halts the rollout when P%% of the devices reporting failed (default: 0, never)")
+    p.add_argument("--halt-min-devices", type=int, default=0, metavar="N",
+                   help="only once at least N devices reported an outcome (default: 0, from the first)")
     p.add_argument("--payload-cid", metavar="CID",
                    help="a payload already in the dht (sha256:<hex>), instead of PAYLOAD")
     p.add_argument("--payload-size", type=int, metavar="N", help="its size in bytes (with --payload-cid)")
@@ -377,34 +413,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="write the entry's proof, once its block is certified (for ledger verify-proof)")
     p.add_argument("--proof-wait", type=float, default=PROOF_WAIT_S, metavar="SECONDS",
                    help=f"how long to wait for the block's certificate (default: {PROOF_WAIT_S:g})")
-    _common(p, WRITE_RETRY_DEADLINE_S)
+    add_client_options(p, WRITE_RETRY_DEADLINE_S)
     p.set_defaults(func=cmd_push)
 
     p = release.add_parser("list", help="the releases, newest state of each")
     p.add_argument("--component", default="", help="only this component's")
     p.add_argument("--state", default="", choices=("", *STATES), metavar="STATE",
                    help=f"only releases in this state ({', '.join(STATES)})")
-    _stale(p)
-    _common(p, READ_RETRY_DEADLINE_S)
+    add_stale(p)
+    add_client_options(p, READ_RETRY_DEADLINE_S)
     p.set_defaults(func=cmd_list)
 
     p = release.add_parser("show", help="one release")
     p.add_argument("release_id", metavar="ID", help="the release id (component@sequence)")
-    _stale(p)
-    _common(p, READ_RETRY_DEADLINE_S)
+    add_stale(p)
+    add_client_options(p, READ_RETRY_DEADLINE_S)
     p.set_defaults(func=cmd_show)
 
     p = release.add_parser("revoke", help="revoke a release: no device is offered it any more")
     p.add_argument("release_id", metavar="ID", help="the release id (component@sequence)")
     p.add_argument("--reason", required=True, help="why (kept in the ledger)")
-    _common(p, WRITE_RETRY_DEADLINE_S)
+    add_client_options(p, WRITE_RETRY_DEADLINE_S)
     p.set_defaults(func=cmd_revoke)
 
     rollout = command_group(sub, "rollout", help="a release's rollout: status, pause, resume, halt")
     p = rollout.add_parser("status", help="a release's state and rollout policy")
     p.add_argument("release_id", metavar="ID", help="the release id (component@sequence)")
-    _stale(p)
-    _common(p, READ_RETRY_DEADLINE_S)
+    add_stale(p)
+    add_client_options(p, READ_RETRY_DEADLINE_S)
     p.set_defaults(func=cmd_rollout_status)
 
     helps = {"pause": "stop offering the release to more devices, for now",
@@ -414,5 +450,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = rollout.add_parser(action, help=helps[action])
         p.add_argument("release_id", metavar="ID", help="the release id (component@sequence)")
         p.add_argument("--reason", default="", help="why (kept in the ledger)")
-        _common(p, WRITE_RETRY_DEADLINE_S)
+        add_client_options(p, WRITE_RETRY_DEADLINE_S)
         p.set_defaults(func=cmd_rollout_action, action=action)

@@ -25,6 +25,7 @@ ERRORS: ErrorTable = {
     errors.IdempotencyKeyReused: grpc.StatusCode.ALREADY_EXISTS,
     errors.CheckUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ReleaseNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.DeviceNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ReleaseRefused: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidEntry: grpc.StatusCode.INVALID_ARGUMENT,
     errors.BlockNotFound: grpc.StatusCode.NOT_FOUND,

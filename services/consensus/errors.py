@@ -149,6 +149,10 @@ class ReleaseNotFound(ConsensusError):
     code = "RELEASE_NOT_FOUND"
 
 
+class DeviceNotFound(ConsensusError):
+    code = "DEVICE_NOT_FOUND"
+
+
 # ---------------------------------------------------------------- refusals
 # A release entry refused by the check before proposal, or recorded as
 # refused by every node when applied: nothing of it takes effect. The codes
@@ -232,6 +236,56 @@ class AnchorsRefused(ReleaseRefused):
     code = "ANCHORS_REFUSED"
 
 
+# Device entries (``ledger/devices.py``) refused on apply: a sibling family
+# under the same base, so they share the release refusals' handling (the
+# refusal table, FAILED_PRECONDITION, a definite outcome).
+
+
+class DeviceRefused(ReleaseRefused):
+    """Base of the device refusals (DeviceEnrollment, DeviceEvents)."""
+
+    code = "DEVICE_REFUSED"
+
+
+class InvalidDevice(DeviceRefused):
+    """An enrolment that names no valid device id, class, key or action."""
+
+    code = "INVALID_DEVICE"
+
+
+class DeviceExists(DeviceRefused):
+    """An enrol or a registration request for a device id the ledger has
+    (enrolling a pending device accepts it instead)."""
+
+    code = "DEVICE_EXISTS"
+
+
+class DeviceUnknown(DeviceRefused):
+    """An action or a report for a device id the ledger does not have."""
+
+    code = "DEVICE_UNKNOWN"
+
+
+class WrongDeviceState(DeviceRefused):
+    """An action that does not apply in the device's state (accept or reject
+    a device that is not pending, revoke a revoked one)."""
+
+    code = "DEVICE_STATE"
+
+
+class DeviceNotAccepted(DeviceRefused):
+    """A report from a device that is pending, rejected or revoked."""
+
+    code = "DEVICE_NOT_ACCEPTED"
+
+
+class InvalidEvent(DeviceRefused):
+    """A report that is malformed: an unknown kind, events of several
+    devices, too many events or too much detail, a missing field."""
+
+    code = "INVALID_EVENT"
+
+
 REFUSALS: dict[str, type[ReleaseRefused]] = {
     cls.code: cls
     for cls in (
@@ -239,11 +293,16 @@ REFUSALS: dict[str, type[ReleaseRefused]] = {
         InvalidRelease, UnknownRelease, InvalidTransition, NoTrustAnchors, AnchorsRefused,
     )
 }
+DEVICE_REFUSALS: dict[str, type[ReleaseRefused]] = {
+    cls.code: cls
+    for cls in (InvalidDevice, DeviceExists, DeviceUnknown, WrongDeviceState, DeviceNotAccepted, InvalidEvent)
+}
+_ALL_REFUSALS = {**REFUSALS, **DEVICE_REFUSALS}
 
 
 def refusal(code: str, message: str) -> ReleaseRefused:
     """The typed refusal for a stored code (ReleaseRefused for an unknown one)."""
-    error = REFUSALS.get(code, ReleaseRefused)(message)
+    error = _ALL_REFUSALS.get(code, ReleaseRefused)(message)
     if error.code != code:
         error.code = code
     return error

@@ -97,6 +97,9 @@ class ConsensusMetrics:
         self.releases = Gauge(
             "fleetsuit_releases", "Releases in the ledger by state (read at scrape).", ["state"], registry=r
         )
+        self.devices = Gauge(
+            "fleetsuit_devices", "Devices in the ledger by enrolment state (read at scrape).", ["state"], registry=r
+        )
         self.release_refusals = Gauge(
             "fleetsuit_release_refusals",
             "Release entries recorded in the ledger as refused on apply, by code (read at scrape).",

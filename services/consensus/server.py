@@ -1,8 +1,9 @@
 """The consensus process: the node, its gRPC server (the RaftPeer service
 between members, ``peer_api.py``; the public Ledger API, ``ledger_api.py``,
 with its checks of a release before proposal, ``release_check.py``; the
-Releases API, ``releases_api.py``), health, reflection and metrics — the
-shape every fleetsuit service has — and, while it runs, the bootstrap of the
+Releases API, ``releases_api.py``; the Devices API, ``devices_api.py``),
+health, reflection and metrics — the shape every fleetsuit service has —
+and, while it runs, the bootstrap of the
 configured trust anchors into the ledger (``anchors.py``).
 
 ``build_node(config, deps)`` wires the runtime to its ports;
@@ -43,6 +44,7 @@ from . import release_check
 from .anchors import bootstrap_anchors
 from .config import ConsensusConfig
 from .convert import ERRORS
+from .devices_api import DevicesServicer
 from .ledger.certify import NodeKey
 from .ledger_api import LedgerServicer
 from .metrics import ConsensusMetrics
@@ -60,6 +62,7 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Ledger"].full_name,
     pb.DESCRIPTOR.services_by_name["RaftPeer"].full_name,
     pb.DESCRIPTOR.services_by_name["Releases"].full_name,
+    pb.DESCRIPTOR.services_by_name["Devices"].full_name,
 )
 HEALTH_INTERVAL_S = 0.1
 LIVENESS = "liveness"  # a health service name that is SERVING while the process runs
@@ -122,6 +125,7 @@ def build_server(config: ConsensusConfig, deps: Deps) -> tuple[grpc.aio.Server, 
     pb_grpc.add_RaftPeerServicer_to_server(RaftPeerServicer(node, config.cluster_id), server)
     pb_grpc.add_LedgerServicer_to_server(LedgerServicer(node, config, release_check=checker, metrics=deps.metrics), server)
     pb_grpc.add_ReleasesServicer_to_server(ReleasesServicer(node, config, deps.metrics), server)
+    pb_grpc.add_DevicesServicer_to_server(DevicesServicer(node, config, deps.metrics), server)
     add_health_and_reflection(server, health_servicer, SERVICE_NAMES)
     deps.health = health_servicer
     return server, bind(server, config.listen)

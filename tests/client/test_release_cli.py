@@ -18,7 +18,7 @@ import pytest
 from fleetsuit.cli import EXIT_FAILED, EXIT_USAGE
 from fleetsuit.v1 import consensus_pb2 as pb
 from launcher.main import build_parser, main
-from launcher.release_cli import parse_stages, parse_time
+from launcher.release_cli import parse_duration, parse_stages, parse_time
 from suit import keys
 
 from .fakes import Failure, FakeNode, fake_node
@@ -63,6 +63,20 @@ def test_stages_are_comma_separated_percentages() -> None:
         parse_stages("1;100")
 
 
+@pytest.mark.parametrize(("text", "ms"), [
+    ("90s", 90_000), ("10m", 600_000), ("1h", 3_600_000), ("1h30m", 5_400_000), ("2d", 172_800_000),
+    ("45", 45_000), ("0.5", 500),
+])
+def test_durations_take_units_or_seconds(text: str, ms: int) -> None:
+    assert parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "10x", "m10", "-5s", "1.5m", "ten minutes"])
+def test_a_duration_that_is_not_one_says_what_is_accepted(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
 def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = build_parser()
     for name in path:
@@ -104,6 +118,11 @@ def payload(tmp_path: Path) -> Path:
     (["--envelope", "env.cbor"], "--key KEY.pem to sign, or --envelope"),
     (["--payload-cid", "sha256:" + "0" * 64, "--payload-size", "3"], "not both"),
     (["--sequence", "0"], "sequence must be"),
+    (["--stage-interval", "soon"], "not a duration"),
+    (["--halt-failure-percent", "101"], "halt_failure_percent"),
+    (["--halt-min-devices", "-1"], "halt_min_devices"),
+    (["--group", ""], "groups are"),
+    (["--group", "g" * 129], "groups are"),
 ])
 def test_usage_errors_exit_2_with_one_line_before_anything_is_sent(
     extra: list[str], words: str, key: Path, payload: Path, capsys: pytest.CaptureFixture[str]
@@ -156,6 +175,7 @@ def test_push_prints_the_release_and_a_re_run_says_already_published(
     assert doc["proof"] == str(proof) and pb.EntryProof.FromString(proof.read_bytes()).height == doc["block_height"]
     rollout = pb.LedgerEntry.FromString(node.submitted[0]).release_published.rollout
     assert list(rollout.stages) == [1, 10, 100] and rollout.start_at_unix_ms == 1_893_456_000_000
+    assert (rollout.stage_interval_ms, list(rollout.groups), rollout.halt_failure_percent) == (0, [], 0)
 
     assert main([*argv, "--quiet"]) == 0
     captured = capsys.readouterr()
@@ -187,7 +207,8 @@ def test_reads_and_rollout_actions_print_one_json_document(
         "payload_size", "rollout", "state", "state_reason", "index", "block_height", "position",
         "signer_key_id"}
     assert release["rollout"] == {"start_at_unix_ms": 0, "end_at_unix_ms": 0, "experimental": False,
-                                  "stages": []}
+                                  "stages": [], "stage_interval_ms": 0, "groups": [], "halt_failure_percent": 0,
+                                  "halt_min_devices": 0}
     assert _json(capsys, ["release", "show", "ota@3", *ep]) == release
     status = _json(capsys, ["rollout", "status", "ota@3", *ep])
     assert status == {"release_id": "ota@3", "state": "active", "state_reason": "", "rollout": release["rollout"]}
@@ -225,3 +246,22 @@ def test_a_key_file_that_is_not_a_key_is_a_failure_line(
     assert main([*argv, "--key", str(tmp_path / "missing.pem")]) == EXIT_FAILED
     assert "cannot read key" in capsys.readouterr().err
     assert not node.submitted
+
+
+def test_push_carries_the_stage_interval_groups_and_halt_threshold(
+    node: FakeNode, key: Path, payload: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["release", "push", str(payload), "--component", "ota", "--sequence", "4", "--key", str(key),
+            "--endpoint", node.address, "--quiet", "--stages", "10,50,100", "--stage-interval", "10m",
+            "--group", "canary", "--group", "lab", "--halt-failure-percent", "20", "--halt-min-devices", "50"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rollout = pb.LedgerEntry.FromString(node.submitted[0]).release_published.rollout
+    assert (rollout.stage_interval_ms, list(rollout.groups), rollout.halt_failure_percent,
+            rollout.halt_min_devices) == (600_000, ["canary", "lab"], 20, 50)
+    capsys.readouterr()
+    assert main(["rollout", "status", "ota@4", "--endpoint", node.address]) == 0
+    out = capsys.readouterr().out
+    assert "every 600s" in out and "groups canary, lab" in out and "halts at 20% failed of at least 50" in out
+    # The same push again is the same release (the new fields compared too).
+    assert main(argv) == 0
+    assert "already published" in capsys.readouterr().out

@@ -9,7 +9,8 @@ convergence bound (one chain everywhere, every acknowledged entry in it,
 every block certified). Three seeds in four run 3 nodes, the fourth 5.
 Release entries are part of the workload (``nodesim/releases.py``): trust
 anchors, releases of two components (some that must be refused on apply),
-revocations, rollout pauses, resumptions and halts; every answer must carry
+revocations, rollout pauses, resumptions and halts, device enrolments and
+reports of installed and failed releases; every answer must carry
 the outcome the release rules give it, and at convergence every node's
 release state (and every state a node held right after a restart or a
 snapshot install) must be the one a fresh ledger machine derives from the
@@ -99,7 +100,8 @@ def test_the_simulation_exercises_what_it_claims() -> None:
         outcomes.update(s.release_outcomes)
     assert set(outcomes) >= {"", "NO_TRUST_ANCHORS", "ANCHORS_REFUSED", "UNTRUSTED_KEY", "STALE_SEQUENCE",
                              "DIGEST_MISMATCH", "DUPLICATE_RELEASE", "REVOKED", "UNKNOWN_RELEASE",
-                             "INVALID_TRANSITION"}, outcomes
+                             "INVALID_TRANSITION", "DEVICE_EXISTS", "DEVICE_UNKNOWN"}, outcomes
+    assert sum(s.devices for s in stats) >= 8 and sum(s.device_outcomes for s in stats) >= 8
     assert sum(s.release_resubmitted for s in stats) >= 1  # an entry the chaos left unanswered
 
 
@@ -236,3 +238,25 @@ def test_an_injected_snapshot_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     assert "release state" in str(failure) or "release rules say" in str(failure), failure
     with pytest.raises(InvariantViolation, match="release state after a snapshot install"):
         outcomes.run(CATCHUP_SEEDS[0], catchup.wiped_follower_catches_up)
+
+
+def test_an_injected_device_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One node counts a device's repeated outcome for a release again (it
+    forgets the device's earlier outcome): its outcome counts drift from
+    the other nodes' and from the rules'."""
+    from services.consensus.ledger.devices import DeviceState
+
+    from .nodesim.scenario import SimStorage
+
+    real_outcome = DeviceState.outcome
+
+    def outcome(self: DeviceState, release_id: str, device_id: str) -> str:
+        store = self._store  # noqa: SLF001
+        if isinstance(store, SimStorage) and store.node_id == "n1":
+            return ""
+        return real_outcome(self, release_id, device_id)
+
+    monkeypatch.setattr(DeviceState, "outcome", outcome)
+    failure = _first_failure(range(10))
+    assert isinstance(failure, InvariantViolation), failure
+    assert "n1's release state differs" in str(failure) or "release state after" in str(failure), failure

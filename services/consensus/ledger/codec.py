@@ -20,12 +20,18 @@ from .entries import (
     Anchor,
     AnchorSet,
     BlockSignature,
+    Device,
+    DeviceEvent,
+    DeviceEvents,
+    Enrollment,
     EntryView,
+    InstalledVersion,
+    LedgerBody,
     MemberKey,
     Publish,
     Refusal,
     Release,
-    ReleaseEntry,
+    ReleaseOutcomes,
     Revoke,
     RolloutAction,
     RolloutPolicy,
@@ -106,10 +112,10 @@ def decode_entry(payload: bytes) -> EntryView | None:
             MemberKey(m.node_id, m.public_key, m.key_proof) for m in entry.membership_changed.members
         )
         return EntryView(key, kind, members)
-    return EntryView(key, kind, (), _release_entry(entry))
+    return EntryView(key, kind, (), _body(entry))
 
 
-def _release_entry(entry: pb.LedgerEntry) -> ReleaseEntry | None:
+def _body(entry: pb.LedgerEntry) -> LedgerBody | None:
     kind = entry.WhichOneof("kind")
     if kind == "release_published":
         r = entry.release_published
@@ -125,17 +131,31 @@ def _release_entry(entry: pb.LedgerEntry) -> ReleaseEntry | None:
     if kind == "trust_anchors_set":
         t = entry.trust_anchors_set
         return AnchorSet(tuple(anchor_from_pb(a) for a in t.anchors), t.root_signature)
+    if kind == "device_enrollment":
+        d = entry.device_enrollment
+        return Enrollment(d.device_id, d.action, d.device_class, d.group, d.public_key_pem, d.reason)
+    if kind == "device_events":
+        return DeviceEvents(tuple(
+            DeviceEvent(e.device_id, e.kind, e.release_id, e.at_unix_ms, e.detail, e.component, e.sequence_number,
+                        e.gateway_id)
+            for e in entry.device_events.events
+        ))
     return None
 
 
 def rollout_from_pb(msg: pb.RolloutPolicy) -> RolloutPolicy:
-    return RolloutPolicy(msg.start_at_unix_ms, msg.end_at_unix_ms, msg.experimental, tuple(msg.stages))
+    return RolloutPolicy(
+        msg.start_at_unix_ms, msg.end_at_unix_ms, msg.experimental, tuple(msg.stages), msg.stage_interval_ms,
+        tuple(msg.groups), msg.halt_failure_percent, msg.halt_min_devices,
+    )
 
 
 def rollout_to_pb(policy: RolloutPolicy) -> pb.RolloutPolicy:
     return pb.RolloutPolicy(
         start_at_unix_ms=policy.start_at_unix_ms, end_at_unix_ms=policy.end_at_unix_ms,
-        experimental=policy.experimental, stages=list(policy.stages),
+        experimental=policy.experimental, stages=list(policy.stages), stage_interval_ms=policy.stage_interval_ms,
+        groups=list(policy.groups), halt_failure_percent=policy.halt_failure_percent,
+        halt_min_devices=policy.halt_min_devices,
     )
 
 
@@ -210,6 +230,53 @@ def refusal_to_bytes(refusal: Refusal) -> bytes:
 
 def refusal_from_bytes(raw: bytes) -> Refusal:
     return refusal_from_pb(pb.Refusal.FromString(raw))
+
+
+# The device state's stored records (``devices.py``'s tables), likewise
+# the API's own messages, encoded (protobuf's rules keep old records
+# readable when fields are added).
+
+
+def device_to_pb(device: Device) -> pb.Device:
+    return pb.Device(
+        device_id=device.device_id, state=device.state, device_class=device.device_class, group=device.group,
+        public_key_pem=device.public_key_pem, state_reason=device.state_reason,
+        installed=[pb.InstalledVersion(component=v.component, release_id=v.release_id,
+                                       sequence_number=v.sequence_number) for v in device.installed],
+        last_event=device.last_event, last_event_at_unix_ms=device.last_event_at_unix_ms,
+        last_gateway_id=device.last_gateway_id, index=device.index,
+    )
+
+
+def device_from_pb(msg: pb.Device) -> Device:
+    return Device(
+        msg.device_id, msg.state, msg.device_class, msg.group, msg.public_key_pem, msg.state_reason,
+        tuple(InstalledVersion(v.component, v.release_id, v.sequence_number) for v in msg.installed),
+        msg.last_event, msg.last_event_at_unix_ms, msg.last_gateway_id, msg.index,
+    )
+
+
+def device_to_bytes(device: Device) -> bytes:
+    raw: bytes = device_to_pb(device).SerializeToString(deterministic=True)
+    return raw
+
+
+def device_from_bytes(raw: bytes) -> Device:
+    return device_from_pb(pb.Device.FromString(raw))
+
+
+def outcomes_to_pb(outcomes: ReleaseOutcomes) -> pb.ReleaseOutcomes:
+    return pb.ReleaseOutcomes(release_id=outcomes.release_id, installed=outcomes.installed, failed=outcomes.failed)
+
+
+def outcomes_to_bytes(outcomes: ReleaseOutcomes) -> bytes:
+    raw: bytes = outcomes_to_pb(outcomes).SerializeToString(deterministic=True)
+    return raw
+
+
+def outcomes_from_bytes(raw: bytes) -> ReleaseOutcomes:
+    msg = pb.ReleaseOutcomes.FromString(raw)
+    return ReleaseOutcomes(msg.release_id, msg.installed, msg.failed)
 
 
 def encode_anchor_bootstrap(key: RequestKey, anchors: Sequence[Anchor]) -> bytes:

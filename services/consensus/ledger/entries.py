@@ -22,12 +22,17 @@ class MemberKey:
 
 @dataclass(frozen=True, slots=True)
 class RolloutPolicy:
-    """When and to whom a release goes out (the gateways apply it)."""
+    """When and to whom a release goes out (the gateways apply it; the
+    ledger applies the automatic halt, ``devices.py``)."""
 
     start_at_unix_ms: int = 0
     end_at_unix_ms: int = 0  # 0: no end
     experimental: bool = False
     stages: tuple[int, ...] = ()  # cumulative percentages, ascending, ending at 100
+    stage_interval_ms: int = 0  # stage k opens at start + k * interval (0: all at the start)
+    groups: tuple[str, ...] = ()  # device groups targeted (empty: every group)
+    halt_failure_percent: int = 0  # 0: never halted automatically
+    halt_min_devices: int = 0  # outcomes needed before the halt may trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,85 @@ class Refusal:
 ReleaseEntry = Publish | Revoke | RolloutAction | AnchorSet
 
 
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """A DeviceEnrollment entry: an operator's (enroll, accept, reject,
+    revoke) or a gateway's for a device that registered unknown (request)."""
+
+    device_id: str
+    action: str  # enroll, request, accept, reject, revoke
+    device_class: str = ""
+    group: str = ""
+    public_key_pem: bytes = b""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """One thing a device reported through its gateway. For installed,
+    fell_back, switched_back and version, (component, release_id,
+    sequence_number) is what the device runs after it; for install_failed
+    and refused, the release that failed or was refused."""
+
+    device_id: str
+    kind: str
+    release_id: str = ""
+    at_unix_ms: int = 0
+    detail: bytes = b""
+    component: str = ""
+    sequence_number: int = 0
+    gateway_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvents:
+    """A DeviceEvents entry: one device's report (its gateway submits one
+    entry per report)."""
+
+    events: tuple[DeviceEvent, ...]
+
+
+DeviceEntry = Enrollment | DeviceEvents
+LedgerBody = ReleaseEntry | DeviceEntry
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledVersion:
+    """What a device last reported running for a component ("" release:
+    its factory image)."""
+
+    component: str
+    release_id: str
+    sequence_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device as the ledger holds it: its enrolment, and what it last
+    reported (``index``: the Raft index of its last change)."""
+
+    device_id: str
+    state: str  # pending, accepted, rejected, revoked
+    device_class: str
+    group: str
+    public_key_pem: bytes
+    state_reason: str = ""
+    installed: tuple[InstalledVersion, ...] = ()  # sorted by component
+    last_event: str = ""
+    last_event_at_unix_ms: int = 0
+    last_gateway_id: str = ""
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOutcomes:
+    """How many devices' last outcome for a release is a success, a failure."""
+
+    release_id: str
+    installed: int = 0
+    failed: int = 0
+
+
 class EntryView(NamedTuple):
     """What the ledger machine needs of one ledger entry: its idempotency
     key (None: not idempotent), its kind (``app``, ``release_published``,
@@ -124,7 +208,7 @@ class EntryView(NamedTuple):
     key: RequestKey | None
     kind: str | None
     members: tuple[MemberKey, ...] = ()
-    body: ReleaseEntry | None = None  # the release kinds' content
+    body: LedgerBody | None = None  # the release and device kinds' content
 
 
 class Applied(NamedTuple):

@@ -26,7 +26,8 @@ from ..raft.types import Entry, EntryType
 from .block import GENESIS_HASH, BlockData, leaf_hash, make_block
 from .certify import key_message, verify
 from .codec import block_from_bytes, block_to_bytes, decode_batch, decode_entry
-from .entries import Applied, MemberKey
+from .devices import DeviceState
+from .entries import Applied, DeviceEvents, Enrollment, MemberKey
 from .keys import DIGEST_BYTES, RequestKey
 from .releases import ReleaseState
 from .store import LedgerStore
@@ -69,11 +70,13 @@ class LedgerMachine:
         self._on_block = on_block
         self._on_config = on_config
         self.releases = ReleaseState(storage)
+        self.devices = DeviceState(storage, self.releases)
         self.reload()
 
     def reload(self) -> None:
         """Read the applied state again (after a snapshot was installed)."""
         self.releases.discard()
+        self.devices.discard()
         storage = self._storage
         self._applied = storage.applied_index()
         self._height = storage.last_block_height()
@@ -102,8 +105,9 @@ class LedgerMachine:
         with the same digest it is a retry (answered with the first
         application), with another digest a reuse of the key for other
         content (answered IDEMPOTENCY_KEY_REUSED). A release entry is applied
-        to the release state, which may refuse it: it stays in the block,
-        and its answer carries the refusal."""
+        to the release state, a device entry to the device state; either may
+        refuse it: it stays in the block, and its answer carries the
+        refusal."""
         results: list[Applied] = []
         blocks: list[tuple[int, bytes]] = []
         new_blocks: list[BlockData] = []
@@ -116,6 +120,7 @@ class LedgerMachine:
         decode = decode_entry
         leaf = leaf_hash
         releases = self.releases
+        devices = self.devices
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # already applied before a restart
@@ -154,8 +159,11 @@ class LedgerMachine:
                         continue
                 position = len(included)
                 outcome, message = "", ""
-                if view.body is not None:
-                    outcome, message = releases.apply(view.body, index, height, position, view.kind or "")
+                body = view.body
+                if isinstance(body, DeviceEvents | Enrollment):
+                    outcome, message = devices.apply(body, index, height, position, view.kind or "")
+                elif body is not None:
+                    outcome, message = releases.apply(body, index, height, position, view.kind or "")
                 if key is not None:
                     seen_now[key] = _PENDING
                 answers.append((key, position, digest, outcome, message, payload))
@@ -180,7 +188,7 @@ class LedgerMachine:
                 results.append(_repeat(seen_now[key], digest))
         self._storage.write_applied(
             self._applied, blocks, requests, list(member_keys.items()), list(addresses.items()),
-            releases.take_writes(),
+            releases.take_writes() + devices.take_writes(),
         )
         if self._on_block is not None:
             for block in new_blocks:

@@ -21,9 +21,14 @@ with the same id. A refused entry stays in its block (the log ordered it)
 and is recorded with its code and reason; it never becomes a release.
 
 Release states: ``active`` -> ``paused`` -> ``active`` (pause, resume);
-``active``/``paused`` -> ``halted`` (halt, final); any but ``revoked`` ->
-``revoked`` (revoke, final). ``ended`` is not stored: a reader reports an
-active release whose end time has passed as ended (``effective_state``).
+``active``/``paused`` -> ``halted`` (halt, final; also the automatic halt
+the device state applies when a release's failures cross its policy's
+threshold, ``halt``); any but ``revoked`` -> ``revoked`` (revoke, final).
+``ended`` is not stored: a reader reports an active release whose end time
+has passed as ended (``effective_state``).
+
+``Tables`` (the pending writes of a batch, visible to its later entries)
+is shared with the device state (``devices.py``).
 """
 
 from __future__ import annotations
@@ -80,7 +85,9 @@ T_RELEASE, T_SEQUENCE, T_ANCHOR, T_REFUSAL = "release", "sequence", "anchor", "r
 DEFAULT_VENDOR_DOMAIN = "fleetsuit.example"
 DEFAULT_DEVICE_CLASS = "default"
 CID_PREFIX = "sha256:"
-MAX_NAME = 128  # characters in a component, device class, release id or key id
+MAX_NAME = 128  # characters in a component, device class, release id, key id or group
+MAX_GROUPS = 256  # device groups a rollout may name
+MAX_REASON = 1024  # characters of a state reason kept
 
 # What the SUIT processor's codes mean for a release.
 _SUIT_REFUSALS: dict[str, type[ReleaseRefused]] = {
@@ -196,6 +203,10 @@ def check_fields(publish: Publish) -> None:
     stages = policy.stages
     if stages and (list(stages) != sorted(set(stages)) or stages[-1] != 100 or stages[0] <= 0):
         raise InvalidRelease("rollout stages must be ascending percentages ending at 100")
+    if len(policy.groups) > MAX_GROUPS or any(not g or len(g) > MAX_NAME for g in policy.groups):
+        raise InvalidRelease(f"rollout groups are 1..{MAX_GROUPS} names of 1..128 characters")
+    if not 0 <= policy.halt_failure_percent <= 100:
+        raise InvalidRelease("the automatic halt's failure percentage must be between 0 and 100")
 
 
 def payload_digest(cid: str) -> bytes | None:
@@ -244,17 +255,15 @@ def check_envelope(publish: Publish, anchors: Sequence[Anchor], current_sequence
     return signer
 
 
-class ReleaseState:
-    """The release tables of one node, read from its store, with the writes
-    of the entries being applied kept aside until the machine writes them
-    with the blocks (``take_writes``), and visible to the entries after them
-    in the same call."""
+class Tables:
+    """Tables read from a node's store, with the writes of the entries being
+    applied kept aside until the machine writes them with the blocks
+    (``take_writes``), and visible to the entries after them in the same
+    call."""
 
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
         self._pending: dict[tuple[str, str], bytes | None] = {}
-
-    # ------------------------------------------------------------ reads
 
     def _get(self, table: str, key: str) -> bytes | None:
         pending = self._pending
@@ -272,6 +281,28 @@ class ReleaseState:
             else:
                 rows[key] = value
         return sorted(rows.items())
+
+    def _digest(self, tables: Sequence[str]) -> str:
+        h = hashlib.sha256()
+        for table in tables:
+            for key, raw in self._scan(table):
+                h.update(f"{table}/{key}/{len(raw)}/".encode() + raw)
+        return h.hexdigest()
+
+    def take_writes(self) -> list[tuple[str, str, bytes | None]]:
+        writes = [(table, key, value) for (table, key), value in self._pending.items()]
+        self._pending = {}
+        return writes
+
+    def discard(self) -> None:
+        self._pending = {}
+
+
+class ReleaseState(Tables):
+    """The release tables of one node (``Tables``: the pending writes of the
+    entries being applied)."""
+
+    # ------------------------------------------------------------ reads
 
     def release(self, release_id: str) -> Release | None:
         raw = self._get(T_RELEASE, release_id)
@@ -309,11 +340,7 @@ class ReleaseState:
 
     def digest(self) -> str:
         """A fingerprint of every table (tests compare nodes with it)."""
-        h = hashlib.sha256()
-        for table in (T_RELEASE, T_SEQUENCE, T_ANCHOR, T_REFUSAL):
-            for key, raw in self._scan(table):
-                h.update(f"{table}/{key}/{len(raw)}/".encode() + raw)
-        return h.hexdigest()
+        return self._digest((T_RELEASE, T_SEQUENCE, T_ANCHOR, T_REFUSAL))
 
     # ------------------------------------------------------------ apply
 
@@ -364,10 +391,22 @@ class ReleaseState:
     def _refuse(
         self, body: ReleaseEntry, index: int, height: int, position: int, kind: str, code: str, message: str
     ) -> tuple[str, str]:
-        release_id = getattr(body, "release_id", "")
-        refusal = Refusal(index, height, position, kind, release_id, code, message)
-        self._pending[(T_REFUSAL, f"{index:020d}:{position:06d}")] = refusal_to_bytes(refusal)
+        self.record_refusal(Refusal(index, height, position, kind, getattr(body, "release_id", ""), code, message))
         return code, message
+
+    def record_refusal(self, refusal: Refusal) -> None:
+        """Record an entry refused on apply (the device state records its
+        refusals here too, naming the device in ``release_id``)."""
+        self._pending[(T_REFUSAL, f"{refusal.index:020d}:{refusal.position:06d}")] = refusal_to_bytes(refusal)
+
+    def halt(self, release_id: str, reason: str) -> bool:
+        """Halt an active or paused release (the automatic halt); False when
+        there is no such release or it is in another state."""
+        release = self.release(release_id)
+        if release is None or release.state not in _TRANSITIONS["halt"][0]:
+            return False
+        self._put(replace(release, state=HALTED, state_reason=reason[:MAX_REASON]))
+        return True
 
     def _publish(self, publish: Publish, index: int, height: int, position: int) -> None:
         publish, signer = self.check_publish(publish)
@@ -389,7 +428,7 @@ class ReleaseState:
         release = self._existing(revoke.release_id)
         if release.state == REVOKED:
             raise Revoked(f"release {release.release_id} is already revoked")
-        self._put(replace(release, state=REVOKED, state_reason=revoke.reason[:1024]))
+        self._put(replace(release, state=REVOKED, state_reason=revoke.reason[:MAX_REASON]))
 
     def _rollout(self, action: RolloutAction) -> None:
         release = self._existing(action.release_id)
@@ -401,7 +440,7 @@ class ReleaseState:
         states, target = allowed
         if release.state not in states:
             raise InvalidTransition(f"cannot {action.action} release {release.release_id}: it is {release.state}")
-        self._put(replace(release, state=target, state_reason=action.reason[:1024]))
+        self._put(replace(release, state=target, state_reason=action.reason[:MAX_REASON]))
 
     def _anchors(self, anchor_set: AnchorSet) -> None:
         if self.anchors():
@@ -424,14 +463,6 @@ class ReleaseState:
 
     def _put(self, release: Release) -> None:
         self._pending[(T_RELEASE, release.release_id)] = release_to_bytes(release)
-
-    def take_writes(self) -> list[tuple[str, str, bytes | None]]:
-        writes = [(table, key, value) for (table, key), value in self._pending.items()]
-        self._pending = {}
-        return writes
-
-    def discard(self) -> None:
-        self._pending = {}
 
 
 def effective_state(release: Release, now_unix_ms: int) -> str:

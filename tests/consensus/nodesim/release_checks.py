@@ -9,8 +9,9 @@ holds the same chain (``ReleaseChecker.check_converged``):
   so replaying them gives back the same blocks, positions and release
   state; the entries left out of blocks are key retries, which touch
   nothing, and CONFIG entries make no block and touch no release.)
-- Every node's release state (``ReleaseState.digest``: releases, sequence
-  numbers, anchors, refusals) is the reference's; so is every state a node
+- Every node's release state (``state_digest``: releases, sequence
+  numbers, anchors, refusals, and the device tables: enrolments, outcomes
+  per release and their counts) is the reference's; so is every state a node
   held right after a restart or a snapshot install, compared with the
   reference at the same applied index.
 - Every release is a ReleasePublished entry of the chain, where it says,
@@ -31,6 +32,7 @@ from typing import Any
 
 from services.consensus.ledger.block import BlockData
 from services.consensus.ledger.codec import decode_entry, encode_batch
+from services.consensus.ledger.devices import DeviceState
 from services.consensus.ledger.entries import Applied, Publish
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.ledger.machine import LedgerMachine
@@ -63,17 +65,21 @@ class ReleaseChecker:
     snapshots_with_releases: int = 0  # snapshot installs that brought release state
 
     def restarted(self, node_id: str, node: ConsensusNode) -> None:
-        if node.machine.applied_index() > 0:
+        machine = node.machine
+        if machine.applied_index() > 0:
             self.checkpoints.append(
-                Checkpoint(node_id, "a restart", node.machine.applied_index(), node.machine.releases.digest(),
-                           summary(node.machine.releases))
+                Checkpoint(node_id, "a restart", machine.applied_index(),
+                           state_digest(machine.releases, machine.devices),
+                           summary(machine.releases, machine.devices))
             )
 
     def installed(self, node_id: str, storage: NodeStorage, index: int) -> None:
         state = ReleaseState(storage)
+        devices = DeviceState(storage, state)
         if state.anchors() or state.refusals():
             self.snapshots_with_releases += 1
-        self.checkpoints.append(Checkpoint(node_id, "a snapshot install", index, state.digest(), summary(state)))
+        self.checkpoints.append(Checkpoint(node_id, "a snapshot install", index, state_digest(state, devices),
+                                           summary(state, devices)))
 
     def check_converged(
         self, cluster_id: str, nodes: Mapping[str, ConsensusNode], workload: ReleaseWorkload | None
@@ -98,16 +104,19 @@ class ReleaseChecker:
                     f"{c.node_id}'s release state after {c.why} (applied index {c.index}) is not the one the "
                     f"chain's entries up to that index give: {differences(c.summary, want)}"
                 )
-        expected = reference.releases.digest()
+        expected = state_digest(reference.releases, reference.devices)
         for node_id, node in nodes.items():
-            if node.machine.releases.digest() != expected:
+            machine = node.machine
+            if state_digest(machine.releases, machine.devices) != expected:
+                mine, want = summary(machine.releases, machine.devices), summary(reference.releases, reference.devices)
                 raise InvariantViolation(
                     f"{node_id}'s release state differs from the one the chain's entries give: "
-                    f"{differences(summary(node.machine.releases), summary(reference.releases))}"
+                    f"{differences(mine, want)}"
                 )
         _check_chain(reference.releases, chain)
         if workload is not None:
             _check_model(reference.releases, workload, replayed.results)
+            _check_devices(reference.devices, workload)
 
 
 @dataclass
@@ -136,12 +145,21 @@ def replay(cluster_id: str, chain: Sequence[BlockData], indexes: Sequence[int]) 
             raise InvariantViolation(f"block {block.height} spans Raft entries {block.first_index}..{block.last_index}")
         while pending and pending[0] < block.first_index:
             apply()
-            out.digests[pending.pop(0)] = machine.releases.digest(), summary(machine.releases)
+            out.digests[pending.pop(0)] = _digest_of(machine)
         run.append(Entry(block.term, block.first_index, EntryType.NORMAL, encode_batch(block.entries)))
     apply()
     for index in pending:
-        out.digests[index] = machine.releases.digest(), summary(machine.releases)
+        out.digests[index] = _digest_of(machine)
     return out
+
+
+def _digest_of(machine: LedgerMachine) -> tuple[str, Summary]:
+    return state_digest(machine.releases, machine.devices), summary(machine.releases, machine.devices)
+
+
+def state_digest(releases: ReleaseState, devices: DeviceState) -> str:
+    """The fingerprint of the release and device tables together."""
+    return f"{releases.digest()}:{devices.digest()}"
 
 
 def _check_chain(state: ReleaseState, chain: Sequence[BlockData]) -> None:
@@ -214,13 +232,28 @@ def _check_model(state: ReleaseState, workload: ReleaseWorkload, results: Mappin
         raise InvariantViolation(f"{len(refusals)} refusals recorded, {refused} entries answered refused")
 
 
-def summary(state: ReleaseState) -> Summary:
-    """The release tables, readably (what ``ReleaseState.digest`` covers)."""
+def _check_devices(devices: DeviceState, workload: ReleaseWorkload) -> None:
+    """The chain's device state is the rules': the devices enrolled, and
+    each release's outcomes counted per device."""
+    model = workload.model
+    got = {d.device_id: d.state for d in devices.devices()}
+    if got != model.devices:
+        raise InvariantViolation(f"the devices are not the rules': {_dict_diff(got, model.devices)}")
+    counted = {o.release_id: (o.installed, o.failed) for o in devices.all_outcomes()}
+    want = model.release_outcomes()
+    if counted != want:
+        raise InvariantViolation(f"the outcomes per release are not the rules': {_dict_diff(counted, want)}")
+
+
+def summary(state: ReleaseState, devices: DeviceState) -> Summary:
+    """The release and device tables, readably (what ``state_digest`` covers)."""
     return {
         "releases": {r.release_id: (r.sequence_number, r.state, r.index, r.position) for r in state.releases()},
         "sequences": dict(state.sequences()),
         "anchors": {a.key_id: (a.components, a.device_classes) for a in state.anchors()},
         "refusals": {(f.index, f.position): f.code for f in state.refusals()},
+        "devices": {d.device_id: (d.state, d.installed, d.index) for d in devices.devices()},
+        "outcomes": {o.release_id: (o.installed, o.failed) for o in devices.all_outcomes()},
     }
 
 

@@ -11,7 +11,10 @@ stands). Then one client per component publishes releases with increasing
 sequence numbers, and entries that must be refused on apply (signed by a
 key that is no anchor, a stale sequence number, a manifest whose digest is
 not the payload's, the id of an existing release), revokes releases and
-pauses, resumes and halts their rollouts. Envelopes are signed with keys
+pauses, resumes and halts their rollouts; it also enrols devices of its
+own (``<component>-dev<k>``) and submits their reports of installed and
+failed releases (refused DEVICE_EXISTS, DEVICE_UNKNOWN where the rules
+say). Envelopes are signed with keys
 derived from the seed (Ed25519 signatures are deterministic), so a seed
 reproduces every entry byte for byte.
 
@@ -33,6 +36,10 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleetsuit.device_auth import public_pem
+from fleetsuit.v1 import consensus_pb2 as pb
 from services.consensus.errors import ConsensusError, ReleaseRefused
 from services.consensus.ledger.codec import decode_entry, encode_anchor_bootstrap
 from services.consensus.ledger.keys import RequestKey, entry_digest
@@ -40,6 +47,27 @@ from services.consensus.runtime import ConsensusNode
 from tests.support.releases import Publisher, bootstrap, publish, revoke, rollout
 
 from .invariants import InvariantViolation, LedgerChecker
+
+# Device keys: any valid key will do (an enrolment's key is only loaded).
+DEVICE_KEY = public_pem(Ed25519PrivateKey.from_private_bytes(bytes(32)))
+
+
+def enrol(device_id: str, key: RequestKey) -> bytes:
+    raw: bytes = pb.LedgerEntry(
+        client_id=key.client_id, request_id=key.request_id,
+        device_enrollment=pb.DeviceEnrollment(device_id=device_id, action="enroll", device_class="default",
+                                              public_key_pem=DEVICE_KEY),
+    ).SerializeToString()
+    return raw
+
+
+def device_report(device_id: str, release_id: str, sequence: int, installed: bool, key: RequestKey) -> bytes:
+    component = release_id.partition("@")[0]
+    event = pb.DeviceEvent(device_id=device_id, kind="installed" if installed else "install_failed",
+                           release_id=release_id, component=component, sequence_number=sequence, gateway_id="g")
+    raw: bytes = pb.LedgerEntry(client_id=key.client_id, request_id=key.request_id,
+                                device_events=pb.DeviceEvents(events=[event])).SerializeToString()
+    return raw
 
 # The refusal codes, written again (stable API codes, ``errors.py``).
 NO_TRUST_ANCHORS = "NO_TRUST_ANCHORS"
@@ -51,6 +79,9 @@ DUPLICATE_RELEASE = "DUPLICATE_RELEASE"
 REVOKED = "REVOKED"
 UNKNOWN_RELEASE = "UNKNOWN_RELEASE"
 INVALID_TRANSITION = "INVALID_TRANSITION"
+DEVICE_EXISTS = "DEVICE_EXISTS"
+DEVICE_UNKNOWN = "DEVICE_UNKNOWN"
+DEVICES_PER_COMPONENT = 3
 
 _ROLLOUT = {  # action: (states it applies in, the state it leads to)
     "pause": ({"active"}, "paused"),
@@ -63,6 +94,11 @@ _ROLLOUT = {  # action: (states it applies in, the state it leads to)
 _KINDS = ("publish", "stale", "untrusted", "digest", "duplicate", "revoke", "pause", "resume", "halt",
           "unknown")
 _WEIGHTS = (4, 1, 1, 1, 1, 1, 2, 2, 1, 0.5)
+# A component client's device entries, after every other release entry
+# (drawn from an rng of their own, so the release entries are the same
+# with them or without).
+_DEVICE_KINDS = ("enroll", "report", "ghost report")
+_DEVICE_WEIGHTS = (1, 3, 0.5)
 
 
 class ReleaseModel:
@@ -74,6 +110,30 @@ class ReleaseModel:
         self.anchors: tuple[str, ...] = ()  # key ids
         self.sequences: dict[str, int] = {}
         self.releases: dict[str, tuple[str, int, str]] = {}  # id -> (component, sequence, state)
+        self.devices: dict[str, str] = {}  # device id -> state
+        self.outcomes: dict[tuple[str, str], str] = {}  # (release id, device id) -> its last outcome
+
+    def enroll(self, device_id: str) -> str:
+        if device_id in self.devices:
+            return DEVICE_EXISTS
+        self.devices[device_id] = "accepted"
+        return ""
+
+    def report(self, device_id: str, release_id: str, outcome: str) -> str:
+        """One event (installed or install_failed) of an existing release;
+        the workload's releases never ask for an automatic halt."""
+        if device_id not in self.devices:
+            return DEVICE_UNKNOWN
+        self.outcomes[(release_id, device_id)] = outcome
+        return ""
+
+    def release_outcomes(self) -> dict[str, tuple[int, int]]:
+        """Release id -> (devices installed, devices failed), as the ledger counts them."""
+        out: dict[str, tuple[int, int]] = {}
+        for (release_id, _), outcome in self.outcomes.items():
+            installed, failed = out.get(release_id, (0, 0))
+            out[release_id] = (installed + (outcome == "installed"), failed + (outcome == "failed"))
+        return out
 
     def anchor_set(self, key_ids: tuple[str, ...]) -> str:
         if self.anchors:
@@ -125,7 +185,7 @@ class ReleaseOp:
 
     key: RequestKey
     payload: bytes
-    kind: str  # publish, revoke, pause, resume, halt, anchors
+    kind: str  # publish, revoke, pause, resume, halt, anchors, enroll, report
     release_id: str
     expected: str  # "" or the refusal code
     what: str  # for messages: "stale publish fw-a@2~5"
@@ -174,12 +234,15 @@ class ReleaseWorkload:
         await asyncio.gather(*(self._component(nodes, c, until) for c in self._components))
 
     async def _component(self, nodes: Mapping[str, ConsensusNode], component: str, until: float) -> None:
-        # The script of a component depends on the seed alone (its own rng).
+        # The script of a component depends on the seed alone (its own rngs).
         rng = random.Random(f"nodesim-releases-{self._seed}-{component}")
+        device_rng = random.Random(f"nodesim-devices-{self._seed}-{component}")
         for n in range(1, self._ops + 1):
             if asyncio.get_running_loop().time() >= until:
                 return
             if not await self._submit(nodes, self._next(component, rng, n), until):
+                return
+            if n % 2 == 0 and not await self._submit(nodes, self._device_op(component, device_rng, n), until):
                 return
             await asyncio.sleep(rng.uniform(0.02, 0.2))
 
@@ -246,6 +309,22 @@ class ReleaseWorkload:
         expected = self.model.publish(component, sequence, release_id, trusted=signer is None,
                                       digest_ok=manifest_payload is None)
         return self._op(raw, "publish", release_id, expected, f"{what} {release_id}")
+
+    def _device_op(self, component: str, rng: random.Random, n: int) -> ReleaseOp:
+        model = self.model
+        key = RequestKey(f"devices/{component}", n)
+        enrolled = sorted(d for d in model.devices if d.startswith(f"{component}-dev"))
+        ours = sorted(i for i, r in model.releases.items() if r[0] == component)
+        kind = rng.choices(_DEVICE_KINDS, _DEVICE_WEIGHTS)[0] if enrolled and ours else "enroll"
+        if kind == "enroll":
+            device_id = f"{component}-dev{rng.randint(1, DEVICES_PER_COMPONENT)}"
+            return self._op(enrol(device_id, key), kind, "", model.enroll(device_id), f"enroll {device_id}")
+        device_id = rng.choice(enrolled) if kind == "report" else f"{component}-ghost"
+        target = rng.choice(ours)
+        installed = rng.random() < 0.6
+        expected = model.report(device_id, target, "installed" if installed else "failed")
+        raw = device_report(device_id, target, model.releases[target][1], installed, key)
+        return self._op(raw, "report", target, expected, f"report of {device_id} on {target}")
 
     def _next(self, component: str, rng: random.Random, n: int) -> ReleaseOp:
         model = self.model

@@ -92,6 +92,8 @@ class Stats:
     release_envelopes: int = 0  # signed envelopes built
     release_resubmitted: int = 0  # release entries the chaos left unanswered, submitted again after healing
     releases: int = 0  # releases in the final state
+    devices: int = 0  # devices enrolled in the final state
+    device_outcomes: int = 0  # devices' outcomes counted for releases in the final state
     release_checkpoints: int = 0  # states after a restart or a snapshot install checked against the chain
     snapshots_with_releases: int = 0  # snapshot installs that brought release state
 
@@ -292,7 +294,10 @@ class SimCluster:
         self.releases.check_converged(CLUSTER, self.net.nodes, self.workload)
         self.stats.acknowledged = len(self.checker.acks)
         self.stats.height = self.net.nodes[self.ids[0]].machine.height
-        self.stats.releases = len(self.net.nodes[self.ids[0]].machine.releases.releases())
+        machine = self.net.nodes[self.ids[0]].machine
+        self.stats.releases = len(machine.releases.releases())
+        self.stats.devices = len(machine.devices.devices())
+        self.stats.device_outcomes = sum(o.installed + o.failed for o in machine.devices.all_outcomes())
         self.stats.release_checkpoints = len(self.releases.checkpoints)
         self.stats.snapshots_with_releases = self.releases.snapshots_with_releases
         if self.workload is not None:
