@@ -117,6 +117,11 @@ class RolloutPolicy:
                 raise ValueError(f"stages must end at 100, not {self.stages[-1]}")
         if not 0 <= self.stage_interval_ms <= MAX_UINT64:
             raise ValueError(f"stage_interval must not be negative, not {self.stage_interval_ms} ms")
+        if self.stage_interval_ms and not self.start_at_unix_ms:
+            # Stage k opens at start + k * interval: without a start every
+            # stage would have opened long ago (and a start stamped here would
+            # make a re-run of the same push a different release).
+            raise ValueError("start_at: stages opening at an interval need a start time")
         if len(self.groups) > MAX_GROUPS or any(not g or len(g) > MAX_NAME for g in self.groups):
             raise ValueError(f"groups are at most {MAX_GROUPS} names of 1..{MAX_NAME} characters")
         if not 0 <= self.halt_failure_percent <= 100:

@@ -254,6 +254,10 @@ def test_push_carries_the_stage_interval_groups_and_halt_threshold(
     argv = ["release", "push", str(payload), "--component", "ota", "--sequence", "4", "--key", str(key),
             "--endpoint", node.address, "--quiet", "--stages", "10,50,100", "--stage-interval", "10m",
             "--group", "canary", "--group", "lab", "--halt-failure-percent", "20", "--halt-min-devices", "50"]
+    # Stages opening at an interval count from a start time, which must be given.
+    assert main(argv) == 2
+    assert "start_at: stages opening at an interval need a start time" in capsys.readouterr().err
+    argv += ["--start-at", "2030-01-01T00:00:00+00:00"]
     assert main(argv) == 0, capsys.readouterr().err
     rollout = pb.LedgerEntry.FromString(node.submitted[0]).release_published.rollout
     assert (rollout.stage_interval_ms, list(rollout.groups), rollout.halt_failure_percent,
