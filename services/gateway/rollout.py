@@ -203,8 +203,10 @@ def open_percent(policy: Policy, now_unix_ms: int) -> int:
 def decide(
     releases: Iterable[ReleaseView], device: DeviceView, now_unix_ms: int, *, lead_ms: int = 0
 ) -> dict[str, Decision]:
-    """One decision per component the device has installed or that an
-    eligible release targets, by the rules R1-R5 of the module docstring.
+    """One decision per component the device reports (its factory image
+    included), by the rules R1-R5 of the module docstring. A release for a
+    component the device does not have is never offered to it: its
+    manifest could only be refused there.
 
     The result does not depend on the order of ``releases`` (ties between
     equal sequence numbers go to the greater release id); release ids are
@@ -228,7 +230,7 @@ def decide(
             component, installed.get(component), eligible.get(component, []), by_id, device,
             now_unix_ms, lead_ms,
         )
-        for component in sorted(set(installed) | set(eligible))
+        for component in sorted(installed)
     }
 
 

@@ -170,9 +170,12 @@ def test_a_late_registering_device_still_gets_the_release() -> None:
         assert switch_at in (START, START + HOUR)  # in the past: switch at once
 
 
-def test_a_device_without_the_component_is_offered_it() -> None:
+def test_a_device_without_the_component_is_never_offered_it() -> None:
+    """Its manifest could only be refused there: a device reports every
+    component it has (the factory image included)."""
     release = rel("fw@1", 1)
-    assert fw(decide([release], dev("d1"), START)) == (Action.INSTALL, "fw@1", 0)
+    assert decide([release], dev("d1"), START) == {}
+    assert fw(decide([release], dev("d1", Installed("fw", FACTORY, 0)), START)) == (Action.INSTALL, "fw@1", 0)
 
 
 # -------------------------------------------------------- install decisions
@@ -238,15 +241,15 @@ def test_class_and_group_targeting(
     release = rel("fw@2", 2, classes=classes, groups=groups)
     decisions = decide([release], dev("d1", on("fw@1", 1), cls=cls, group=group), START)
     assert (fw(decisions)[0] is Action.INSTALL) == targeted
-    untargeted_new_component = decide([release], dev("d1", cls=cls, group=group), START)
-    assert ("fw" in untargeted_new_component) == targeted
+    from_factory = decide([release], dev("d1", Installed("fw", FACTORY, 0), cls=cls, group=group), START)
+    assert (fw(from_factory)[0] is Action.INSTALL) == targeted
 
 
 def test_one_decision_per_component() -> None:
     releases = [rel("fw@2", 2), rel("cfg@1", 1, component="cfg"), rel("os@9", 9, component="os", classes=("hub",))]
-    device = dev("d1", on("fw@2", 2), Installed("boot", FACTORY, 0))
+    device = dev("d1", on("fw@2", 2), Installed("boot", FACTORY, 0), Installed("cfg", FACTORY, 0))
     decisions = decide(releases, device, START)
-    assert sorted(decisions) == ["boot", "cfg", "fw"]
+    assert sorted(decisions) == ["boot", "cfg", "fw"]  # not "os": the device has none
     assert {c: d.component for c, d in decisions.items()} == {c: c for c in decisions}
     assert decisions["cfg"].action is Action.INSTALL
     assert decisions["boot"].action is decisions["fw"].action is Action.STAY
@@ -438,7 +441,7 @@ def reference(
         return r.policy.end_at_unix_ms != 0 and t >= r.policy.end_at_unix_ms
 
     out: dict[str, tuple[Action, str, int]] = {}
-    components = {i.component for i in device.installed} | {r.component for r in releases if reaches(r)}
+    components = {i.component for i in device.installed}
     for c in components:
         mine = [i for i in device.installed if i.component == c]
         inst = mine[0] if mine else None
