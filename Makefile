@@ -41,10 +41,10 @@ fuzz: install
 	FLEETSUIT_FUZZ_EXAMPLES=200000 $(PY) -m pytest -q tests -k fuzz
 
 # mypy --strict (pyproject) over everything we ship: the common package, the
-# services, the SUIT library and the launcher.
+# services, the SUIT library, the launcher and the device agent.
 lint: install
-	$(VENV)/bin/ruff check fleetsuit services suit launcher tests bench
-	$(VENV)/bin/mypy fleetsuit services suit launcher
+	$(VENV)/bin/ruff check fleetsuit services suit launcher agent tests bench
+	$(VENV)/bin/mypy fleetsuit services suit launcher agent
 
 # The consensus bench runs a 3-member etcd beside fleetsuit: Debian's etcd-server,
 # and the etcd API .proto files from golang-etcd-server-dev for an honest client.

@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("consensus", "manifest", "dht", "snapshot", "release")
+BENCHES = ("consensus", "manifest", "dht", "snapshot", "release", "gateway")
 
 
 def main(argv: list[str]) -> int:
