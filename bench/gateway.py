@@ -13,14 +13,16 @@ figure beside an anchor measured in the same run (issue 12):
   signature check, no decisions), pinned to the same core: the gateway's
   p99 as a ratio of that floor;
 - **downloads**: a release's payload (32 MiB) pushed, prefetched by the
-  gateway, then 100 concurrent devices (aiohttp, in two client processes)
-  each GET the whole payload, and again in 4 MiB Range pieces; aggregate
-  MB/s, against raw loopback TCP (``bench.dht.raw_tcp``) in the same run.
-  aiohttp copies every chunk it receives into a new bytes object, so on two
-  cores the clients, not the gateway, are the limit: a third variant GETs
-  with a lean client (HTTP/1.1 by hand, the body read into one reused
-  buffer, as the TCP anchor's receiver reads), and the gateway's CPU per
-  GiB sent is given beside the TCP sender's;
+  gateway, then 100 concurrent devices (in two client processes,
+  ``bench/download_load.py``) each GET the whole payload with aiohttp, in
+  4 MiB Range pieces, and with a lean client (HTTP/1.1 by hand, the body
+  read into one reused buffer, as the TCP anchor's receiver reads);
+  aggregate MB/s. Two anchors in the same run: raw loopback TCP
+  (``bench.dht.raw_tcp``, one stream: what the link carries), and the very
+  same clients against a bare server sending the same file with
+  ``os.sendfile`` and nothing else (what 100 Python devices can take on
+  two cores: the gateway's own cost is the difference). The gateway's CPU
+  per GiB sent is given beside the TCP sender's;
 - **rollout**: 1,000 devices (the fleet simulator, without installs) on a
   3-node cluster with its gateways; a release pushed to start at once: the
   time from the push to every device switched, and from its commit.
@@ -36,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from typing import Any
 import grpc
 
 from bench.cpu import cpu_seconds
+from bench.download_load import LEAN, DownloadClients, FileServer
 from bench.session_load import COMPONENT, DEVICE_CLASS, LoadGen, device_id, device_key
 from fleetsuit import device_auth
 from fleetsuit.client import FleetClient
@@ -239,124 +241,6 @@ def sessions_anchor(params: Params) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ downloads
 
 
-LEAN = -1  # the download client's RANGE for a lean client (one socket, one reused buffer)
-
-
-def _download_client(url: str, count: int, range_bytes: int) -> None:
-    """``python -m bench.gateway --download-client URL COUNT RANGE``: on each
-    ``go`` line, ``count`` concurrent devices each GET the whole payload at
-    ``url`` with aiohttp (in ``RANGE``-byte Range pieces when RANGE > 0;
-    with a lean client when RANGE is ``LEAN``); prints ``{"bytes", "start",
-    "end"}`` (CLOCK_MONOTONIC, shared by processes)."""
-    import aiohttp
-
-    async def device(session: aiohttp.ClientSession, size: int) -> int:
-        received = 0
-        pieces = [(0, size)] if range_bytes <= 0 else [
-            (o, min(size, o + range_bytes)) for o in range(0, size, range_bytes)]
-        for start, end in pieces:
-            headers = {} if range_bytes <= 0 else {"Range": f"bytes={start}-{end - 1}"}
-            async with session.get(url, headers=headers) as resp:
-                if resp.status not in (200, 206):
-                    raise RuntimeError(f"GET {url}: HTTP {resp.status}")
-                async for chunk in resp.content.iter_any():
-                    received += len(chunk)
-        return received
-
-    async def lean_device(_session: aiohttp.ClientSession, _size: int) -> int:
-        """HTTP/1.1 by hand, the body read into one reused 1 MiB buffer, as
-        the TCP anchor's receiver reads: what the gateway serves when a
-        device costs no more than the copy (aiohttp copies each chunk into
-        a new bytes object)."""
-        parts = urllib.parse.urlsplit(url)
-        loop = asyncio.get_running_loop()
-        with socket.socket() as sock:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, (parts.hostname, parts.port))
-            await loop.sock_sendall(sock, f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                                          f"Connection: close\r\n\r\n".encode())
-            buf = bytearray(MIB)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                n = await loop.sock_recv_into(sock, buf)
-                if not n:
-                    raise RuntimeError(f"GET {url}: the connection closed in the headers")
-                head += bytes(buf[:n])
-            status, _, rest = head.partition(b"\r\n\r\n")
-            lines = status.decode("latin-1").split("\r\n")
-            if " 200 " not in lines[0] + " ":
-                raise RuntimeError(f"GET {url}: {lines[0]}")
-            length = next(int(v) for k, _, v in (x.partition(":") for x in lines[1:])
-                          if k.strip().lower() == "content-length")
-            received = len(rest)
-            while received < length and (n := await loop.sock_recv_into(sock, buf)):
-                received += n
-            return received
-
-    one = lean_device if range_bytes == LEAN else device
-
-    async def run() -> None:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, read_bufsize=4 * MIB,
-                                         auto_decompress=False) as session:
-            async with session.head(url) as resp:
-                size = int(resp.headers["Content-Length"])
-            loop = asyncio.get_running_loop()
-            for _ in range(100):  # bounded: a bench runs a few rounds
-                line = await loop.run_in_executor(None, sys.stdin.readline)
-                if line.strip() != "go":
-                    return
-                start = time.monotonic()
-                got = await asyncio.gather(*(one(session, size) for _ in range(count)))
-                end = time.monotonic()
-                if any(g != size for g in got):
-                    raise RuntimeError(f"short download: {min(got)} of {size} bytes")
-                print(json.dumps({"bytes": sum(got), "start": start, "end": end}), flush=True)
-
-    asyncio.run(run())
-
-
-class DownloadClients:
-    """``download_processes`` client processes of ``_download_client``,
-    waiting for a ``go``; ``round()`` runs every device at once."""
-
-    def __init__(self, url: str, params: Params, range_bytes: int) -> None:
-        per = params.download_clients // params.download_processes
-        self.procs = [subprocess.Popen(
-            [sys.executable, "-m", "bench.gateway", "--download-client", url, str(per), str(range_bytes)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            for _ in range(params.download_processes)]
-
-    def round(self, server_pid: int) -> dict[str, float]:
-        """MB/s (bytes over the first start to the last end) and CPU seconds
-        per GiB of the gateway and of the clients."""
-        server0 = cpu_seconds(server_pid)
-        clients0 = sum(cpu_seconds(p.pid) for p in self.procs)
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in self.procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("a download client failed")
-            results.append(json.loads(line))
-        total = sum(r["bytes"] for r in results)
-        gib = total / 1024**3
-        elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
-        return {"mb_s": total / MIB / elapsed,
-                "server_cpu_s_per_gib": (cpu_seconds(server_pid) - server0) / gib,
-                "clients_cpu_s_per_gib": (sum(cpu_seconds(p.pid) for p in self.procs) - clients0) / gib}
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.stdin is not None and proc.poll() is None:
-                proc.stdin.close()  # the client's end of rounds
-        stop_processes(self.procs)  # type: ignore[arg-type]
-
-
 def downloads(doc: dict[str, Any], key_pem: bytes, params: Params) -> dict[str, Any]:
     node = doc["nodes"][0]
     payload = os.urandom(params.payload_bytes)
@@ -377,45 +261,55 @@ def downloads(doc: dict[str, Any], key_pem: bytes, params: Params) -> dict[str, 
     _wait(cached, 60, "the gateway's prefetch of the payload")
     prefetch_s = time.monotonic() - started
     gateway_pid = node["pids"]["gateway"]
-    clients = {mode: DownloadClients(url, params, rb)
-               for mode, rb in (("whole", 0), ("range", params.range_bytes), ("lean", LEAN))}
+    cached_file = Path(node["data_dir"]) / "cache" / pushed.payload_cid.split(":", 1)[1]
+    bare = FileServer(cached_file)  # the anchor with the same clients: the same file, sendfile, nothing else
+
+    def group(target: str, range_bytes: int) -> DownloadClients:
+        return DownloadClients(target, params.download_clients, params.download_processes, range_bytes)
+
+    clients = {"whole": group(url, 0), "range": group(url, params.range_bytes), "lean": group(url, LEAN),
+               "bare_whole": group(bare.url, 0), "bare_lean": group(bare.url, LEAN)}
+    servers = {mode: bare.proc.pid if mode.startswith("bare") else gateway_pid for mode in clients}
     rounds: dict[str, list[dict[str, float]]] = {mode: [] for mode in clients}
     tcp, tcp_sender_cpu = [], []
     try:
         time.sleep(1.0)  # the clients' start (imports), not timed
         # Each round of every mode beside a TCP run, so all see the same machine.
         for _ in range(params.download_rounds):
-            for mode, group in clients.items():
-                rounds[mode].append(group.round(gateway_pid))
+            for mode, clients_of_mode in clients.items():
+                rounds[mode].append(clients_of_mode.round(servers[mode]))
             transfer = raw_tcp()
             tcp.append(transfer.mb_s)
             tcp_sender_cpu.append(transfer.sender_cpu_s_per_gib)
     finally:
-        for group in clients.values():
-            group.close()
-    whole, ranged, lean = rounds["whole"], rounds["range"], rounds["lean"]
+        for clients_of_mode in clients.values():
+            clients_of_mode.close()
+        bare.close()
     tcp_mb_s = statistics.median(tcp)
 
-    def median(rows: list[dict[str, float]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+    def median(mode: str, key: str = "mb_s") -> float:
+        return statistics.median(r[key] for r in rounds[mode])
 
     return {
         "payload_mib": params.payload_bytes // MIB,
         "clients": params.download_clients,
         "client_processes": params.download_processes,
         "prefetch_seen_s": round(prefetch_s, 2),
-        "whole_mb_s": round(median(whole, "mb_s"), 1),
-        "range_mb_s": round(median(ranged, "mb_s"), 1),
+        "whole_mb_s": round(median("whole"), 1),
+        "range_mb_s": round(median("range"), 1),
+        "lean_mb_s": round(median("lean"), 1),
         "raw_tcp_mb_s": round(tcp_mb_s, 1),
-        "whole_vs_tcp": round(median(whole, "mb_s") / tcp_mb_s, 3),
-        "range_vs_tcp": round(median(ranged, "mb_s") / tcp_mb_s, 3),
-        "lean_mb_s": round(median(lean, "mb_s"), 1),
-        "lean_vs_tcp": round(median(lean, "mb_s") / tcp_mb_s, 3),
-        "gateway_cpu_s_per_gib": {mode: round(median(rows, "server_cpu_s_per_gib"), 3)
-                                  for mode, rows in rounds.items()},
+        "whole_vs_tcp": round(median("whole") / tcp_mb_s, 3),
+        "range_vs_tcp": round(median("range") / tcp_mb_s, 3),
+        "lean_vs_tcp": round(median("lean") / tcp_mb_s, 3),
+        # The same 100 clients against a bare sendfile server of the same file.
+        "bare_whole_mb_s": round(median("bare_whole"), 1),
+        "bare_lean_mb_s": round(median("bare_lean"), 1),
+        "whole_vs_bare": round(median("whole") / median("bare_whole"), 3),
+        "lean_vs_bare": round(median("lean") / median("bare_lean"), 3),
+        "server_cpu_s_per_gib": {mode: round(median(mode, "server_cpu_s_per_gib"), 3) for mode in rounds},
         "tcp_sender_cpu_s_per_gib": round(statistics.median(tcp_sender_cpu), 3),
-        "clients_cpu_s_per_gib": {mode: round(median(rows, "clients_cpu_s_per_gib"), 3)
-                                  for mode, rows in rounds.items()},
+        "clients_cpu_s_per_gib": {mode: round(median(mode, "clients_cpu_s_per_gib"), 3) for mode in rounds},
         "rounds_mb_s": {**{mode: [round(r["mb_s"], 1) for r in rows] for mode, rows in rounds.items()},
                         "tcp": [round(x, 1) for x in tcp]},
     }
@@ -566,8 +460,9 @@ def main(results_dir: Path, params: Params = FULL) -> dict[str, Any]:
     print(f"downloads, {d['clients']} devices, {d['payload_mib']} MiB from a warm cache: whole {d['whole_mb_s']} MB/s "
           f"({d['whole_vs_tcp']} of raw TCP's {d['raw_tcp_mb_s']}), 4 MiB ranges {d['range_mb_s']} MB/s "
           f"({d['range_vs_tcp']}); a lean client (one reused buffer, as TCP's) {d['lean_mb_s']} MB/s "
-          f"({d['lean_vs_tcp']}); gateway CPU {d['gateway_cpu_s_per_gib']['whole']} s/GiB, TCP sender's "
-          f"{d['tcp_sender_cpu_s_per_gib']}")
+          f"({d['lean_vs_tcp']}); against a bare sendfile server with the same clients: whole "
+          f"{d['whole_vs_bare']} ({d['bare_whole_mb_s']} MB/s), lean {d['lean_vs_bare']} ({d['bare_lean_mb_s']} MB/s); "
+          f"gateway CPU {d['server_cpu_s_per_gib']['whole']} s/GiB, TCP sender's {d['tcp_sender_cpu_s_per_gib']}")
     print(f"rollout of {r['devices']} devices on {r['gateways']} gateways: push to all switched "
           f"{r['push_to_all_s']} s, commit to the last switch {r['commit_to_all_s']} s")
     (results_dir / "gateway.json").write_text(json.dumps(result, indent=2))
@@ -575,9 +470,6 @@ def main(results_dir: Path, params: Params = FULL) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--download-client"]:
-        _download_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    else:
-        flags = [a for a in sys.argv[1:] if a.startswith("--")]
-        rest = [a for a in sys.argv[1:] if not a.startswith("--")]
-        main(Path(rest[0]) if rest else Path("bench/results"), QUICK if "--quick" in flags else FULL)
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    rest = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(Path(rest[0]) if rest else Path("bench/results"), QUICK if "--quick" in flags else FULL)

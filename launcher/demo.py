@@ -20,6 +20,11 @@ The main job is the path of a release as it is built today:
 7. the certified ledger is exported and verified offline against the
    cluster's anchors, and the release's compact proof is checked offline,
    as a device would.
+
+Between 5 and 6, a fleet (``demo_fleet``): an operator enrolls 200
+simulated devices, which update to the release through the gateways (each
+verifying the envelope against the CI key itself), and the ledger's device
+table shows every install.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from suit import keys as suit_keys
 
 from . import preflight
 from .cluster import plan_nodes, planned_ports, start_cluster, stop_processes
+from .demo_fleet import FleetFailed, run_fleet
 from .up import wait_serving
 
 MIB = 1024 * 1024
@@ -67,6 +73,8 @@ COMPONENT = "firmware"
 DEVICE_CLASS = "demo-board"
 PUBLISHER_FILE = "ci-publisher.pub.pem"
 WAIT_S = 30.0
+FLEET_DEVICES = 200
+FLEET_TIMEOUT_S = 90.0
 CALL_TIMEOUT_S = 10.0
 T = TypeVar("T")
 _CID = re.compile(r"(sha256:[0-9a-f]{16})[0-9a-f]{48}")
@@ -155,10 +163,12 @@ def _expect_refusal(what: str, code: str, push: Callable[[], PushResult], node: 
 
 
 def main_job(
-    doc: dict[str, Any], ci_key_pem: bytes, rogue_key_pem: bytes, kill: Callable[[str], None], started: float
+    doc: dict[str, Any], ci_key_pem: bytes, rogue_key_pem: bytes, kill: Callable[[str], None], started: float,
+    anchor_file: Path,
 ) -> int:
     """The path of a release on the started cluster; ``started``: when the
-    cluster was started (monotonic clock)."""
+    cluster was started (monotonic clock); ``anchor_file``: the CI
+    publisher's public key (the devices' trust anchor)."""
     nodes = Nodes(doc)
     ci_node = nodes.ids[0]
     client = FleetClient(nodes.consensus(ci_node), timeout_s=CALL_TIMEOUT_S, retry_deadline_s=WAIT_S)
@@ -246,6 +256,11 @@ def main_job(
         print(f"[{server} dht] served {len(got)} bytes of {_short(pushed.payload_cid)}, digest matches: {ok}")
         if not ok:
             raise DemoFailed(f"{server}'s dht served other bytes than the payload")
+
+        # 5b. A fleet updates to it through the gateways.
+        run_fleet(client, [n["endpoints"]["gateway"] for n in doc["nodes"]], Path(anchor_file),
+                  count=FLEET_DEVICES, component=COMPONENT, device_class=DEVICE_CLASS, release_id=release,
+                  timeout_s=FLEET_TIMEOUT_S)
 
         # 6. Kill the leader; the next release commits through a survivor.
         print(f"killing the leader {leader} (SIGKILL) ...")
@@ -349,8 +364,9 @@ def main() -> int:
         os.kill(pid, signal.SIGKILL)
 
     try:
-        return main_job(doc, suit_keys.private_pem(ci_key), suit_keys.private_pem(rogue_key), kill, started)
-    except (DemoFailed, FleetError, grpc.RpcError, ValueError) as exc:
+        return main_job(doc, suit_keys.private_pem(ci_key), suit_keys.private_pem(rogue_key), kill, started,
+                        publisher)
+    except (DemoFailed, FleetFailed, FleetError, grpc.RpcError, ValueError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -95,3 +95,11 @@ def test_the_manifest_service_logs_instead_of_printing() -> None:
     for path in _py("services/manifest"):
         if path.name not in ("cli.py", "__main__.py"):  # a command prints its result; a bad config comes before logging
             assert "print(" not in path.read_text(), path.relative_to(ROOT)
+
+
+def test_the_device_agent_imports_no_service_and_not_the_launcher() -> None:
+    """The agent is the device's side: it speaks the gateway's proto API and
+    verifies envelopes with ``suit/`` itself; nothing of a node runs there."""
+    for path in _py("agent"):
+        bad = [m for m in _imports(path) if m.split(".")[0] in ("services", "launcher")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
