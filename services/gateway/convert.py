@@ -22,8 +22,6 @@ from fleetsuit.v1 import consensus_pb2 as cpb
 from fleetsuit.v1 import gateway_pb2 as pb
 
 from . import rollout
-from .devices import Enrolment
-from .directory import GatewayAddress
 from .errors import (
     BadSignature,
     DeviceRefused,
@@ -34,11 +32,16 @@ from .errors import (
     ProtocolError,
     SessionReplaced,
 )
-from .ledger_view import BlockNews, DeviceChange, ReleaseRecord, ReleaseSnapshot
-from .reports import (
+from .model import (
+    BlockNews,
+    DeviceChange,
     DeviceEventsWrite,
+    Enrolment,
     EnrolmentRequestWrite,
+    GatewayAddress,
     LedgerWrite,
+    ReleaseRecord,
+    ReleaseSnapshot,
     ReportEvent,
     client_id_of,
 )

@@ -17,32 +17,15 @@ import asyncio
 import enum
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fleetsuit import device_auth
 
 from .errors import BadSignature, DevicePending, DeviceRejected, DeviceRevoked, DeviceUnknown
+from .model import ACCEPTED, PENDING, REJECTED, REVOKED, Enrolment
 
 if TYPE_CHECKING:
     from .ports import DevicePort
-
-ACCEPTED = "accepted"
-PENDING = "pending"
-REJECTED = "rejected"
-REVOKED = "revoked"
-
-
-@dataclass(frozen=True, slots=True)
-class Enrolment:
-    """A device as the ledger's device table holds it."""
-
-    device_id: str
-    state: str  # pending, accepted, rejected, revoked
-    device_class: str = ""
-    group: str = ""
-    public_key_pem: bytes = b""
-
 
 class Admission(enum.Enum):
     ACCEPTED = "accepted"  # enrolled, and it proved possession of its key

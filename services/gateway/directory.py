@@ -20,26 +20,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fleetsuit.logs import RateLimitedLog
 
 from . import placement
-from .ledger_view import describe
+from .errors import describe
+from .model import GatewayAddress
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
     from .ports import ClusterPort
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayAddress:
-    gateway_id: str
-    grpc_address: str  # HOST:PORT of Session
-    http_address: str  # HOST:PORT of the payload downloads
 
 
 class Directory:

@@ -95,3 +95,15 @@ class Draining(GatewayError):
     """This gateway is stopping: go to another."""
 
     code = ErrorCode.GATEWAY_DRAINING
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure (a gRPC error's code and details, not its
+    multi-line debug string)."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        try:
+            return f"{getattr(code(), 'name', code())}: {details()}"
+        except Exception:  # noqa: BLE001 (not a gRPC error after all)
+            pass
+    return f"{type(exc).__name__}: {exc}"

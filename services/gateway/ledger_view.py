@@ -25,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from fleetsuit.logs import RateLimitedLog
 
 from . import rollout
+from .errors import describe
+from .model import DeviceChange, ReleaseRecord, Releases
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
@@ -41,52 +42,6 @@ log = logging.getLogger(__name__)
 
 MAX_TIMER_SLEEP_S = 30.0  # re-read the clock at least this often (it may be stepped)
 SOFT_REFRESH_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseRecord:
-    view: rollout.ReleaseView
-    envelope: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseSnapshot:
-    releases: tuple[ReleaseRecord, ...]
-    applied_index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceChange:
-    device_id: str
-    action: str  # an enrolment's action (enroll, request, accept, reject, revoke) or "events"
-
-
-@dataclass(frozen=True, slots=True)
-class BlockNews:
-    """What one block means to a gateway."""
-
-    height: int
-    releases_changed: bool = False
-    devices: tuple[DeviceChange, ...] = ()
-    # Install outcomes were reported: the ledger may have halted a release
-    # automatically (no rollout entry says so), so the view is read again,
-    # at most once per SOFT_REFRESH_S.
-    outcomes: bool = False
-
-
-Releases = Mapping[str, ReleaseRecord]
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a failure (a gRPC error's code and details, not its
-    multi-line debug string)."""
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):
-        try:
-            return f"{getattr(code(), 'name', code())}: {details()}"
-        except Exception:  # noqa: BLE001 (not a gRPC error after all)
-            pass
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Backoff:

@@ -38,11 +38,19 @@ from fleetsuit.v1 import gateway_pb2 as pb
 from fleetsuit.v1 import gateway_pb2_grpc as pb_grpc
 
 from . import convert, rollout
-from .devices import Enrolment
-from .directory import GatewayAddress
 from .errors import LedgerUnavailable
-from .ledger_view import BlockNews, DeviceChange, ReleaseRecord, ReleaseSnapshot
-from .reports import Committed, DeviceEventsWrite, EnrolmentRequestWrite, LedgerWrite
+from .model import (
+    BlockNews,
+    Committed,
+    DeviceChange,
+    DeviceEventsWrite,
+    Enrolment,
+    EnrolmentRequestWrite,
+    GatewayAddress,
+    LedgerWrite,
+    ReleaseRecord,
+    ReleaseSnapshot,
+)
 
 # ---------------------------------------------------------------- the ports
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from fleetsuit.ledger_client import StreamBroken, SubmitFailed
 from fleetsuit.logs import RateLimitedLog
 
+from .model import DeviceEventsWrite, ReportEvent
+
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
     from .ports import SubmitPort
@@ -40,49 +42,6 @@ RETRY_CODES = frozenset({"OUTCOME_UNKNOWN", "NO_LEADER", "OVERLOADED", "NOT_LEAD
 # carry. Only gateways write under "device/<id>" and a device never reuses a
 # seq, so this is the duplicate answer in another form.
 ALREADY_APPLIED = "IDEMPOTENCY_KEY_REUSED"
-
-
-def client_id_of(device_id: str) -> str:
-    return f"device/{device_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class ReportEvent:
-    kind: str  # installed, install_failed, fell_back, switched_back, refused, version
-    component: str = ""
-    release_id: str = ""
-    sequence_number: int = 0
-    at_unix_ms: int = 0
-    detail: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceEventsWrite:
-    """One device Report, as one ledger entry."""
-
-    device_id: str
-    seq: int
-    gateway_id: str
-    events: tuple[ReportEvent, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EnrolmentRequestWrite:
-    """An unknown device that proved its key asks to be enrolled (pending)."""
-
-    device_id: str
-    device_class: str
-    public_key_pem: bytes
-    gateway_id: str
-
-
-LedgerWrite = DeviceEventsWrite | EnrolmentRequestWrite
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    block_height: int
-    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

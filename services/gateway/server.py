@@ -36,12 +36,13 @@ from fleetsuit.v1 import gateway_pb2_grpc as pb_grpc
 from . import convert, rollout
 from .config import GatewayConfig
 from .devices import Admission, EnrolmentCache, RequestLimiter, admit
-from .directory import Directory, GatewayAddress
+from .directory import Directory
 from .errors import DevicePending, Draining, GatewayError, ProtocolError
 from .ledger_view import LedgerView, PayloadKeeper
 from .metrics import GatewayMetrics
+from .model import EnrolmentRequestWrite, GatewayAddress
 from .ports import ClusterPort, LedgerPort, MemoryCluster, PayloadStore
-from .reports import EnrolmentRequestWrite, ReportSink
+from .reports import ReportSink
 from .sessions import Session as DeviceSession
 from .sessions import SessionHub
 

@@ -37,11 +37,13 @@ from fleetsuit.v1 import gateway_pb2 as pb
 from . import convert, placement, rollout
 from .devices import EnrolmentCache
 from .errors import DeviceRejected, DeviceRevoked, GatewayError, HeartbeatMissed, SessionReplaced
-from .ledger_view import DeviceChange, LedgerListener, PayloadKeeper, ReleaseRecord, Releases
+from .ledger_view import LedgerListener, PayloadKeeper
+from .model import DeviceChange, ReleaseRecord, Releases
 
 if TYPE_CHECKING:
-    from .directory import Directory, GatewayAddress
+    from .directory import Directory
     from .metrics import GatewayMetrics
+    from .model import GatewayAddress
 
 log = logging.getLogger(__name__)
 

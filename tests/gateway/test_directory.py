@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from services.gateway import placement
-from services.gateway.directory import Directory, GatewayAddress
+from services.gateway.directory import Directory
+from services.gateway.model import GatewayAddress
 from services.gateway.ports import MemoryCluster
 
 ME = GatewayAddress("g1", "127.0.0.1:17404", "127.0.0.1:17405")

@@ -14,16 +14,15 @@ from fleetsuit.ledger_client import StreamBroken, SubmitFailed
 from fleetsuit.v1 import consensus_pb2 as cpb
 from fleetsuit.v1 import gateway_pb2 as pb
 from services.gateway import convert
-from services.gateway.ledger_view import DeviceChange
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.ports import MemoryLedger
-from services.gateway.reports import (
+from services.gateway.model import (
+    DeviceChange,
     DeviceEventsWrite,
     EnrolmentRequestWrite,
-    ReportAnswer,
     ReportEvent,
-    ReportSink,
 )
+from services.gateway.ports import MemoryLedger
+from services.gateway.reports import ReportAnswer, ReportSink
 from tests.gateway.test_sessions import T0, Device, link, running
 from tests.support.wait import ready, wait_for
 

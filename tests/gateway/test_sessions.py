@@ -21,10 +21,8 @@ from fleetsuit.v1 import gateway_pb2 as pb
 from fleetsuit.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway import placement, rollout
 from services.gateway.config import GatewayConfig
-from services.gateway.devices import Enrolment
-from services.gateway.directory import GatewayAddress
+from services.gateway.model import Enrolment, EnrolmentRequestWrite, GatewayAddress
 from services.gateway.ports import MemoryCluster, MemoryLedger, MemoryPayloads
-from services.gateway.reports import EnrolmentRequestWrite
 from services.gateway.server import GatewayDeps, GatewayRuntime, build_server
 from services.gateway.sessions import Sent, plan
 from tests.support.wait import ready, wait_for
