@@ -64,8 +64,9 @@ from .entries import (
     ReleaseOutcomes,
     RolloutPolicy,
 )
-from .releases import ACTIVE, MAX_NAME, MAX_REASON, PAUSED, ReleaseState, Tables
+from .releases import ACTIVE, MAX_NAME, MAX_REASON, PAUSED, ReleaseState
 from .store import LedgerStore
+from .tables import Tables
 
 PENDING, ACCEPTED, REJECTED, REVOKED = "pending", "accepted", "rejected", "revoked"
 DEVICE_STATES = (PENDING, ACCEPTED, REJECTED, REVOKED)
