@@ -163,7 +163,8 @@ class Agent:
             CommandHealthCheck(config.health_check, config.health_check_timeout_ms)
             if config.health_check else always_healthy)
         self.runner = SessionRunner(
-            device_id=config.device_id, device_class=config.device_class, key=key,
+            device_id=config.device_id, device_class=config.device_class,
+            vendor_domain=config.vendor_domain, key=key,
             endpoints=config.gateways, handler=self, channels=self._channels, clock=self.clock,
             local_clock=self._local_clock, policy=config.session_policy(), rng=self._rng,
         )

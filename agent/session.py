@@ -179,6 +179,7 @@ class SessionRunner:
         device_class: str,
         key: device_auth.DevicePrivateKey,
         endpoints: tuple[str, ...],
+        vendor_domain: str = "",
         handler: Handler,
         channels: ChannelPool,
         clock: ClockOffset,
@@ -190,6 +191,7 @@ class SessionRunner:
             raise ValueError("a device needs at least one gateway endpoint")
         self.device_id = device_id
         self.device_class = device_class
+        self.vendor_domain = vendor_domain
         self._key = key
         self._public_pem = device_auth.public_pem(key)
         self._seeds = tuple(GatewayAddress("", e) for e in endpoints)
@@ -331,6 +333,7 @@ class SessionRunner:
                 signature=device_auth.sign(self._key, message),
                 public_key_pem=self._public_pem,
                 device_class=self.device_class,
+                vendor_domain=self.vendor_domain,
                 installed=[installed_to_pb(i) for i in self._handler.installed()],
                 device_time_unix_ms=sent,
                 previous_gateway_id=self._previous_gateway_id,

@@ -95,6 +95,7 @@ def release_from_pb(msg: cpb.Release) -> ReleaseRecord:
             policy=policy_from_pb(msg.rollout),
             payload_cid=msg.payload_cid,
             payload_size=msg.payload_size,
+            vendor_domain=msg.vendor_domain,
         ),
         envelope=bytes(msg.envelope),
     )

@@ -17,8 +17,9 @@ gateway's ``convert.py``; sending offers, holding sessions and re-deciding at
 
 The rules (issue 12 §3; protos/fleetsuit/v1/consensus.proto ``RolloutPolicy``):
 
-- R1 eligibility: a release reaches a device only when the device's class is
-  one of its classes and the policy names no groups or the device's group.
+- R1 eligibility: a release reaches a device only when the device's vendor
+  (when it says one) is the release's, its class is one of the release's
+  classes, and the policy names no groups or the device's group.
 - R2 staged admission: stage k opens at ``start + k * stage_interval_ms`` and
   admits the devices whose :func:`bucket` is below ``stages[k]`` percent; a
   device admitted once stays admitted (stages are cumulative).
@@ -127,6 +128,7 @@ class ReleaseView:
     policy: Policy
     payload_cid: str = ""
     payload_size: int = 0
+    vendor_domain: str = ""  # the vendor its device classes belong to
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,7 @@ class DeviceView:
     device_class: str
     group: str
     installed: tuple[Installed, ...]
+    vendor_domain: str = ""  # as the device says; "" when it does not
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,9 +269,13 @@ def next_change_at(
 
 
 def _eligible(release: ReleaseView, device: DeviceView) -> bool:
-    """R1: targeted by class, and by group when the policy names groups."""
+    """R1: targeted by vendor and class (a class name means something only
+    under its vendor: class id = uuid5(vendor id, name)), and by group when
+    the policy names groups. A device that does not say its vendor is taken
+    at its class alone."""
     groups = release.policy.groups
-    return device.device_class in release.device_classes and (not groups or device.group in groups)
+    vendor = not device.vendor_domain or not release.vendor_domain or device.vendor_domain == release.vendor_domain
+    return vendor and device.device_class in release.device_classes and (not groups or device.group in groups)
 
 
 def _ended(policy: Policy, now_unix_ms: int) -> bool:

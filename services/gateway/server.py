@@ -49,6 +49,7 @@ from .sessions import SessionHub
 SERVICE = "gateway"
 SERVICE_NAME = "fleetsuit.v1.Gateway"
 MAX_DEVICE_ID = 256
+MAX_VENDOR = 253  # characters of a vendor domain (a DNS name)
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             self.metrics.failovers.inc()
         session = DeviceSession(
             device_id, enrolment.device_class or register.device_class, enrolment.group,
-            installed, previous_gateway_id=previous, now_s=rt.deps.monotonic(),
+            installed, previous_gateway_id=previous, vendor_domain=register.vendor_domain[:MAX_VENDOR],
+            now_s=rt.deps.monotonic(),
         )  # fmt: skip
         session.send(convert.welcome(
             rt.me.gateway_id, self.config.heartbeat_interval_ms,

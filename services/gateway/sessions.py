@@ -129,9 +129,11 @@ class Session:
         installed: Iterable[rollout.Installed],
         *,
         previous_gateway_id: str = "",
+        vendor_domain: str = "",
         now_s: float,
     ) -> None:
         self.device_id = device_id
+        self.vendor_domain = vendor_domain
         self.device_class = device_class
         self.group = group
         self.installed: dict[str, rollout.Installed] = {i.component: i for i in installed}
@@ -145,7 +147,8 @@ class Session:
 
     def view(self) -> rollout.DeviceView:
         return rollout.DeviceView(
-            self.device_id, self.device_class, self.group, tuple(self.installed.values())
+            self.device_id, self.device_class, self.group, tuple(self.installed.values()),
+            self.vendor_domain,
         )
 
     def send(self, message: pb.GatewayMessage) -> None:

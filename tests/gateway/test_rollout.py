@@ -245,6 +245,23 @@ def test_class_and_group_targeting(
     assert (fw(from_factory)[0] is Action.INSTALL) == targeted
 
 
+@pytest.mark.parametrize(
+    ("device_vendor", "release_vendor", "targeted"),
+    [
+        ("acme.example", "acme.example", True),
+        ("acme.example", "other.example", False),  # the same class name under another vendor
+        ("", "other.example", True),  # a device that does not say its vendor: by class alone
+        ("acme.example", "", True),
+    ],
+)
+def test_a_class_name_means_something_only_under_its_vendor(
+    device_vendor: str, release_vendor: str, targeted: bool
+) -> None:
+    release = replace(rel("fw@2", 2), vendor_domain=release_vendor)
+    device = replace(dev("d1", on("fw@1", 1)), vendor_domain=device_vendor)
+    assert (fw(decide([release], device, START))[0] is Action.INSTALL) == targeted
+
+
 def test_one_decision_per_component() -> None:
     releases = [rel("fw@2", 2), rel("cfg@1", 1, component="cfg"), rel("os@9", 9, component="os", classes=("hub",))]
     device = dev("d1", on("fw@2", 2), Installed("boot", FACTORY, 0), Installed("cfg", FACTORY, 0))
@@ -433,7 +450,8 @@ def reference(
     """The rules of issue 12 §3 written out plainly, without the module's helpers."""
 
     def reaches(r: ReleaseView) -> bool:
-        return device.device_class in r.device_classes and (
+        same_vendor = device.vendor_domain in ("", r.vendor_domain) or not r.vendor_domain
+        return same_vendor and device.device_class in r.device_classes and (
             len(r.policy.groups) == 0 or device.group in r.policy.groups
         )
 

@@ -146,7 +146,7 @@ class Link:
     async def register(
         self, device: Device, *, items: tuple[pb.InstalledComponent, ...] = (installed(),),
         previous: str = "", with_key: bool = False, sign_for: str | None = None,
-        key: device_auth.DevicePrivateKey | None = None,
+        key: device_auth.DevicePrivateKey | None = None, vendor: str = "",
     ) -> pb.Challenge:  # fmt: skip
         await self.send(hello=pb.Hello(device_id=device.device_id))
         challenge = (await self.read()).challenge
@@ -158,7 +158,7 @@ class Link:
             signature=device_auth.sign(key or device.key, message),
             public_key_pem=device_auth.public_pem(device.key) if with_key else b"",
             device_class=device.device_class, installed=list(items),
-            device_time_unix_ms=T0, previous_gateway_id=previous,
+            device_time_unix_ms=T0, previous_gateway_id=previous, vendor_domain=vendor,
         ))  # fmt: skip
         return challenge
 
@@ -409,6 +409,20 @@ async def test_a_device_of_another_class_gets_no_offer() -> None:
         assert (await stream.read()).WhichOneof("kind") == "heartbeat"
         await stream.send(heartbeat=pb.Heartbeat(time_unix_ms=2))
         assert (await stream.read()).WhichOneof("kind") == "heartbeat"
+
+
+@pytest.mark.asyncio
+async def test_a_device_of_another_vendor_gets_no_offer_for_a_class_of_the_same_name() -> None:
+    theirs, ours = Device("d-theirs"), Device("d-ours")
+    ledger = MemoryLedger(devices={d.device_id: d.enrolment() for d in (theirs, ours)})
+    async with running(ledger) as gw, link(gw) as other, link(gw) as same:
+        await other.welcome(theirs, vendor="other.example")
+        await same.welcome(ours, vendor="acme.example")
+        gw.ledger.publish(replace(release(), vendor_domain="acme.example"))
+        assert (await same.read_kind("offer")).release_id == "app@2"
+        for beat in (1, 2):  # heartbeats answered, and nothing else
+            await other.send(heartbeat=pb.Heartbeat(time_unix_ms=beat))
+            assert (await other.read()).WhichOneof("kind") == "heartbeat"
 
 
 @pytest.mark.asyncio
