@@ -13,6 +13,7 @@ import yaml
 
 from services.consensus.config import ConsensusConfig, parse_peers
 from services.dht.config import DhtConfig
+from services.gateway.config import GatewayConfig
 from services.manifest.__main__ import parse_config as manifest_args
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -100,3 +101,16 @@ def test_the_dht_and_manifest_containers_start_with_valid_configurations() -> No
     manifest = _container("manifest")
     env = _env(manifest, "fleetsuit-1")
     assert manifest_args(_args(manifest, env)).node_id == "fleetsuit-1"
+
+
+def test_the_gateway_container_starts_with_a_valid_configuration_and_its_node_names_it() -> None:
+    gateway = _container("gateway")
+    env = _env(gateway, "fleetsuit-2")
+    config = GatewayConfig.from_args(_args(gateway, env), env)
+    config.validate()
+    assert config.node_id == "fleetsuit-2" and config.advertise == "fleetsuit-2.fleetsuit:7104"
+    assert config.consensus_endpoint == "127.0.0.1:7101" and config.dht_endpoint == "127.0.0.1:7102"
+    # The node's Status names its gateway at the address the other gateways dial.
+    consensus = _container("consensus")
+    cenv = _env(consensus, "fleetsuit-2")
+    assert ConsensusConfig.from_args(_args(consensus, cenv), cenv).gateway_endpoint == config.advertise
