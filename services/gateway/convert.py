@@ -118,6 +118,7 @@ def enrolment_from_pb(msg: cpb.Device) -> Enrolment:
         device_class=msg.device_class,
         group=msg.group,
         public_key_pem=bytes(msg.public_key_pem),
+        installed=tuple((i.component, i.release_id, i.sequence_number) for i in msg.installed),
     )
 
 
@@ -158,7 +159,7 @@ def write_to_pb(write: LedgerWrite) -> cpb.LedgerEntry:
     resend through this gateway is the same entry (applied once)."""
     if isinstance(write, DeviceEventsWrite):
         return cpb.LedgerEntry(
-            client_id=client_id_of(write.device_id),
+            client_id=write.client_id or client_id_of(write.device_id),
             request_id=write.seq,
             device_events=cpb.DeviceEvents(
                 events=[

@@ -28,6 +28,8 @@ class Enrolment:
     device_class: str = ""
     group: str = ""
     public_key_pem: bytes = b""
+    # What the ledger last recorded it runs: (component, release id, sequence).
+    installed: tuple[tuple[str, str, int], ...] = ()
 
 
 # ---------------------------------------------------------------- gateways
@@ -84,6 +86,13 @@ def client_id_of(device_id: str) -> str:
     return f"device/{device_id}"
 
 
+def versions_client_id_of(device_id: str) -> str:
+    """The key space of the versions a gateway records for a device at
+    registration (request id: the gateway's clock in microseconds), apart
+    from the device's own report numbers."""
+    return f"device-versions/{device_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class ReportEvent:
     kind: str  # installed, install_failed, fell_back, switched_back, refused, version
@@ -102,6 +111,9 @@ class DeviceEventsWrite:
     seq: int
     gateway_id: str
     events: tuple[ReportEvent, ...]
+    # The entry's client id: the device's reports use client_id_of(device);
+    # what a gateway records on its own (versions) uses another space.
+    client_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

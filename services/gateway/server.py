@@ -37,10 +37,17 @@ from . import convert, rollout
 from .config import GatewayConfig
 from .devices import Admission, EnrolmentCache, RequestLimiter, admit
 from .directory import Directory
-from .errors import DevicePending, Draining, GatewayError, ProtocolError
+from .errors import DevicePending, Draining, GatewayError, ProtocolError, describe
 from .ledger_view import LedgerView, PayloadKeeper
 from .metrics import GatewayMetrics
-from .model import EnrolmentRequestWrite, GatewayAddress
+from .model import (
+    DeviceEventsWrite,
+    Enrolment,
+    EnrolmentRequestWrite,
+    GatewayAddress,
+    ReportEvent,
+    versions_client_id_of,
+)
 from .ports import ClusterPort, LedgerPort, MemoryCluster, PayloadStore
 from .reports import ReportSink
 from .sessions import Session as DeviceSession
@@ -138,6 +145,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.metrics = runtime.metrics
         self._register_timeout_s = self.config.register_timeout_ms / 1000
         self._refused = RateLimitedLog(log, interval_s=10.0)
+        self._background: set[asyncio.Task[None]] = set()  # versions being recorded
 
     async def Session(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.DeviceMessage], context: grpc.aio.ServicerContext
@@ -219,7 +227,33 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             rt.directory.ranked(device_id), rt.deps.clock(),
         ))  # fmt: skip
         rt.hub.add(session)
+        if versions_differ(enrolment, installed):
+            task = asyncio.create_task(self._record_versions(device_id, installed))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return session
+
+    async def _record_versions(self, device_id: str, installed: tuple[rollout.Installed, ...]) -> None:
+        """The ledger learns what the device really runs, when that is not
+        what it recorded (a device that fell back or was flashed while away,
+        or one that never reported): ``version`` events, one per component."""
+        rt = self.rt
+        now = rt.deps.clock()
+        write = DeviceEventsWrite(
+            device_id, seq=now * 1000 + rt.deps.rng.randrange(1000), gateway_id=rt.me.gateway_id,
+            events=tuple(
+                ReportEvent("version", i.component, i.release_id or rollout.FACTORY, i.sequence_number, now)
+                for i in installed
+            ),
+            client_id=versions_client_id_of(device_id),
+        )  # fmt: skip
+        try:
+            await rt.deps.ledger.submit(write)
+        except Exception as exc:  # the next registration tries again
+            self._refused.log(
+                "versions", logging.WARNING, "cannot record the versions of device %s: %s", device_id,
+                describe(exc),
+            )  # fmt: skip
 
     async def _request_enrolment(self, device_id: str, register: pb.Register) -> None:
         """Record the unknown device as pending, once per device in a while."""
@@ -291,6 +325,17 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             rt.hub.devices_by_version(), stats.bytes if stats else 0,
             stats.entries if stats else 0, rt.view.height,
         )  # fmt: skip
+
+
+def versions_differ(enrolment: Enrolment, installed: tuple[rollout.Installed, ...]) -> bool:
+    """Whether the device runs, in a component it reports, something else
+    than the ledger recorded (the factory image may be "" or "factory")."""
+
+    def norm(release_id: str) -> str:
+        return release_id or rollout.FACTORY
+
+    recorded = {c: (norm(r), s) for c, r, s in enrolment.installed}
+    return any(recorded.get(i.component) != (norm(i.release_id), i.sequence_number) for i in installed)
 
 
 def _installed(items: object) -> tuple[rollout.Installed, ...]:

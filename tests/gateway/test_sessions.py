@@ -19,9 +19,14 @@ from fleetsuit import device_auth
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import gateway_pb2 as pb
 from fleetsuit.v1 import gateway_pb2_grpc as pb_grpc
-from services.gateway import placement, rollout
+from services.gateway import convert, placement, rollout
 from services.gateway.config import GatewayConfig
-from services.gateway.model import Enrolment, EnrolmentRequestWrite, GatewayAddress
+from services.gateway.model import (
+    DeviceEventsWrite,
+    Enrolment,
+    EnrolmentRequestWrite,
+    GatewayAddress,
+)
 from services.gateway.ports import MemoryCluster, MemoryLedger, MemoryPayloads
 from services.gateway.server import GatewayDeps, GatewayRuntime, build_server
 from services.gateway.sessions import Sent, plan
@@ -99,9 +104,14 @@ class Device:
     key: device_auth.DevicePrivateKey = field(default_factory=device_auth.new_device_key)
     device_class: str = CLASS
 
-    def enrolment(self, state: str = "accepted", group: str = "") -> Enrolment:
+    def enrolment(
+        self, state: str = "accepted", group: str = "",
+        installed: tuple[tuple[str, str, int], ...] = (("app", "", 0),),
+    ) -> Enrolment:
+        """As the ledger holds it; by default recorded on the factory image
+        of ``app``, what ``installed()`` registers with."""
         return Enrolment(self.device_id, state, self.device_class, group,
-                         device_auth.public_pem(self.key))  # fmt: skip
+                         device_auth.public_pem(self.key), installed)  # fmt: skip
 
 
 def installed(component: str = "app", release_id: str = "", sequence: int = 0,
@@ -423,6 +433,29 @@ async def test_a_device_of_another_vendor_gets_no_offer_for_a_class_of_the_same_
         for beat in (1, 2):  # heartbeats answered, and nothing else
             await other.send(heartbeat=pb.Heartbeat(time_unix_ms=beat))
             assert (await other.read()).WhichOneof("kind") == "heartbeat"
+
+
+@pytest.mark.asyncio
+async def test_the_ledger_learns_the_versions_a_device_registers_with_when_they_differ() -> None:
+    """A device that fell back or was flashed while away, or never reported:
+    the gateway records what it runs (``version`` events, in a key space of
+    their own), and nothing when the ledger already says so."""
+    moved, same = Device("d-moved"), Device("d-same")
+    ledger = MemoryLedger(devices={
+        moved.device_id: moved.enrolment(installed=(("app", "app@2", 2),)),
+        same.device_id: same.enrolment(installed=(("app", "app@3", 3),)),
+    })  # fmt: skip
+    async with running(ledger) as gw, link(gw) as first, link(gw) as second:
+        await first.welcome(moved, items=(installed("app", "app@1", 1),))
+        await second.welcome(same, items=(installed("app", "app@3", 3),))
+        await wait_for(lambda: ready(len(gw.ledger.submitted) == 1), READ_S, "the versions recorded")
+        [write] = gw.ledger.submitted
+        assert isinstance(write, DeviceEventsWrite) and write.device_id == "d-moved"
+        assert write.client_id == "device-versions/d-moved" and write.seq > 0
+        assert [(e.kind, e.component, e.release_id, e.sequence_number) for e in write.events] == [
+            ("version", "app", "app@1", 1)]
+        entry = convert.write_to_pb(write)
+        assert entry.client_id == "device-versions/d-moved" and entry.request_id == write.seq
 
 
 @pytest.mark.asyncio

@@ -208,6 +208,15 @@ async def test_a_ten_percent_stage_admits_the_same_devices_everywhere_and_none_s
     assert not early, f"{len(early)} devices switched before the start: {early[:3]}"
     skews = [summary["per_device"][s["device_id"]]["clock_skew_ms"] for s in switches]
     assert min(skews) < -20_000 and max(skews) > 20_000  # clocks well off, both ways
+    # The ledger knows what every device runs, those that never installed
+    # anything included (their gateway recorded it at registration).
+    expected = {f"radio@{release}": len(admitted), "radio@factory": DEVICES - len(admitted)}
+
+    async def by_version() -> bool | None:
+        counts = (await asyncio.to_thread(fleet.admin.summary)).devices_by_version
+        return await ready({k: counts.get(k) for k in expected} == expected)
+
+    await wait_for(by_version, 30, f"the ledger's devices by version {expected}", interval_s=0.5)
 
 
 # ---------------------------------------------------------------- experimental releases
