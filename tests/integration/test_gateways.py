@@ -23,7 +23,10 @@ not interfere) and its own simulated fleet."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +42,7 @@ from fleetsuit.device_admin import DeviceAdmin
 from fleetsuit.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway import rollout
 from suit.keys import KeyAlgorithm, generate, private_pem, public_pem
+from tests.support.cli import CLI, run_cli
 from tests.support.cluster import LocalCluster
 from tests.support.wait import ready, wait_for, wait_until
 
@@ -304,3 +308,52 @@ async def test_a_payload_tampered_with_in_the_gateways_caches_is_refused_and_the
     assert summary["reports"]["installed"] == 0 and summary["unacked_reports"] == 0
     device = await asyncio.to_thread(fleet.admin.get_device, device_id_of(PREFIX, 0))
     assert device.last_event == "refused"
+
+
+# ---------------------------------------------------------------- one real device, through the command line
+
+
+@pytest.mark.asyncio
+async def test_a_device_enrolled_and_run_with_the_command_line_installs_into_its_slot(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """``fleetsuit device keygen``, ``device enroll`` and ``device run`` as an
+    operator and a device run them: the agent installs the release into its
+    inactive slot on disk, runs its health-check command, switches, and stops
+    cleanly on SIGTERM."""
+    key = tmp_path / "board-7.pem"
+    endpoint = fleet.cluster.endpoint("n2")
+    assert run_cli("device", "keygen", "--out", str(key)).returncode == 0
+    enrolled = run_cli("device", "enroll", "--id", "board-7", "--class", "default",
+                       "--key", str(key.with_name("board-7.pub.pem")), "--endpoint", endpoint)
+    assert enrolled.returncode == 0, enrolled.stderr
+    checked = tmp_path / "health-checked"
+    check = tmp_path / "health.sh"
+    check.write_text(f'#!/bin/sh\necho "$FLEETSUIT_RELEASE_ID" >> {checked}\ntest -s "$FLEETSUIT_SLOT_PATH"\n')
+    check.chmod(0o755)
+    data = tmp_path / "device"
+    agent = subprocess.Popen(
+        [*CLI, "device", "run", "--id", "board-7", "--key", str(key), "--trust-anchor", str(fleet.anchor),
+         "--gateway", fleet.cluster.endpoint("n3", "gateway"), "--data", str(data), "--component", "board",
+         "--health-check", str(check)],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"))  # noqa: SIM115
+    try:
+        release = await fleet.push("board", 1)
+        payload = b"board 1 " * 4096
+
+        def state() -> dict[str, Any] | None:
+            doc = json.loads((data / "state.json").read_text())
+            [board] = doc["components"]
+            slot = board[board["active"]]
+            return board if slot and slot["release_id"] == release and board["known_good"] == board["active"] \
+                else None
+
+        board = await asyncio.to_thread(wait_until, state, 60, "the device on the release, known good")
+        assert (data / "slots" / board["active"] / "board").read_bytes() == payload
+        assert checked.read_text().split() == [release]
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(agent.wait, 30)
+    assert code == 0, (tmp_path / "agent.log").read_text()[-2000:]
+    device = await asyncio.to_thread(fleet.admin.get_device, "board-7")
+    assert [(v.component, v.release_id) for v in device.installed] == [("board", release)]
