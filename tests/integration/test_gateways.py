@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -179,6 +180,42 @@ async def test_the_devices_of_a_killed_gateway_reregister_with_their_backup_and_
     assert ledger.devices_by_version.get(f"firmware@{release}") == DEVICES
     fleet.cluster.restart("n1", "gateway")
     wait_until(lambda: _serving(fleet.cluster), 60, "n1's gateway back")
+
+
+@pytest.mark.asyncio
+async def test_a_paused_gateway_is_left_when_its_heartbeats_stop_and_its_devices_come_back_to_it(
+    fleet: Fleet,
+) -> None:
+    """SIGSTOP keeps the connections open, so only the silence tells: each
+    device of the paused gateway re-registers with its backup within 3
+    heartbeat intervals. Once the gateway runs again, the devices whose
+    primary it is are redirected back to it, and no other device moves."""
+    count = 300
+    sim = fleet.simulator(count, "pause")
+    task = await run_until(sim, lambda s: connected(s) == count, 120, "300 sessions")
+    on_n3 = {d.agent.device_id for d in sim.devices if d.agent.runner.stats.gateway_id == "n3"}
+    elsewhere = {d.agent.device_id: d.agent.runner.stats.gateway_id for d in sim.devices
+                 if d.agent.device_id not in on_n3}
+    pid = fleet.cluster.node("n3")["pids"]["gateway"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: ready(all(d.agent.runner.stats.connected and d.agent.runner.stats.gateway_id != "n3"
+                                         for d in sim.devices)), 60, "every device of n3 in session elsewhere")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    intervals = [d.agent.runner.stats.failover_intervals[-1] for d in sim.devices if d.agent.device_id in on_n3]
+    print(f"\nfailover of {len(on_n3)} devices from a paused gateway, in heartbeat intervals: "
+          f"min {min(intervals):.2f} max {max(intervals):.2f}")
+    assert on_n3 and max(intervals) <= 3.0
+    await wait_for(lambda: ready(all(d.agent.runner.stats.connected and d.agent.runner.stats.gateway_id == "n3"
+                                     for d in sim.devices if d.agent.device_id in on_n3)),
+                   60, "the devices of n3 redirected back to it")
+    await finish(sim, task)
+    moved = {d: g for d, g in elsewhere.items()
+             if next(x for x in sim.devices if x.agent.device_id == d).agent.runner.stats.gateway_id != g}
+    assert not moved, f"devices of other gateways moved: {list(moved)[:5]}"
+    assert all(next(x for x in sim.devices if x.agent.device_id == d).agent.runner.stats.redirects >= 1
+               for d in on_n3)
 
 
 # ---------------------------------------------------------------- staged rollout and coordinated start
