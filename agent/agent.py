@@ -49,6 +49,7 @@ from .verify import DEFAULT_DEVICE_CLASS, DEFAULT_VENDOR_DOMAIN, DeviceProfile, 
 log = logging.getLogger("fleetsuit.agent")
 
 DEFAULT_COMPONENT = "firmware"
+RESEND_INTERVALS = 3  # heartbeat intervals without an ack before a report is sent again
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ class Agent:
         )
         self._http = deps.http
         self._installs: dict[str, asyncio.Task[None]] = {}
+        self._resends: dict[int, asyncio.TimerHandle] = {}  # report seq -> its next resend
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._download_policy = DownloadPolicy(attempts=config.download_attempts)
@@ -195,6 +197,9 @@ class Agent:
             return await self.runner.run(stop)
         finally:
             timer.cancel()
+            for handle in self._resends.values():
+                handle.cancel()
+            self._resends.clear()
             pending = [timer, *self._installs.values(), *self._tasks]
             for task in pending:
                 task.cancel()
@@ -235,7 +240,7 @@ class Agent:
         for report in ready.reports:
             self._deps.observer.reported(self, report)
             if session is not None:
-                session.post(pb.DeviceMessage(report=report_to_pb(report)))
+                self._send_report(session, report)
         self._wake.set()
 
     def _act(self, action: Action) -> None:
@@ -299,7 +304,7 @@ class Agent:
         if acked_report_seq:
             self._apply(self.procedure.acked_up_to(acked_report_seq))
         for report in self.procedure.state.unacked:  # nothing reported is lost
-            session.post(pb.DeviceMessage(report=report_to_pb(report)))
+            self._send_report(session, report)
 
     def on_message(self, session: Session, message: pb.GatewayMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -313,17 +318,36 @@ class Agent:
         elif kind == "report_ack":
             ack = message.report_ack
             if not ack.error_code:
+                handle = self._resends.pop(ack.seq, None)
+                if handle is not None:
+                    handle.cancel()
                 self._apply(self.procedure.ack(ack.seq))
             else:
                 log.info("device %s: report %d not committed (%s: %s); sent again later",
                          self.device_id, ack.seq, ack.error_code, ack.error_message)
-                asyncio.get_running_loop().call_later(
-                    session.heartbeat_interval_ms / 1000, self._resend, session, ack.seq)
+                self._resend_later(session, ack.seq, session.heartbeat_interval_ms / 1000)
 
     def on_session_end(self, session: Session) -> None:
         return None
 
+    def _send_report(self, session: Session, report: Report) -> None:
+        """Send a report, and again every few heartbeat intervals on this
+        session while it stays unacknowledged: a gateway that could not
+        commit it (no leader for a while, its node restarting) sends no
+        ack, and the session may well outlive the trouble."""
+        session.post(pb.DeviceMessage(report=report_to_pb(report)))
+        self._resend_later(session, report.seq, RESEND_INTERVALS * session.heartbeat_interval_ms / 1000)
+
+    def _resend_later(self, session: Session, seq: int, delay_s: float) -> None:
+        handle = self._resends.pop(seq, None)
+        if handle is not None:
+            handle.cancel()
+        self._resends[seq] = asyncio.get_running_loop().call_later(delay_s, self._resend, session, seq)
+
     def _resend(self, session: Session, seq: int) -> None:
+        self._resends.pop(seq, None)
+        if session.closed:
+            return  # the next session sends every unacknowledged report
         for report in self.procedure.state.unacked:
             if report.seq == seq:
-                session.post(pb.DeviceMessage(report=report_to_pb(report)))
+                self._send_report(session, report)

@@ -179,6 +179,28 @@ async def test_failover_to_the_backup_resends_unacknowledged_reports(rig: Rig) -
 
 
 @pytest.mark.asyncio
+async def test_a_report_without_an_ack_is_sent_again_on_the_same_session(rig: Rig) -> None:
+    """A gateway that could not commit a report sends no ack (no leader for a
+    while); the session may outlive that, so the device sends the report
+    again every few intervals until it is acknowledged, then stops."""
+    gateway, a = await rig.gateway("gw-a", auto_ack=False)
+    rig.rank()
+    agent = rig.agent((a,))
+    rig.start(agent)
+    await wait_for(lambda: ready(DEVICE in gateway.sessions), TIMEOUT_S, "a session")
+    gateway.send(DEVICE, offer_pb(offer(Publisher.new(5), 2, PAYLOAD)))  # refused: a report
+    await wait_for(lambda: ready(len(gateway.reports) >= 3), TIMEOUT_S, "the report sent again, twice")
+    seqs = {r.seq for _, r in gateway.reports}
+    assert len(seqs) == 1 and agent.runner.stats.sessions == 1  # the same report, the same session
+    gateway.ack(DEVICE, seqs.pop())
+    await wait_for(lambda: ready(not agent.procedure.state.unacked), TIMEOUT_S, "the ack")
+    sent = len(gateway.reports)
+    # Not waiting for something: two resend periods pass and nothing more is sent.
+    await asyncio.sleep(2 * 3 * gateway.heartbeat_ms / 1000)
+    assert len(gateway.reports) == sent
+
+
+@pytest.mark.asyncio
 async def test_a_silent_gateway_is_left_after_two_intervals(rig: Rig) -> None:
     primary, a = await rig.gateway("gw-a")
     backup, _ = await rig.gateway("gw-b")
