@@ -60,6 +60,11 @@ class GatewayConfig:
     missed_heartbeats: int = setting(
         3, "heartbeat intervals a session may stay silent before it is closed"
     )
+    ledger_lost_ms: int = setting(
+        30_000,
+        "how long this gateway may be cut off from its node's ledger before it hands its devices "
+        "to the other live gateways (ms); with none live, it keeps serving them",
+    )
     register_timeout_ms: int = setting(
         10_000, "how long a device may take from Hello to Register (ms)"
     )
@@ -150,7 +155,7 @@ class GatewayConfig:
         positive = (
             "cache_max_bytes", "heartbeat_interval_ms", "missed_heartbeats", "register_timeout_ms",
             "directory_refresh_ms", "probe_timeout_ms", "device_cache_entries",
-            "device_cache_ttl_ms", "report_timeout_ms",
+            "device_cache_ttl_ms", "report_timeout_ms", "ledger_lost_ms",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -103,6 +103,8 @@ class LedgerView:
         self.releases: dict[str, ReleaseRecord] = {}
         self.height = 0
         self.ready = asyncio.Event()  # the first release view is in
+        # Since when (unix ms) this view cannot follow the ledger; None while it does.
+        self.lost_since_ms: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -138,6 +140,7 @@ class LedgerView:
                 await self._refresh()
                 self._set_height(max(self.height, head))
                 self.ready.set()
+                self.lost_since_ms = None
                 async for news in self._port.watch(head + 1):
                     self._backoff.reset()
                     self._set_height(news.height)
@@ -153,6 +156,8 @@ class LedgerView:
                 self._errors.log(
                     "watch", logging.WARNING, "cannot follow the ledger: %s", describe(exc)
                 )
+            if self.lost_since_ms is None:
+                self.lost_since_ms = self._clock()
             self._metrics.ledger_reconnects.inc()
             self._listener.watch_restarted()
             await asyncio.sleep(self._backoff.next())

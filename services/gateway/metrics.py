@@ -81,6 +81,11 @@ class GatewayMetrics:
             "Times following the ledger failed (no answer, a broken watch) and was tried again",
             registry=registry,
         )
+        self.ledger_cut_off = Gauge(
+            "fleetsuit_gateway_ledger_cut_off",
+            "1 while this gateway, cut off from its node's ledger too long, sends its devices elsewhere",
+            registry=registry,
+        )
         self.live_gateways = Gauge(
             "fleetsuit_gateway_live_gateways",
             "Gateways of the cluster this one sees live (itself included)",

@@ -37,7 +37,14 @@ from . import convert, rollout
 from .config import GatewayConfig
 from .devices import Admission, EnrolmentCache, RequestLimiter, admit
 from .directory import Directory
-from .errors import DevicePending, Draining, GatewayError, ProtocolError, describe
+from .errors import (
+    DevicePending,
+    Draining,
+    GatewayError,
+    LedgerUnavailable,
+    ProtocolError,
+    describe,
+)
 from .ledger_view import LedgerView, PayloadKeeper
 from .metrics import GatewayMetrics
 from .model import (
@@ -120,7 +127,36 @@ class GatewayRuntime:
     def start(self) -> None:
         self.view.start()
         self.directory.start()
-        self._tasks = [asyncio.create_task(self.hub.watch_silence())]
+        self._tasks = [asyncio.create_task(self.hub.watch_silence()),
+                       asyncio.create_task(self._guard_ledger())]  # fmt: skip
+
+    def check_ledger(self) -> None:
+        """Hand the devices to the other gateways once this one has been cut
+        off from its node's ledger for ``ledger_lost_ms`` (it could tell them
+        of no new release, nor commit their reports); take devices again
+        once it follows the ledger. With no other gateway live it keeps
+        serving them: a partitioned minority still serves what was
+        committed."""
+        hub, lost = self.hub, self.view.lost_since_ms
+        others = any(g != self.me.gateway_id for g in self.directory.live)
+        cut = lost is not None and others and self.deps.clock() - lost >= self.config.ledger_lost_ms
+        if cut and not hub.cut_off and not hub.draining:
+            assert lost is not None
+            hub.cut_off = True
+            told = hub.hand_over(f"gateway {self.me.gateway_id} cannot reach the ledger")
+            self.metrics.ledger_cut_off.set(1)
+            log.warning("gateway %s cut off from the ledger for %.1f s: %d devices sent to other gateways",
+                        self.me.gateway_id, (self.deps.clock() - lost) / 1000, told)  # fmt: skip
+        elif not cut and hub.cut_off:
+            hub.cut_off = False
+            self.metrics.ledger_cut_off.set(0)
+            log.info("gateway %s takes devices again (%s)", self.me.gateway_id,
+                     "it follows the ledger" if lost is None else "no other gateway is live")  # fmt: skip
+
+    async def _guard_ledger(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
+            self.check_ledger()
 
     def drain(self) -> int:
         return self.hub.drain()
@@ -162,6 +198,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             raise ProtocolError(f"a device id is 1..{MAX_DEVICE_ID} characters")
         if rt.hub.draining:
             raise Draining(f"gateway {rt.me.gateway_id} is stopping")
+        if rt.hub.cut_off:
+            raise LedgerUnavailable(f"gateway {rt.me.gateway_id} cannot reach the ledger: go to another")
         nonce = rt.deps.rng.randbytes(32)
         yield convert.challenge(nonce, rt.me.gateway_id, rt.deps.clock())
         message = await self._next(requests, "Register")

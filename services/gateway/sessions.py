@@ -197,6 +197,9 @@ class SessionHub(LedgerListener):
         self.versions: Counter[tuple[str, str]] = Counter()
         self.states: Counter[str] = Counter()
         self.draining = False
+        # Cut off from the ledger for too long: devices are handed to other
+        # gateways and new ones sent there (server.GatewayRuntime).
+        self.cut_off = False
         self._tasks: set[asyncio.Future[None]] = set()
         for state in ROLLOUT_STATES:
             metrics.devices_by_rollout_state.labels(state).set(0)
@@ -364,7 +367,7 @@ class SessionHub(LedgerListener):
         self.metrics.redirects.inc()
 
     def directory_changed(self) -> None:
-        if self.draining:
+        if self.draining or self.cut_off:
             return
         task = asyncio.ensure_future(self._retarget(list(self.sessions)))
         self._tasks.add(task)  # held until done (the loop keeps only weak references)
@@ -389,11 +392,16 @@ class SessionHub(LedgerListener):
         """Tell every session to go to its next gateway (this one stops);
         the number told."""
         self.draining = True
+        return self.hand_over(f"gateway {self.me.gateway_id} is stopping")
+
+    def hand_over(self, reason: str) -> int:
+        """Tell every session to go to its next live gateway; the number told
+        (none when no other gateway is live: this one keeps them)."""
         told = 0
         for session in list(self.sessions.values()):
             other = self.directory.next_after_me(session.device_id)
             if other is not None:
-                self._redirect(session, other, f"gateway {self.me.gateway_id} is stopping")
+                self._redirect(session, other, reason)
                 told += 1
         return told
 

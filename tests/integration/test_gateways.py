@@ -102,7 +102,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     anchor = root / "ci.pub.pem"
     anchor.write_bytes(public_pem(key.public_key()))
     gateway_flags = ["--heartbeat-interval-ms", str(HEARTBEAT_MS), "--offer-lead-ms", "3000",
-                     "--directory-refresh-ms", "1000"]
+                     "--ledger-lost-ms", "3000", "--directory-refresh-ms", "1000"]
     cluster = LocalCluster(3, root / "data", trust_anchors=[anchor], extra_args={"gateway": gateway_flags})
     fleet = Fleet(cluster, private_pem(key), anchor)
     try:
@@ -394,3 +394,34 @@ async def test_a_device_enrolled_and_run_with_the_command_line_installs_into_its
     assert code == 0, (tmp_path / "agent.log").read_text()[-2000:]
     device = await asyncio.to_thread(fleet.admin.get_device, "board-7")
     assert [(v.component, v.release_id) for v in device.installed] == [("board", release)]
+
+
+# ---------------------------------------------------------------- a node whose consensus died
+
+
+@pytest.mark.asyncio
+async def test_the_devices_of_a_gateway_cut_off_from_its_ledger_move_on_and_still_get_new_releases(
+    fleet: Fleet,
+) -> None:
+    """n1's consensus process is killed while its gateway lives: that gateway
+    could tell its devices of no new release, so after ``--ledger-lost-ms``
+    it sends them to their next gateway; a release pushed meanwhile reaches
+    every device. Once n1's consensus is back, its devices return to it."""
+    count = 300
+    sim = fleet.simulator(count, "cutoff")
+    task = await run_until(sim, lambda s: connected(s) == count, 120, "300 sessions")
+    on_n1 = {d.agent.device_id for d in sim.devices if d.agent.runner.stats.gateway_id == "n1"}
+    fleet.cluster.kill("n1", "consensus")
+    try:
+        await wait_for(lambda: ready(all(d.agent.runner.stats.connected and d.agent.runner.stats.gateway_id != "n1"
+                                         for d in sim.devices)), 60, "every device of n1 handed over")
+        release = await fleet.push("cutoff", 1)
+        await wait_for(lambda: ready(all(r == release for r in running(sim, "cutoff").values())
+                                     and sim._unacked() == 0), 60, "every device on the release")
+    finally:
+        fleet.cluster.restart("n1", "consensus")
+    await wait_for(lambda: ready(all(d.agent.runner.stats.connected and d.agent.runner.stats.gateway_id == "n1"
+                                     for d in sim.devices if d.agent.device_id in on_n1)),
+                   90, "n1's devices back on n1")
+    await finish(sim, task)
+    assert on_n1
