@@ -23,7 +23,7 @@ from services.gateway.model import (
 )
 from services.gateway.ports import MemoryLedger
 from services.gateway.reports import ReportAnswer, ReportSink
-from tests.gateway.test_sessions import T0, Device, link, running
+from tests.gateway.harness import T0, Device, link, running
 from tests.support.wait import ready, wait_for
 
 READ_S = 10.0
