@@ -20,12 +20,11 @@ downloaded (``download.py``).
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from suit.auth import TrustAnchor
-from suit.device import DeviceContext, ImageInfo
+from suit.device import AnyUri, DeviceContext, ImageInfo, class_id, vendor_id
 from suit.errors import ErrorCode, SuitError
 from suit.keys import load_public_pem
 from suit.processor import process
@@ -56,16 +55,6 @@ _REASONS: dict[ErrorCode, Reason] = {
 OFFER_MISMATCH = "OFFER_MISMATCH"  # the offer's own fields disagree with the manifest
 
 
-def vendor_id(vendor_domain: str) -> bytes:
-    """draft-ietf-suit-manifest §8.4.8.2: UUID5(DNS namespace, vendor domain)."""
-    return uuid.uuid5(uuid.NAMESPACE_DNS, vendor_domain).bytes
-
-
-def class_id(vendor_domain: str, device_class: str) -> bytes:
-    """§8.4.8.2: UUID5(vendor id, class name)."""
-    return uuid.uuid5(uuid.UUID(bytes=vendor_id(vendor_domain)), device_class).bytes
-
-
 def component_id(component: str) -> tuple[bytes, ...]:
     """A component as a SUIT component identifier: one part, its UTF-8 name."""
     return (component.encode(),)
@@ -94,24 +83,6 @@ class DeviceProfile:
         return vendor_id(self.vendor_domain), class_id(self.vendor_domain, self.device_class)
 
 
-class _AnyUri(Mapping[str, ImageInfo]):
-    """The offered payload whatever URI the manifest names: in fleetsuit a
-    payload is found by its digest (the content id), so what is checked is
-    that digest and size, not the URI."""
-
-    def __init__(self, image: ImageInfo) -> None:
-        self._image = image
-
-    def __getitem__(self, uri: str) -> ImageInfo:
-        return self._image
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 def refusal_for(error: SuitError) -> Refused:
     return Refused(_REASONS.get(error.code, Reason.MALFORMED), str(error.code), error.message)
 
@@ -132,7 +103,7 @@ def verify_offer(
         vendor_id=vendor,
         class_id=klass,
         installed_sequence={} if installed_sequence is None else {component: installed_sequence},
-        fetchable=_AnyUri(claimed),
+        fetchable=AnyUri(claimed),
         components=frozenset({component}),
     )
     try:

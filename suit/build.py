@@ -30,6 +30,7 @@ from typing import Any
 from . import cbor, cose
 from .auth import check_digest_only
 from .codec import decode_envelope, encode_digest, encode_manifest, encode_sequence, encode_text
+from .device import class_id_under, vendor_id
 from .errors import StructureError
 from .model import (
     Command,
@@ -69,13 +70,13 @@ def _vendor_and_class(comp: Mapping[str, Any]) -> tuple[bytes, bytes]:
     if "vendor-id" in comp:
         vendor = _uuid_bytes(str(comp["vendor-id"]))
     elif "vendor-domain" in comp:
-        vendor = uuid.uuid5(uuid.NAMESPACE_DNS, str(comp["vendor-domain"])).bytes
+        vendor = vendor_id(str(comp["vendor-domain"]))
     else:
         raise StructureError("component needs vendor-id or vendor-domain")
     if "class-id" in comp:
         klass = _uuid_bytes(str(comp["class-id"]))
     elif "class-info" in comp:
-        klass = uuid.uuid5(uuid.UUID(bytes=vendor), str(comp["class-info"])).bytes
+        klass = class_id_under(vendor, str(comp["class-info"]))
     else:
         raise StructureError("component needs class-id or class-info")
     return vendor, klass

@@ -8,7 +8,8 @@ that none of them imports another for it. Plain data: no I/O, no clock.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .model import ComponentId
@@ -28,6 +29,41 @@ Image = bytes | ImageInfo
 
 def image_info(payload: bytes) -> ImageInfo:
     return ImageInfo(hashlib.sha256(payload).digest(), len(payload))
+
+
+def vendor_id(vendor_domain: str) -> bytes:
+    """§8.4.8.2: the vendor id is UUID5(DNS namespace, vendor domain)."""
+    return uuid.uuid5(uuid.NAMESPACE_DNS, vendor_domain).bytes
+
+
+def class_id_under(vendor: bytes, class_name: str) -> bytes:
+    """§8.4.8.2: the class id is UUID5(vendor id, class name)."""
+    return uuid.uuid5(uuid.UUID(bytes=vendor), class_name).bytes
+
+
+def class_id(vendor_domain: str, class_name: str) -> bytes:
+    return class_id_under(vendor_id(vendor_domain), class_name)
+
+
+class AnyUri(Mapping[str, ImageInfo]):
+    """Fetchable payloads for a recipient that finds a payload by its digest,
+    not by the URI its manifest names: every URI answers with the one image,
+    so what is checked is that image's digest and size."""
+
+    def __init__(self, image: ImageInfo) -> None:
+        self._image = image
+
+    def __getitem__(self, uri: str) -> ImageInfo:
+        return self._image
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, uri: object) -> bool:
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.rpc import ERROR_CODE_KEY
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc, manifest_pb2, manifest_pb2_grpc
+from suit.device import class_id, vendor_id
 from suit.keys import load_public_pem, public_der
 
 from .errors import CheckUnavailable, ConsensusError, DigestMismatch, PayloadMissing
@@ -51,11 +52,9 @@ from .ledger.codec import decode_entry
 from .ledger.entries import Anchor, Publish, Release
 from .ledger.releases import (
     REVOKED,
-    class_id,
     default_release_id,
     payload_digest,
     refusal_for_suit,
-    vendor_id,
 )
 from .runtime import ConsensusNode
 

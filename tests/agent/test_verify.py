@@ -11,8 +11,9 @@ from dataclasses import replace
 import pytest
 
 from agent.errors import Reason, Refused
-from agent.verify import DeviceProfile, class_id, load_trust_anchors, vendor_id, verify_offer
+from agent.verify import DeviceProfile, load_trust_anchors, verify_offer
 from suit import build
+from suit.device import class_id, vendor_id
 
 from .fakes import Publisher, cid_of, offer
 

@@ -34,12 +34,11 @@ is shared with the device state (``devices.py``).
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from suit.auth import TrustAnchor
-from suit.device import DeviceContext, ImageInfo
+from suit.device import AnyUri, DeviceContext, ImageInfo, class_id, vendor_id
 from suit.errors import SuitError
 from suit.keys import load_public_pem, public_der
 from suit.processor import process
@@ -123,15 +122,6 @@ def key_id_of(public_key_pem: bytes) -> str:
     return hashlib.sha256(public_der(load_public_pem(public_key_pem))).hexdigest()[:16]
 
 
-def vendor_id(vendor_domain: str) -> bytes:
-    """RFC 9124 §8.4.8.2: UUID5(DNS namespace, vendor domain)."""
-    return uuid.uuid5(uuid.NAMESPACE_DNS, vendor_domain).bytes
-
-
-def class_id(vendor_domain: str, device_class: str) -> bytes:
-    return uuid.uuid5(uuid.UUID(bytes=vendor_id(vendor_domain)), device_class).bytes
-
-
 def component_id(component: str) -> tuple[bytes, ...]:
     """A release's component as a SUIT component identifier: one part, the
     UTF-8 bytes of its name."""
@@ -155,27 +145,6 @@ def suit_anchors(anchors: Sequence[Anchor], vendor_domain: str) -> list[tuple[Tr
             frozenset(component_id(c) for c in anchor.components) if anchor.components else None,
         ), anchor))
     return out
-
-
-class _AnyUri(Mapping[str, ImageInfo]):
-    """The payload of a release, whatever URI its manifest names: in
-    fleetsuit a payload is found by its digest (the content id), so the
-    check is that the digest and size match, not the URI."""
-
-    def __init__(self, image: ImageInfo) -> None:
-        self._image = image
-
-    def __getitem__(self, uri: str) -> ImageInfo:
-        return self._image
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def __contains__(self, uri: object) -> bool:
-        return True
 
 
 def check_fields(publish: Publish) -> None:
@@ -232,7 +201,7 @@ def check_envelope(publish: Publish, anchors: Sequence[Anchor], current_sequence
         vendor_id=vendor_id(publish.vendor_domain),
         class_id=b"",
         installed_sequence={component: current_sequence} if current_sequence else {},
-        fetchable=_AnyUri(ImageInfo(digest, publish.payload_size)),
+        fetchable=AnyUri(ImageInfo(digest, publish.payload_size)),
     )
     signer: Anchor | None = None
     for device_class in publish.device_classes:
