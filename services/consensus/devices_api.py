@@ -18,6 +18,7 @@ import grpc
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
+from . import api_reads
 from .config import ConsensusConfig
 from .errors import DeviceNotFound, InvalidEntry
 from .ledger.codec import device_to_pb, outcomes_to_pb
@@ -49,15 +50,7 @@ class DevicesServicer(pb_grpc.DevicesServicer):
         return self._counted[1]
 
     async def _barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
-        """A linearizable read waits for a ReadIndex barrier within the call's
-        own deadline (as ``releases_api``)."""
-        if stale_ok:
-            return
-        timeout_s = self._config.submit_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout_s = max(0.05, min(timeout_s, remaining * 0.8))
-        await self._node.read_barrier(timeout_s)
+        await api_reads.barrier(self._node, self._config, stale_ok, context)
 
     async def ListDevices(  # noqa: N802
         self, request: pb.ListDevicesRequest, context: grpc.aio.ServicerContext

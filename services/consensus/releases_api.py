@@ -15,6 +15,7 @@ import grpc
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
+from . import api_reads
 from .config import ConsensusConfig
 from .errors import REFUSALS, InvalidEntry, ReleaseNotFound
 from .ledger.codec import anchor_to_pb, refusal_to_pb, release_to_pb
@@ -58,16 +59,7 @@ class ReleasesServicer(pb_grpc.ReleasesServicer):
         return lambda: sum(1 for r in state.refusals() if r.code == code)
 
     async def _barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
-        """A linearizable read waits for a ReadIndex barrier, within the
-        call's own deadline (so a node cut off from the majority answers
-        READ_TIMEOUT before the client gives up)."""
-        if stale_ok:
-            return
-        timeout_s = self._config.submit_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout_s = max(0.05, min(timeout_s, remaining * 0.8))
-        await self._node.read_barrier(timeout_s)
+        await api_reads.barrier(self._node, self._config, stale_ok, context)
 
     def _release(self, release: Release, include_envelope: bool) -> pb.Release:
         msg = release_to_pb(release, include_envelope=include_envelope)
