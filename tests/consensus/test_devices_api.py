@@ -8,8 +8,6 @@ names."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -18,20 +16,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fleetsuit import grpcutil, rpc
+from fleetsuit import rpc
 from fleetsuit.device_auth import new_device_key, public_pem
-from fleetsuit.metrics import new_registry
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from services.consensus.anchors import bootstrap_anchors
-from services.consensus.config import ConsensusConfig
-from services.consensus.ledger.certify import NodeKey
 from services.consensus.metrics import ConsensusMetrics
 from services.consensus.runtime import ConsensusNode
-from services.consensus.server import SERVICE_NAMES, Deps, build_node, build_server
-from services.consensus.storage import FileSnapshotStore, RocksStorage
+from services.consensus.server import SERVICE_NAMES
 from tests.support.releases import Publisher, publish
 from tests.support.wait import ready, wait_for
+
+from .one_voter import start_one_voter
 
 FIRMWARE = b"firmware " * 200
 KEY = public_pem(new_device_key())
@@ -74,27 +69,8 @@ async def one_node(tmp_path: Path, publisher: Publisher | None = None) -> AsyncI
             anchor = tmp_path / "ci.pub.pem"
             anchor.write_bytes(publisher.pem)
             args += ["--trust-anchor", str(anchor)]
-        config = ConsensusConfig.from_args(args, env={})
-        storage = RocksStorage(str(tmp_path / "db"), node_id="n1", cluster_id="devices")
-        stack.callback(storage.close)
-        metrics = ConsensusMetrics(new_registry("consensus", "n1"))
-        deps = Deps(storage=storage, metrics=metrics, rng=random.Random(1),
-                    node_key=NodeKey.load_or_create(tmp_path / "node.key"),
-                    snapshots=FileSnapshotStore(tmp_path / "snap"))
-        node, transport = build_node(config, deps)
-        server, port = build_server(config, deps)
-        await server.start()
-        transport.start()
-        node.start()
-        stack.push_async_callback(transport.stop)
-        stack.push_async_callback(node.stop)
-        stack.push_async_callback(deps.close)
-        stack.push_async_callback(server.stop, None)
-        bootstrap = asyncio.create_task(bootstrap_anchors(node, config.anchors(), 2.0, retry_s=0.05))
-        stack.callback(bootstrap.cancel)
-        channel = grpcutil.insecure_channel(f"127.0.0.1:{port}")
-        stack.push_async_callback(channel.close)
-        await wait_for(lambda: ready(bool(node.leader_id)), BOUND_S, "a leader")
+        started = await start_one_voter(stack, tmp_path, args, "devices")
+        node, metrics, channel, port = started.node, started.metrics, started.channel, started.port
         if publisher is not None:
             await wait_for(lambda: ready(bool(node.machine.releases.anchors())), BOUND_S, "the trust anchors")
         yield OneNode(f"127.0.0.1:{port}", node, pb_grpc.LedgerStub(channel), pb_grpc.DevicesStub(channel),

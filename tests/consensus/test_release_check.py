@@ -8,7 +8,6 @@ service and a dht node, in this process."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,18 +20,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleetsuit import grpcutil, rpc
-from fleetsuit.metrics import new_registry
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
-from services.consensus.anchors import bootstrap_anchors
-from services.consensus.config import ConsensusConfig
-from services.consensus.ledger.certify import NodeKey
 from services.consensus.ledger.keys import RequestKey
 from services.consensus.metrics import ConsensusMetrics
 from services.consensus.runtime import ConsensusNode
-from services.consensus.server import Deps, build_node, build_server
-from services.consensus.storage import FileSnapshotStore, RocksStorage
 from services.dht.config import DhtConfig
 from services.dht.kv import MemoryKeyValue
 from services.dht.metrics import DhtMetrics
@@ -45,6 +38,8 @@ from services.manifest.server import build_server as build_manifest
 from suit.build import build_envelope, sign_envelope
 from tests.support.releases import VENDOR, Publisher, cid_of, envelope, publish, revoke
 from tests.support.wait import ready, wait_for
+
+from .one_voter import start_one_voter
 
 FIRMWARE = random.Random(11).randbytes(200_000)
 MIB = 1024 * 1024
@@ -138,27 +133,8 @@ async def harness(
             channel = grpcutil.insecure_channel(dht_at)
             stack.push_async_callback(channel.close)
             dht_stub = dht_pb2_grpc.DhtStub(channel)
-        config = ConsensusConfig.from_args(args, env={})
-        storage = RocksStorage(str(tmp_path / "db"), node_id="n1", cluster_id="checks")
-        stack.callback(storage.close)
-        metrics = ConsensusMetrics(new_registry("consensus", "n1"))
-        deps = Deps(storage=storage, metrics=metrics, rng=random.Random(1),
-                    node_key=NodeKey.load_or_create(tmp_path / "node.key"),
-                    snapshots=FileSnapshotStore(tmp_path / "snap"))
-        node, transport = build_node(config, deps)
-        server, port = build_server(config, deps)
-        await server.start()
-        transport.start()
-        node.start()
-        stack.push_async_callback(transport.stop)
-        stack.push_async_callback(node.stop)
-        stack.push_async_callback(deps.close)
-        stack.push_async_callback(server.stop, None)
-        bootstrap = asyncio.create_task(bootstrap_anchors(node, config.anchors(), 2.0, retry_s=0.05))
-        stack.callback(bootstrap.cancel)
-        channel = grpcutil.insecure_channel(f"127.0.0.1:{port}")
-        stack.push_async_callback(channel.close)
-        await wait_for(lambda: ready(bool(node.leader_id)), 10, "a leader")
+        started = await start_one_voter(stack, tmp_path, args, "checks")
+        node, metrics, channel = started.node, started.metrics, started.channel
         if anchors:
             await wait_for(lambda: ready(bool(node.machine.releases.anchors())), 10, "the trust anchors")
         yield Harness(node, pb_grpc.LedgerStub(channel), dht_stub, metrics, manifest_registry, stop_manifest)
