@@ -234,6 +234,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def _register(self, device_id: str, nonce: bytes, register: pb.Register) -> DeviceSession:
         rt = self.rt
         try:
+            if len(register.vendor_domain) > MAX_VENDOR:
+                raise ProtocolError(f"a vendor domain is at most {MAX_VENDOR} characters")
             if register.device_id and register.device_id != device_id:
                 raise ProtocolError("Register names another device than Hello")
             installed = _installed(register.installed)
@@ -257,7 +259,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             self.metrics.failovers.inc()
         session = DeviceSession(
             device_id, enrolment.device_class or register.device_class, enrolment.group,
-            installed, previous_gateway_id=previous, vendor_domain=register.vendor_domain[:MAX_VENDOR],
+            installed, previous_gateway_id=previous, vendor_domain=register.vendor_domain,
             now_s=rt.deps.monotonic(),
         )  # fmt: skip
         session.send(convert.welcome(

@@ -180,6 +180,15 @@ async def test_a_register_for_another_device_is_a_protocol_error() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_vendor_domain_longer_than_a_dns_name_is_a_protocol_error() -> None:
+    device = Device("d-vendor")
+    ledger = MemoryLedger(devices={device.device_id: device.enrolment()})
+    async with running(ledger) as gw, link(gw) as stream:
+        await stream.register(device, vendor="v" * 254)
+        assert await stream.refusal() == "PROTOCOL_ERROR"
+
+
+@pytest.mark.asyncio
 async def test_a_device_revoked_in_session_is_disconnected() -> None:
     device = Device("d-gone")
     ledger = MemoryLedger(devices={device.device_id: device.enrolment()})
