@@ -33,18 +33,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from agent.enrol import device_id_of, fleet_public_pems
+from agent.enrol import device_id_of
 from agent.simulator import Simulator, SimulatorConfig
 from fleetsuit.client import FleetClient
 from fleetsuit.device_admin import DeviceAdmin
-from fleetsuit.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway import rollout
-from suit.keys import KeyAlgorithm, generate, private_pem, public_pem
 from tests.support.cli import CLI, run_cli
 from tests.support.cluster import LocalCluster
+from tests.support.fleet import (
+    Publisher,
+    connected,
+    enrol,
+    gateway_flags,
+    gateways_serving,
+    running,
+)
 from tests.support.wait import ready, wait_for, wait_until
 
 pytestmark = pytest.mark.slow
@@ -88,28 +93,17 @@ class Fleet:
         return str(result.release_id)
 
 
-def _serving(cluster: LocalCluster) -> bool:
-    for node in NODES:
-        with grpc.insecure_channel(cluster.endpoint(node, "gateway")) as channel:
-            gateway_pb2_grpc.GatewayStub(channel).Info(gateway_pb2.GatewayInfoRequest(), timeout=2)
-    return True
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("gateways")
-    key = generate(KeyAlgorithm.ED25519)
-    anchor = root / "ci.pub.pem"
-    anchor.write_bytes(public_pem(key.public_key()))
-    gateway_flags = ["--heartbeat-interval-ms", str(HEARTBEAT_MS), "--offer-lead-ms", "3000",
-                     "--ledger-lost-ms", "3000", "--directory-refresh-ms", "1000"]
-    cluster = LocalCluster(3, root / "data", trust_anchors=[anchor], extra_args={"gateway": gateway_flags})
-    fleet = Fleet(cluster, private_pem(key), anchor)
+    publisher = Publisher.create(root)
+    cluster = LocalCluster(3, root / "data", trust_anchors=[publisher.anchor],
+                           extra_args={"gateway": gateway_flags(HEARTBEAT_MS)})
+    fleet = Fleet(cluster, publisher.key_pem, publisher.anchor)
     try:
-        wait_until(lambda: _serving(cluster), 60, "every gateway answering Info")
+        wait_until(lambda: gateways_serving(cluster, NODES), 60, "every gateway answering Info")
         wait_until(lambda: fleet.client.status().leader_id, 60, "a leader")
-        for device_id, pem in fleet_public_pems(DEVICES, SEED, PREFIX).items():
-            fleet.admin.enroll(device_id, "default", pem)
+        enrol(fleet.client, DEVICES, SEED, PREFIX)
         yield fleet
     finally:
         fleet.client.close()
@@ -130,15 +124,6 @@ async def run_until(sim: Simulator, cond: Any, timeout_s: float, what: str) -> a
 async def finish(sim: Simulator, task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
     sim.stop_event.set()  # type: ignore[attr-defined]
     return await asyncio.wait_for(task, 60)
-
-
-def connected(sim: Simulator) -> int:
-    return sum(1 for d in sim.devices if d.agent.runner.stats.connected)
-
-
-def running(sim: Simulator, component: str) -> dict[str, str]:
-    return {d.agent.device_id: next((i.release_id for i in d.agent.installed() if i.component == component), "")
-            for d in sim.devices}
 
 
 # ---------------------------------------------------------------- failover
@@ -179,7 +164,7 @@ async def test_the_devices_of_a_killed_gateway_reregister_with_their_backup_and_
     assert (outcome.installed, outcome.failed) == (DEVICES, 0)
     assert ledger.devices_by_version.get(f"firmware@{release}") == DEVICES
     fleet.cluster.restart("n1", "gateway")
-    wait_until(lambda: _serving(fleet.cluster), 60, "n1's gateway back")
+    wait_until(lambda: gateways_serving(fleet.cluster, NODES), 60, "n1's gateway back")
 
 
 @pytest.mark.asyncio
@@ -238,7 +223,7 @@ async def test_a_ten_percent_stage_admits_the_same_devices_everywhere_and_none_s
     # A gateway restarts; its devices fail over and come back: the same set.
     fleet.cluster.kill("n2", "gateway")
     fleet.cluster.restart("n2", "gateway")
-    wait_until(lambda: _serving(fleet.cluster), 60, "n2's gateway back")
+    wait_until(lambda: gateways_serving(fleet.cluster, NODES), 60, "n2's gateway back")
     await wait_for(lambda: ready(connected(sim) == DEVICES), 60, "every device in session again")
     await asyncio.sleep(2 * HEARTBEAT_MS / 1000)  # two heartbeat rounds for any wrong offer to show
     summary = await finish(sim, task)
