@@ -11,7 +11,9 @@ naming the setting. Derived values are properties.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +36,15 @@ class DhtConfig:
         "127.0.0.1:7102", "address of the Dht and DhtPeer services (port 0 picks a free one)",
         metavar="HOST:PORT",
     )  # fmt: skip
-    metrics_host: str = setting("127.0.0.1", "address /metrics listens on", metavar="HOST")
+    # The contact this node hands to its peers (Ping, FindNode, provider
+    # records): in a container ``listen`` is 0.0.0.0, which no peer can dial.
+    advertise: str = setting(
+        "", "HOST:PORT other nodes dial to reach this node (default: the listen address; required "
+        "when listen is a wildcard address such as 0.0.0.0 and seeds are set)", metavar="HOST:PORT",
+    )  # fmt: skip
+    metrics_host: str = setting(
+        "127.0.0.1", "address /metrics listens on (0.0.0.0: every interface)", metavar="HOST"
+    )
     metrics_port: int = setting(
         7107, "port of /metrics (0 picks a free one, -1 disables it)", metavar="PORT"
     )
@@ -105,6 +115,14 @@ class DhtConfig:
         """The RocksDB directory of the blob store."""
         return os.path.join(self.data_dir, "blobs")
 
+    def contact_address(self, bound_port: int) -> str:
+        """The address peers are told to dial: ``advertise``, else the listen
+        host with the port bound (``listen`` may ask for port 0)."""
+        if self.advertise:
+            return self.advertise
+        host, _port = split_host_port(self.listen, "listen")
+        return f"{host}:{bound_port}"
+
     @property
     def metrics_address(self) -> str:
         return f"{self.metrics_host}:{self.metrics_port}" if self.metrics_port >= 0 else "off"
@@ -117,6 +135,8 @@ class DhtConfig:
             raise ConfigError("data_dir must name a directory")
         for name, value in [("listen", self.listen), *[("seeds", s) for s in self.seeds]]:
             split_host_port(value, name)
+        self._validate_advertise()
+        check_host(self.metrics_host, "metrics_host")
         positive = {
             "k": self.k,
             "bucket_size": self.bucket_size,
@@ -166,6 +186,54 @@ class DhtConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         return self
+
+    def _validate_advertise(self) -> None:
+        if self.advertise:
+            host, port = split_host_port(self.advertise, "advertise")
+            if is_wildcard(host):
+                raise ConfigError(
+                    f"advertise: {self.advertise!r} is a wildcard address, which peers cannot dial; "
+                    "give this node's own name or address"
+                )
+            if port == 0:
+                raise ConfigError(f"advertise: {self.advertise!r} has port 0, which peers cannot dial")
+            return
+        listen_host, _port = split_host_port(self.listen, "listen")
+        if self.seeds and is_wildcard(listen_host):
+            # Peers would be told to dial 0.0.0.0, i.e. themselves.
+            raise ConfigError(
+                f"advertise: required when listen ({self.listen}) is a wildcard address and seeds "
+                "are set; give the HOST:PORT other nodes reach this one at"
+            )
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an unspecified address (0.0.0.0, ::, [::]): one a server
+    binds to listen on every interface, never one a client can dial."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(literal).is_unspecified
+    except ValueError:
+        return False
+
+
+def check_host(value: str, field: str) -> str:
+    """``value`` when it is a bare host a server can bind (an IP address,
+    0.0.0.0 or :: for every interface, or a DNS name); ConfigError naming
+    ``field`` otherwise (a HOST:PORT, say)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if _DNS_NAME.fullmatch(value) is None:
+        hint = " (a host only, without a port)" if ":" in value else ""
+        raise ConfigError(f"{field}: {value!r} is not an IP address or a host name{hint}")
+    return value
 
 
 def split_host_port(value: str, field: str = "address") -> tuple[str, int]:

@@ -26,7 +26,7 @@ from fleetsuit.logs import log_start
 from fleetsuit.metrics import new_registry, serve_metrics
 from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from services.dht import convert, wire
-from services.dht.config import DhtConfig, split_host_port
+from services.dht.config import DhtConfig, is_wildcard, split_host_port
 from services.dht.content import parse_id
 from services.dht.kv import RocksKeyValue
 from services.dht.metrics import DhtMetrics
@@ -275,11 +275,15 @@ def _add_servicers(server: grpc.aio.Server, node: DhtNode) -> None:
 
 def build_server(config: DhtConfig, deps: DhtDeps) -> tuple[grpc.aio.Server, int]:
     """A server bound to ``config.listen`` (port 0 picks one); not started.
-    A taken or malformed address raises OSError naming it."""
-    host, _port = split_host_port(config.listen, "listen")
+    The node's contact is ``config.advertise`` when set, else the listen
+    host with the bound port. A taken or malformed address raises OSError
+    naming it."""
+    split_host_port(config.listen, "listen")
     server, health_servicer = rpc.new_server(SERVICE, convert.ERRORS, deps.metrics.registry)
     port = rpc.bind(server, config.listen)
-    contact = Contact(node_id_from_name(config.node_id), f"{host}:{port}")
+    # What every peer is told to dial (Ping, FindNode, provider records):
+    # the advertised address, not a wildcard the server binds.
+    contact = Contact(node_id_from_name(config.node_id), config.contact_address(port))
     if deps.transport_factory is not None:
         transport = deps.transport_factory(contact)
     else:
@@ -312,8 +316,12 @@ async def serve(config: DhtConfig, *, shutdown: asyncio.Event | None = None) -> 
     config.validate()
     log_start(
         log, service=SERVICE, version=__version__, cluster_id=config.cluster_id, node_id=config.node_id,
-        data_dir=config.data_dir, addresses={"grpc": config.listen, "metrics": config.metrics_address},
+        data_dir=config.data_dir, addresses={"grpc": config.listen,
+        **({"advertise": config.advertise} if config.advertise else {}), "metrics": config.metrics_address},
     )  # fmt: skip
+    if not config.advertise and is_wildcard(split_host_port(config.listen, "listen")[0]):
+        log.warning("listen %s is a wildcard address and advertise is not set: a node that joins "
+                    "through this one is told to dial %s", config.listen, config.listen)
     stop = shutdown if shutdown is not None else rpc.shutdown_event()
     registry = new_registry(SERVICE, config.node_id)
     try:

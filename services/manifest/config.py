@@ -9,6 +9,8 @@ else the default; ``validate`` names the setting that is wrong.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,13 +20,16 @@ from fleetsuit.settings import ConfigError, from_sources, parse_config, setting
 ENV_PREFIX = "FLEETSUIT_MANIFEST_"
 PROG = "python -m services.manifest"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 @dataclass(frozen=True, slots=True)
 class ManifestConfig:
     listen: str = setting("127.0.0.1:7403", "HOST:PORT for gRPC (port 0 picks a free one)")
     metrics_host: str = setting(
-        "127.0.0.1", "address of the Prometheus /metrics endpoint", env="FLEETSUIT_METRICS_HOST"
+        "127.0.0.1", "address of the Prometheus /metrics endpoint (0.0.0.0: every interface, for a "
+        "scraper on another host)", env="FLEETSUIT_METRICS_HOST",
     )
     metrics_port: int = setting(0, "port of /metrics (0 picks a free one, -1 turns it off)")
     node_id: str = setting(
@@ -82,8 +87,7 @@ class ManifestConfig:
             raise ConfigError(f"listen={self.listen!r} is not HOST:PORT")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port={self.metrics_port} is out of range (-1..65535)")
-        if not self.metrics_host:
-            raise ConfigError("metrics_host must not be empty")
+        _check_host(self.metrics_host, "metrics_host")
         if not self.node_id:
             raise ConfigError("node_id must not be empty")
         if any(not path for path in self.trust_anchors):
@@ -100,3 +104,18 @@ class ManifestConfig:
             raise ConfigError(
                 f"log_format={self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
             )
+
+
+def _check_host(value: str, field: str) -> None:
+    """A bare host a server can bind: an IP address (0.0.0.0 or :: for every
+    interface) or a DNS name; ConfigError naming ``field`` otherwise."""
+    if not value:
+        raise ConfigError(f"{field} must not be empty")
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if _DNS_NAME.fullmatch(value) is None:
+        hint = " (a host only, without a port)" if ":" in value else ""
+        raise ConfigError(f"{field}={value!r} is not an IP address or a host name{hint}")
