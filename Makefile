@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/fleetsuit/v1/*.proto)
 PROTO_STAMP := fleetsuit/v1/.generated
 
-.PHONY: install protos run test test-long lint fuzz bench clean
+.PHONY: install protos run test test-long lint fuzz bench clean prometheus
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -27,11 +27,18 @@ protos:
 	rm -f $(PROTO_STAMP)
 	$(MAKE) $(PROTO_STAMP)
 
+# make run ARGS=--once: exit after the rollout (status 0 only if every device reached the release).
 run: install
-	$(PY) -m launcher.demo --nodes 3 --data data/run
+	$(PY) -m launcher.demo --nodes 3 --data data/run $(ARGS)
 
-test: install
-	$(PY) -m pytest -q
+# The observability tests run a real Prometheus (Debian's package) against a
+# local cluster: installed here the way `make bench` installs etcd.
+test: install prometheus
+	FLEETSUIT_REQUIRE_PROMETHEUS=1 $(PY) -m pytest -q
+
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 # Thousands of simulation seeds (the Raft core's and the whole nodes') and the long fuzz run.
 test-long: install

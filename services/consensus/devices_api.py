@@ -6,8 +6,9 @@ Releases API (``releases_api.py``): a read waits for a ReadIndex barrier;
 (DeviceEnrollment, DeviceEvents) are ledger entries, submitted through the
 Ledger API.
 
-Also binds the ``fleetsuit_devices{state}`` gauge, counted from the table
-when scraped."""
+Also binds the ``fleetsuit_devices{state}``, ``fleetsuit_devices_by_version{version}``
+and ``fleetsuit_release_outcomes{release, outcome}`` gauges, counted from the
+tables when scraped."""
 
 from __future__ import annotations
 
@@ -33,21 +34,29 @@ class DevicesServicer(pb_grpc.DevicesServicer):
     ) -> None:
         self._node = node
         self._config = config
-        self._counted: tuple[int, dict[str, int]] = (-1, {})  # (applied index, devices by state)
+        # (applied index, devices by state, accepted devices by version)
+        self._counted: tuple[int, dict[str, int], dict[str, int]] = (-1, {}, {})
         if metrics is not None:
             for name in DEVICE_STATES:
                 metrics.devices.labels(name).set_function(self._count_state(name))
+            metrics.devices_by_version.bind(
+                lambda: {(version,): float(n) for version, n in self._summary()[2].items()})
+            metrics.release_outcomes.bind(self._outcomes)
 
     def _count_state(self, name: str) -> Callable[[], float]:
-        return lambda: float(self._by_state().get(name, 0))
+        return lambda: float(self._summary()[1].get(name, 0))
 
-    def _by_state(self) -> dict[str, int]:
-        """Devices by state, counted once per applied index (a scrape reads
-        every state's gauge; the table is scanned once for them)."""
+    def _summary(self) -> tuple[int, dict[str, int], dict[str, int]]:
+        """Devices by state and by version, counted once per applied index
+        (a scrape reads every state's gauge; the table is scanned once for them)."""
         applied = self._node.machine.applied_index()
         if self._counted[0] != applied:
-            self._counted = (applied, self._node.machine.devices.summary()[0])
-        return self._counted[1]
+            self._counted = (applied, *self._node.machine.devices.summary())
+        return self._counted
+
+    def _outcomes(self) -> dict[tuple[str, ...], float]:
+        return {(o.release_id, outcome): float(n) for o in self._node.machine.devices.all_outcomes()
+                for outcome, n in (("installed", o.installed), ("failed", o.failed))}
 
     async def _barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
         await api_reads.barrier(self._node, self._config, stale_ok, context)

@@ -1,9 +1,46 @@
 """Prometheus metrics of the consensus service, named in etcd's style with a
-``fleetsuit_`` prefix (etcd_server_*, etcd_disk_*, etcd_network_*)."""
+``fleetsuit_`` prefix (etcd_server_*, etcd_disk_*, etcd_network_*).
+
+A labelled counter whose label values are a closed set starts with every
+value at 0, so that a dashboard or an alert on it has a series before the
+first event (Prometheus' instrumentation practice, "avoid missing metrics")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# The reasons runtime/submissions.py counts a failed submission under.
+PROPOSAL_FAILURE_REASONS = ("overloaded", "outcome_unknown", "no_leader")
+
+
+class TableGauge(Collector):
+    """A gauge whose series are read from a table when scraped: the reader
+    bound with :meth:`bind` returns {label values: value}. Until one is
+    bound it has no series."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = list(labelnames)
+        self._read: Callable[[], Mapping[tuple[str, ...], float]] | None = None
+        registry.register(self)
+
+    def bind(self, read: Callable[[], Mapping[tuple[str, ...], float]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        if self._read is not None:
+            for labels, value in self._read().items():
+                family.add_metric(list(labels), value)
+        yield family
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -36,6 +73,8 @@ class ConsensusMetrics:
             "fleetsuit_server_proposals_failed", "Submissions that failed or timed out.", ["reason"],
             registry=r,
         )
+        for reason in PROPOSAL_FAILURE_REASONS:
+            self.proposals_failed.labels(reason)
         self.append_duration = Histogram(
             "fleetsuit_disk_wal_append_duration_seconds", "Time to persist one Ready (append + sync).",
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -99,6 +138,16 @@ class ConsensusMetrics:
         )
         self.devices = Gauge(
             "fleetsuit_devices", "Devices in the ledger by enrolment state (read at scrape).", ["state"], registry=r
+        )
+        self.devices_by_version = TableGauge(
+            "fleetsuit_devices_by_version",
+            "Accepted devices in the ledger by installed version, <component>@<release id or factory> "
+            "(read at scrape).", ["version"], registry=r,
+        )
+        self.release_outcomes = TableGauge(
+            "fleetsuit_release_outcomes",
+            "Devices whose last outcome for a release is installed or failed, as the ledger counts them "
+            "(read at scrape).", ["release", "outcome"], registry=r,
         )
         self.release_refusals = Gauge(
             "fleetsuit_release_refusals",

@@ -1,8 +1,14 @@
-"""The dht's Prometheus metrics, on a registry the caller owns."""
+"""The dht's Prometheus metrics, on a registry the caller owns. The repair
+counter starts with both of its kinds at 0, so that a dashboard or an alert
+on it has a series before the first repair."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# What node.py counts a repair action as: a replica requested by the repair
+# loop, a chunk re-fetched after it failed verification.
+REPAIR_KINDS = ("replica", "chunk")
 
 
 class DhtMetrics:
@@ -47,6 +53,8 @@ class DhtMetrics:
             ["kind"],
             registry=registry,
         )
+        for kind in REPAIR_KINDS:
+            self.repair_actions.labels(kind)
         self.corrupt_chunks = Counter(
             "fleetsuit_dht_corrupt_chunks",
             "Chunks that failed verification",
