@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "up",
         help="start N nodes on loopback in the foreground (SIGINT/SIGTERM stops every child)",
         description=(
-            "Start N nodes on loopback (one process per service), wait until every service "
-            "answers health SERVING, print the endpoints, and stay in the foreground; SIGINT "
-            "or SIGTERM stops every child. Node i (from 0) listens on BASE+10*i+1 (consensus), "
-            "+2 (dht), +3 (manifest), with metrics on +6, +7, +8. DIR/cluster.json describes "
-            "every child; DIR/anchors.json holds the cluster id and the nodes' block-signing "
+            "Start N nodes on loopback, each a `fleetsuit node` supervisor of its four services "
+            "(consensus, dht, manifest, gateway; a child that exits is restarted by its node), wait "
+            "until every node's /healthz answers, print the endpoints, and stay in the foreground; "
+            "SIGINT or SIGTERM stops every node gracefully. Node i (from 0) uses BASE+10*i: +0 its "
+            "/healthz and /metrics, +1 consensus, +2 dht, +3 manifest, +4 gateway, +5 downloads "
+            "(HTTP), +6..+9 the services' metrics. DIR/nX/node.toml is a node's config and "
+            "DIR/nX/node.json its children; DIR/cluster.json describes every node and child; "
+            "DIR/anchors.json holds the cluster id and the nodes' block-signing "
             "keys. Each --trust-anchor is a publisher key the ledger records at its bootstrap "
             "(releases must be signed by one). Refused before anything starts: a trust anchor "
             "that is not a readable P-256 or Ed25519 public key (exit 2), a port taken, DIR in "
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data", required=True, metavar="DIR",
                    help="data directory: one sub-directory per node, logs, cluster.json and anchors.json")
     p.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, metavar="PORT",
-                   help=f"first port of node n1; node i uses PORT+10*i+1..8 (default: {DEFAULT_BASE_PORT})")
+                   help=f"first port of node n1; node i uses PORT+10*i+0..9 (default: {DEFAULT_BASE_PORT})")
     p.add_argument("--cluster-id", default=None, metavar="ID",
                    help="the cluster id on a first start (default: the one DIR holds, else a new "
                         "fs-<random hex>); a restart keeps the recorded one")

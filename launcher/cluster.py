@@ -14,11 +14,20 @@ endpoints of the node's other services (``--manifest-endpoint``,
 and the cluster's trust anchors (``--trust-anchor``, recorded in the ledger
 at bootstrap). This module checks nothing before it starts a child:
 ``launcher/preflight.py`` does (the anchors too).
+
+Supervised (``start_cluster(..., supervised=True)``, what ``fleetsuit
+cluster up`` does), each node is one ``fleetsuit node`` supervisor
+(``launcher/node/``) with its config written to ``DIR/nX/node.toml``: it
+starts the node's four services with the same ports and flags, restarts one
+that exits, serves ``/healthz`` and ``/metrics`` on the node's base port
+(``base_port + 10*i``) and records its children in ``DIR/nX/node.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import secrets
 import signal
 import subprocess
@@ -34,6 +43,14 @@ NODE_PORT_SPAN = 10  # node i's ports are base_port + 10*i + offset
 CLUSTER_FILE = "cluster.json"
 ANCHORS_FILE = "anchors.json"
 CLUSTER_ID_PREFIX = "fs-"
+NODE_CONFIG_FILE = "node.toml"  # a supervised node's config, in its data directory
+SUPERVISOR_LOG = "node.log"
+HEALTH_OFFSET = 0  # a supervised node's /healthz and /metrics: its base port
+# Each child of a supervised local node gets this long to stop after SIGTERM;
+# its supervisor stops them in three stages (gateway, consensus, the rest).
+CHILD_STOP_GRACE_MS = 10_000
+SUPERVISOR_STOP_GRACE_S = 3 * CHILD_STOP_GRACE_MS / 1000 + 5.0
+SUPERVISOR_COMMAND = (sys.executable, "-m", "launcher", "node", "--config")
 
 
 @dataclass(frozen=True)
@@ -117,11 +134,14 @@ def plan_nodes(count: int, data_dir: Path, base_port: int) -> list[NodePlan]:
     ]
 
 
-def planned_ports(nodes: list[NodePlan]) -> list[tuple[int, str]]:
+def planned_ports(nodes: list[NodePlan], *, supervised: bool = False) -> list[tuple[int, str]]:
     """Every port the cluster will bind, with what binds it ("metrics of
-    consensus of n1"), in start order."""
+    consensus of n1"), in start order; ``supervised``: each node's
+    supervisor's /healthz too."""
     out: list[tuple[int, str]] = []
     for node in nodes:
+        if supervised:
+            out.append((node.base + HEALTH_OFFSET, f"health of {node.node_id}"))
         for spec in SERVICES:
             out.append((node.base + spec.port_offset, f"{spec.name} of {node.node_id}"))
             out.append((node.base + spec.metrics_offset, f"metrics of {spec.name} of {node.node_id}"))
@@ -176,11 +196,12 @@ def join_command(
     ]
 
 
-def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(cmd: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start one child in a session of its own (a terminal's Ctrl-C reaches
     the launcher only, which stops the children in order), output to its log."""
     with open(log_path, "ab") as log_file:
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(list(cmd), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env)
 
 
 def anchor_arguments(trust_anchors: Sequence[str | Path]) -> list[str]:
@@ -204,6 +225,7 @@ def start_cluster(
     *,
     trust_anchors: Sequence[str | Path] = (),
     extra_args: Mapping[str, Sequence[str]] | None = None,
+    supervised: bool = False,
 ) -> tuple[dict[str, Any], list[subprocess.Popen[bytes]]]:
     """Write the anchors and start every child (without waiting for any);
     return the cluster.json document and the processes. ``cluster_id``:
@@ -211,15 +233,34 @@ def start_cluster(
     (``PATH[:components=..][:classes=..]``) every consensus process records
     in the ledger at bootstrap. ``extra_args``: service name -> more
     flags for that service on every node (``{"gateway":
-    ["--heartbeat-interval-ms", "1000"]}``)."""
+    ["--heartbeat-interval-ms", "1000"]}``). ``supervised``: one node
+    supervisor per node instead (the processes returned are the
+    supervisors; each node's ``pids`` are filled in from its node.json by
+    ``refresh_pids`` once its children run; stop with ``stop_cluster``);
+    a config the services refuse raises ``ConfigError`` before any starts."""
     cluster_id = cluster_id or new_cluster_id()
     anchor_args = anchor_arguments(trust_anchors)
     nodes = plan_nodes(count, data_dir, base_port)
-    procs: list[subprocess.Popen[bytes]] = []
-    doc_nodes = []
     for node in nodes:
         node.data_dir.mkdir(parents=True, exist_ok=True)
     anchors = write_anchors(nodes, data_dir, cluster_id)
+    start = _start_supervised if supervised else _start_children
+    doc_nodes, procs = start(nodes, cluster_id, anchor_args, extra_args)
+    doc = {
+        "cluster_id": cluster_id, "base_port": base_port, "anchors": str(anchors),
+        # The publisher keys the ledger is bootstrapped with (signing releases).
+        "trust_anchors": anchor_args, "nodes": doc_nodes,
+    }
+    return doc, procs
+
+
+def _start_children(
+    nodes: list[NodePlan], cluster_id: str, anchor_args: Sequence[str],
+    extra_args: Mapping[str, Sequence[str]] | None,
+) -> tuple[list[dict[str, Any]], list[subprocess.Popen[bytes]]]:
+    """Start every service of every node, unsupervised."""
+    procs: list[subprocess.Popen[bytes]] = []
+    doc_nodes = []
     try:
         for node in nodes:
             pids: dict[str, int] = {}
@@ -250,12 +291,7 @@ def start_cluster(
     except BaseException:
         stop_processes(procs)  # a child that could not be started: none left behind
         raise
-    doc = {
-        "cluster_id": cluster_id, "base_port": base_port, "anchors": str(anchors),
-        # The publisher keys the ledger is bootstrapped with (signing releases).
-        "trust_anchors": anchor_args, "nodes": doc_nodes,
-    }
-    return doc, procs
+    return doc_nodes, procs
 
 
 def write_anchors(nodes: list[NodePlan], data_dir: Path, cluster_id: str) -> Path:
@@ -283,3 +319,128 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_G
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------ supervised nodes
+
+
+def node_tables(
+    node: NodePlan, nodes: list[NodePlan], cluster_id: str, trust_anchors: Sequence[str] = (),
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The node config (``launcher/node/config.py`` tables) of node ``node``
+    of a local cluster: the ports, peers and seeds the unsupervised children
+    get as flags; ``extra_args``' flags become keys of their service's table."""
+    from .node.config import keys_from_flags
+
+    data = str(node.data_dir.absolute())
+    tables: dict[str, dict[str, Any]] = {
+        "node": {"id": node.node_id, "cluster_id": cluster_id, "data": data, "host": "127.0.0.1",
+                 "listen_host": "127.0.0.1", "base_port": node.base, "log_dir": data,
+                 "stop_grace_ms": CHILD_STOP_GRACE_MS},
+        "consensus": {"peers": [f"{n.node_id}=127.0.0.1:{n.base + 1}" for n in nodes]},
+        "dht": {"seeds": [f"127.0.0.1:{n.base + 2}" for n in nodes if n is not node]},
+    }
+    if trust_anchors:
+        tables["consensus"]["trust_anchors"] = list(trust_anchors)
+    for service, args in (extra_args or {}).items():
+        tables.setdefault(service, {}).update(keys_from_flags(service, args))
+    return tables
+
+
+def _start_supervised(
+    nodes: list[NodePlan], cluster_id: str, anchor_args: Sequence[str],
+    extra_args: Mapping[str, Sequence[str]] | None,
+) -> tuple[list[dict[str, Any]], list[subprocess.Popen[bytes]]]:
+    """Write and check every node's config, then start one supervisor per node."""
+    from .node.config import identity_variables, load, render
+
+    # What tells one node from another comes from each node's file, not from
+    # this process's environment (FLEETSUIT_NODE_ID would name every node).
+    hidden = identity_variables()
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    configs = []
+    for node in nodes:
+        path = node.data_dir / NODE_CONFIG_FILE
+        path.write_text(render(node_tables(node, nodes, cluster_id, anchor_args, extra_args)))
+        configs.append((node, path, load(path, env)))
+    procs: list[subprocess.Popen[bytes]] = []
+    doc_nodes = []
+    try:
+        for node, path, config in configs:
+            proc = spawn([*SUPERVISOR_COMMAND, str(path)], node.data_dir / SUPERVISOR_LOG, env)
+            procs.append(proc)
+            doc_nodes.append({
+                "id": node.node_id,
+                "data_dir": str(node.data_dir),
+                "pids": {},  # from node.json, once the children run
+                "endpoints": {name: child.endpoint for name, child in config.children.items()},
+                "downloads": config.downloads,
+                "metrics": {name: child.metrics for name, child in config.children.items()},
+                "commands": {name: list(child.command) for name, child in config.children.items()},
+                "supervisor_pid": proc.pid,
+                "config": str(path),
+                "health": config.health_url,
+            })
+    except BaseException:
+        stop_processes(procs, SUPERVISOR_STOP_GRACE_S)
+        raise
+    return doc_nodes, procs
+
+
+def node_state(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The node.json of a supervised node of cluster.json, if its current
+    supervisor wrote it (None for one left by an earlier run)."""
+    from .node.supervisor import read_state
+
+    state = read_state(Path(node["data_dir"]))
+    if state is None or state.get("pid") != node.get("supervisor_pid"):
+        return None
+    return state
+
+
+def refresh_pids(doc: dict[str, Any]) -> bool:
+    """Update each supervised node's ``pids`` and ``commands`` from its
+    node.json (children restarted get new pids); True when any changed."""
+    changed = False
+    for node in doc["nodes"]:
+        state = node_state(node) if "supervisor_pid" in node else None
+        for name, child in (state or {}).get("children", {}).items():
+            pid = child.get("pid")
+            if isinstance(pid, int) and node["pids"].get(name) != pid:
+                node["pids"][name] = pid
+                node["commands"][name] = child.get("command", node["commands"].get(name))
+                changed = True
+    return changed
+
+
+def stop_cluster(doc: Mapping[str, Any] | None, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop what ``start_cluster`` started. Supervised: SIGTERM each
+    supervisor (it stops its children in order), SIGKILL one still running
+    after ``SUPERVISOR_STOP_GRACE_S``, then stop by pid any child of its
+    node.json still running (its supervisor was killed)."""
+    supervised = doc is not None and any("supervisor_pid" in n for n in doc["nodes"])
+    if not supervised:
+        stop_processes(procs)
+        return
+    assert doc is not None
+    from .preflight import running
+
+    stop_processes(procs, SUPERVISOR_STOP_GRACE_S)
+    orphans = []
+    for node in doc["nodes"]:
+        state = node_state(node) or {}
+        for child in state.get("children", {}).values():
+            pid = child.get("pid")
+            if isinstance(pid, int) and running(pid, child.get("command")):
+                orphans.append(pid)
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for pid in orphans:
+        while running(pid, None) and time.monotonic() < deadline:
+            time.sleep(0.05)  # not our child: it cannot be waited on
+        if running(pid, None):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -20,10 +20,11 @@ from services.manifest import cli as manifest_cli
 
 from . import cli as launcher_cli
 from . import device_cli, keys_cli, release_cli
+from .node import cli as node_cli
 
 # In help order; the launcher's ``cluster up`` joins the consensus
 # service's ``cluster`` group.
-COMMANDS = (consensus_cli, launcher_cli, keys_cli, release_cli, device_cli, dht_cli, manifest_cli)
+COMMANDS = (consensus_cli, launcher_cli, keys_cli, node_cli, release_cli, device_cli, dht_cli, manifest_cli)
 
 EPILOG = """\
 exit codes:

@@ -26,6 +26,7 @@ COMMANDS = {
     ("cluster", "add"): True,
     ("cluster", "remove"): True,
     ("cluster", "transfer-leader"): True,
+    ("cluster", "keys"): True,
     ("cluster", "up"): False,  # runs in the foreground; cluster.json is its result
 }
 
@@ -54,7 +55,7 @@ def test_the_cluster_group_holds_up_and_the_membership_changes() -> None:
     cluster = _subparser(parser, ("cluster",))
     group = next(a for a in cluster._actions if isinstance(a, argparse._SubParsersAction))
     names = set(group.choices)
-    assert names == {"up", "add", "remove", "transfer-leader"}
+    assert names == {"up", "keys", "add", "remove", "transfer-leader"}
     help_text = run_cli("--help").stdout
     assert "membership of a running cluster" in help_text and "a local cluster on loopback (up)" in help_text
 

@@ -17,7 +17,7 @@ from launcher.cluster import plan_nodes, planned_ports
 from launcher.preflight import port_problem
 from tests.support.cli import ClusterUp, run_cli
 from tests.support.ports import free_base_port
-from tests.support.procs import kill, pid_alive
+from tests.support.procs import kill, pid_alive, stop_processes
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -88,6 +88,9 @@ def test_a_live_clusters_directory_is_refused_and_its_description_left_untouched
         assert (data / "cluster.json").read_bytes() == described
         assert (data / "anchors.json").read_bytes() == anchors
     finally:
+        # Each node's supervisor outlives the killed launcher: stopped by pid,
+        # it stops its children (stopping them alone would have them restarted).
+        stop_processes([n["supervisor_pid"] for n in (first.doc or {"nodes": []})["nodes"]], grace_s=60)
         first.stop()
 
 
