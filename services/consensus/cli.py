@@ -3,6 +3,10 @@ export | verify | prove | verify-proof`` and the membership changes
 ``cluster add | remove | transfer-leader`` (``cluster up``, which starts a
 local cluster, belongs to the launcher above the services).
 
+``status`` asks one node with ``--endpoint``; without it, it shows the whole
+cluster a local cluster file describes (``fleetsuit.cluster_status``: it
+reads the file; it starts nothing).
+
 One shape for every command (``fleetsuit.cli``): a command that prints a
 result prints text, or one JSON document with ``--json``, to stdout or to
 ``-o FILE``; a gRPC failure is one line naming the endpoint (and saying so
@@ -22,7 +26,9 @@ from typing import Any, cast
 
 import grpc
 
+from fleetsuit import cluster_status
 from fleetsuit.cli import (
+    EXIT_FAILED,
     EXIT_USAGE,
     CliError,
     add_endpoint,
@@ -94,9 +100,33 @@ async def _status(endpoint: str) -> pb.StatusResponse:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.endpoint is None:
+        return _cluster_status(args)
+    if args.cluster is not None:
+        raise CliError("give --endpoint (one node) or --cluster (the whole cluster), not both", EXIT_USAGE)
     with calling(args.endpoint, SERVICE):
         resp = asyncio.run(_status(args.endpoint))
     emit(args, status_dict(resp), _status_text)
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    """Every node of the cluster file: exit 0 when a majority of the voters
+    answer, 1 (after printing what answered) when fewer do."""
+    if args.timeout <= 0:
+        raise CliError(f"--timeout must be positive, not {args.timeout:g}", EXIT_USAGE)
+    try:
+        cluster = cluster_status.read_cluster_file(cluster_status.resolve_cluster_file(args.cluster))
+    except cluster_status.ClusterFileError as exc:
+        raise CliError(str(exc)) from None
+    answers = asyncio.run(cluster_status.gather(cluster, args.timeout))
+    doc = cluster_status.build_status(cluster, answers, int(time.time() * 1000))
+    emit(args, doc, cluster_status.status_text)
+    if doc["answering"] == 0:
+        raise CliError(f"no node of {cluster.path} answered", EXIT_FAILED)
+    if not doc["majority"]:
+        raise CliError(f"only {doc['answering']} of {doc['voters']} voters answered: the cluster has no "
+                       "majority", EXIT_FAILED)
     return 0
 
 
@@ -318,8 +348,24 @@ def cmd_cluster_transfer(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("status", help="a node's Raft and ledger status")
-    add_endpoint(p, SERVICE)
+    p = sub.add_parser(
+        "status", help="the whole cluster from its cluster file, or one node's status (--endpoint)",
+        description=(
+            "Without --endpoint: every node of the local cluster file (role, term, commit and applied "
+            "index, block height, reachable or not), every gateway (sessions, devices in session by "
+            "version), the ledger's devices by version and the rollout of every live release (state, "
+            "stage, installed, failed and pending devices). Exit 0 when a majority of the voters "
+            "answer, else 1. With --endpoint: that node's Raft and ledger status."),
+    )
+    p.add_argument("--endpoint", default=None, metavar="HOST:PORT",
+                   help=f"ask only this node's {SERVICE} service (its Raft and ledger status)")
+    p.add_argument("--cluster", metavar="FILE_OR_DIR", default=None,
+                   help=f"the cluster file, or the directory holding {cluster_status.CLUSTER_FILE_NAME} "
+                        f"(default: ${cluster_status.ENV_CLUSTER_FILE}, else "
+                        f"./{cluster_status.DEFAULT_CLUSTER_FILE}, the `make run` cluster)")
+    p.add_argument("--timeout", type=float, default=cluster_status.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long each node may take to answer, without --endpoint "
+                        f"(default: {cluster_status.DEFAULT_TIMEOUT_S:g})")
     add_output_options(p)
     p.set_defaults(func=cmd_status)
 
