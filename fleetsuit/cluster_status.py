@@ -397,12 +397,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
 
 
 def _versions(by_version: Mapping[str, int]) -> str:
-    """``firmware@firmware@2`` (component @ release) shown as ``firmware@2``;
-    the factory image as ``firmware factory``."""
+    """Release ids (``firmware@2``) as they are; the factory image
+    (``firmware@factory``) as ``firmware factory``."""
     parts = []
     for key, count in sorted(by_version.items()):
         component, _, release = key.partition("@")
-        parts.append(f"{release if release != 'factory' else component + ' factory'}={count}")
+        parts.append(f"{key if release != 'factory' else component + ' factory'}={count}")
     return " ".join(parts) or "-"
 
 

@@ -329,7 +329,7 @@ class Demo:
         def ledger_agrees() -> Any:
             summary = admin.summary()
             outcome = next((o for o in summary.outcomes if o.release_id == self.release), None)
-            on = summary.devices_by_version.get(f"{COMPONENT}@{self.release}", 0)
+            on = summary.devices_by_version.get(self.release, 0)
             return summary if outcome is not None and outcome.installed == self.devices == on else None
 
         try:

@@ -428,7 +428,9 @@ class SessionHub(LedgerListener):
     # ------------------------------------------------------------ gauges
 
     def devices_by_version(self) -> dict[str, int]:
-        return {f"{c}@{r}": n for (c, r), n in self.versions.items() if n > 0}
+        # Keys as the ledger's (ledger/devices.py version_key): the release id
+        # (it names its component), or <component>@factory.
+        return {r if r.startswith(c + "@") else f"{c}@{r}": n for (c, r), n in self.versions.items() if n > 0}
 
     def _count_versions(self, items: Iterable[rollout.Installed], delta: int) -> None:
         gauge = self.metrics.devices_by_version

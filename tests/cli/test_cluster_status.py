@@ -104,8 +104,8 @@ def _settled_status(
 
 def _every_device_on_firmware_1(out: str) -> bool:
     doc = json.loads(out)
-    in_session = [g["devices_by_version"].get("firmware@firmware@1", 0) for g in doc["gateways"]]
-    return sum(in_session) == DEVICES and doc["devices"]["by_version"] == {"firmware@firmware@1": DEVICES}
+    in_session = [g["devices_by_version"].get("firmware@1", 0) for g in doc["gateways"]]
+    return sum(in_session) == DEVICES and doc["devices"]["by_version"] == {"firmware@1": DEVICES}
 
 
 def test_the_whole_cluster_as_json(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,11 +130,11 @@ def test_the_whole_cluster_as_json(cluster: Cluster, capsys: pytest.CaptureFixtu
     for node_id, gateway in gateways.items():
         assert gateway["reachable"] and gateway["address"] == cluster.local.endpoint(node_id, "gateway")
         assert sum(gateway["devices_by_version"].values()) == gateway["sessions"]
-        assert set(gateway["devices_by_version"]) <= {"firmware@firmware@1"}
+        assert set(gateway["devices_by_version"]) <= {"firmware@1"}
 
     assert doc["ledger"]["read_from"] == doc["leader"] and doc["ledger"]["consistent"] is True
     assert doc["devices"]["by_state"] == {"accepted": DEVICES}
-    assert doc["devices"]["by_version"] == {"firmware@firmware@1": DEVICES}
+    assert doc["devices"]["by_version"] == {"firmware@1": DEVICES}
 
     rollouts = {r["release_id"]: r for r in doc["rollouts"]}
     assert set(rollouts) == {"firmware@1", "firmware@2"}  # other@1 is revoked

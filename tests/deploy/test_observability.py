@@ -567,7 +567,7 @@ async def test_a_real_prometheus_scraping_a_cluster_has_series_for_every_dashboa
             f"  {name}: {q}  {errors.get(name, '')}" for name, q in pending.items())
 
         # The ledger's gauges say what the ledger says; the gateways hold every device.
-        version = f"firmware@{release}"
+        version = release  # a release id names its component (firmware@1)
         expected = {
             f'max(fleetsuit_devices_by_version{{version="{version}"}})': summary.devices_by_version[version],
             f'max(fleetsuit_release_outcomes{{release="{release}",outcome="installed"}})': outcome.installed,

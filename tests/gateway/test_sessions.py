@@ -352,7 +352,7 @@ async def test_info_tells_sessions_versions_and_the_ledger_height() -> None:
         async with insecure_channel(gw.address) as channel:
             info = await pb_grpc.GatewayStub(channel).Info(pb.GatewayInfoRequest(), timeout=READ_S)
         assert info.self.gateway_id == ME and info.self.grpc_address == gw.address
-        assert info.sessions == 1 and dict(info.devices_by_version) == {"app@app@2": 1}
+        assert info.sessions == 1 and dict(info.devices_by_version) == {"app@2": 1}
         assert [g.gateway_id for g in info.live_gateways] == [ME]
         assert info.ledger_height == ledger.height
 

@@ -128,7 +128,7 @@ def test_make_run_once_rolls_a_release_out_to_the_whole_fleet_and_exits_0(tmp_pa
     # The rollout, every second, and the ledger's device table.
     _check_rollout(text)
     _line(rf"^\[ledger\] device table: {DEVICES} devices report {RELEASE} installed, 0 failed; "
-          rf"by version \{{'firmware@{RELEASE}': {DEVICES}\}}$", text)
+          rf"by version \{{'{RELEASE}': {DEVICES}\}}$", text)
 
     # The leader is killed, the next release commits through a survivor, the killed process comes back.
     killed = _line(r"^killing the leader (n\d)", text).group(1)

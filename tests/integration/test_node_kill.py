@@ -249,7 +249,7 @@ async def test_a_whole_node_killed_mid_rollout_every_device_ends_on_the_release_
             assert summary["reports"].get(kind, 0) == 0, summary["reports"]
         forward = {s["device_id"] for s in summary["switches"] if s["release_id"] == release and not s["back"]}
         assert len(forward) == DEVICES and not [s for s in summary["switches"] if s["back"]]
-        assert ledger.devices_by_version.get(f"{COMPONENT}@{release}") == DEVICES, ledger.devices_by_version
+        assert ledger.devices_by_version.get(release) == DEVICES, ledger.devices_by_version
         table = await asyncio.to_thread(device_table, clients[elected])
         assert len(table) == DEVICES
         off = [d.device_id for d in table if (COMPONENT, release) not in

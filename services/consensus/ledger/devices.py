@@ -114,7 +114,11 @@ def halt_reason(policy: RolloutPolicy, installed: int, failed: int) -> str:
 
 
 def version_key(component: str, release_id: str) -> str:
-    """A devices_by_version key: ``<component>@<release_id or factory>``."""
+    """A devices_by_version key: the release id, which names its component
+    (``firmware@3``), or ``<component>@factory`` for a device that runs no
+    release of it (``<component>@<id>`` for an id that does not name it)."""
+    if release_id.startswith(component + "@"):
+        return release_id
     return f"{component}@{release_id or 'factory'}"
 
 
