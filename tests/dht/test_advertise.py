@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import random
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -27,6 +25,7 @@ from services.dht.node import DhtNode
 from services.dht.server import DhtDeps, build_server, serve
 from services.dht.store import BlobStore
 from tests.dht.test_service import CHUNK, payload, put
+from tests.support.metrics import serves_metrics
 from tests.support.ports import free_port
 from tests.support.wait import wait_for, wait_until
 
@@ -179,14 +178,6 @@ async def test_a_node_listening_on_every_interface_is_found_at_its_advertised_ad
 # ---------------------------------------------------------------- /metrics on every interface
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status == 200 and b"fleetsuit_build_info" in resp.read()
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("metrics_host", "elsewhere"), [("0.0.0.0", True), ("127.0.0.1", False)])
 async def test_metrics_bound_to_every_interface_answer_on_another_address(
@@ -203,8 +194,8 @@ async def test_metrics_bound_to_every_interface_answer_on_another_address(
     task = asyncio.ensure_future(serve(config, shutdown=stop))
     try:
         local = f"http://127.0.0.1:{port}/metrics"
-        await asyncio.to_thread(wait_until, lambda: _answers(local), 30, "/metrics on 127.0.0.1")
-        assert await asyncio.to_thread(_answers, f"http://127.0.0.2:{port}/metrics") is elsewhere
+        await asyncio.to_thread(wait_until, lambda: serves_metrics(local), 30, "/metrics on 127.0.0.1")
+        assert await asyncio.to_thread(serves_metrics, f"http://127.0.0.2:{port}/metrics") is elsewhere
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0

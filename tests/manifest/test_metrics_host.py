@@ -5,14 +5,13 @@ is not a bare host refused naming the setting."""
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 
 import pytest
 
 from fleetsuit.settings import ConfigError
 from services.manifest.config import ManifestConfig
 from services.manifest.server import serve
+from tests.support.metrics import serves_metrics
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
@@ -36,14 +35,6 @@ def test_every_interface_an_address_or_a_name_is_accepted(value: str) -> None:
     assert ManifestConfig.from_args([], {"FLEETSUIT_METRICS_HOST": value}).metrics_host == value
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status == 200 and b"fleetsuit_build_info" in resp.read()
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("metrics_host", "elsewhere"), [("0.0.0.0", True), ("127.0.0.1", False)])
 async def test_metrics_bound_to_every_interface_answer_on_another_address(
@@ -60,8 +51,8 @@ async def test_metrics_bound_to_every_interface_answer_on_another_address(
     task = asyncio.ensure_future(serve(config, shutdown=stop))
     try:
         local = f"http://127.0.0.1:{port}/metrics"
-        await asyncio.to_thread(wait_until, lambda: _answers(local), 30, "/metrics on 127.0.0.1")
-        assert await asyncio.to_thread(_answers, f"http://127.0.0.2:{port}/metrics") is elsewhere
+        await asyncio.to_thread(wait_until, lambda: serves_metrics(local), 30, "/metrics on 127.0.0.1")
+        assert await asyncio.to_thread(serves_metrics, f"http://127.0.0.2:{port}/metrics") is elsewhere
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
