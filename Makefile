@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/fleetsuit/v1/*.proto)
 PROTO_STAMP := fleetsuit/v1/.generated
 
-.PHONY: install protos run test test-long lint fuzz bench clean prometheus
+.PHONY: install protos run test test-long lint fuzz bench clean prometheus lock image
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -59,6 +59,16 @@ bench: install
 	command -v etcd >/dev/null && test -d /usr/share/gocode/src/go.etcd.io/etcd || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server golang-etcd-server-dev; }
 	$(PY) -m bench
+
+# The image's dependency lock (hashes for CPython 3.11 on x86_64 manylinux), from pyproject.toml.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet uv==0.13.9
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+# Needs a Docker engine (none on the CI machines).
+image:
+	docker build -f deploy/Dockerfile -t fleetsuit:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .
 
 clean:
 	rm -rf $(VENV) fleetsuit/v1 data .pytest_cache .hypothesis
