@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from fleetsuit.cli import EXIT_CANNOT_START, EXIT_USAGE, CliError
 
-from .cluster import ANCHORS_FILE, CLUSTER_FILE, HIGHEST_OFFSET, NODE_PORT_SPAN
+from .cluster import ANCHORS_FILE, CLUSTER_FILE, HIGHEST_OFFSET, NODE_PORT_SPAN, SUPERVISOR_COMMAND
 
 LOCK_FILE = "cluster.lock"
 HOST = "127.0.0.1"
@@ -131,12 +131,17 @@ def _zombie(pid: int) -> bool:
 
 def live_processes(data_dir: Path) -> list[str]:
     """The processes of ``DIR/cluster.json`` still running ("consensus of n1
-    (pid 1234)"); empty when there is no such file or all have exited."""
+    (pid 1234)"), node supervisors included (one may be waiting to restart a
+    child); empty when there is no such file or all have exited."""
     doc = read_description(data_dir)
     if doc is None:
         return []
     live = []
     for node in doc.get("nodes", []):
+        supervisor, config = node.get("supervisor_pid"), node.get("config")
+        if isinstance(supervisor, int) and isinstance(config, str) and \
+                running(supervisor, [*SUPERVISOR_COMMAND, config]):
+            live.append(f"the node supervisor of {node.get('id', '?')} (pid {supervisor})")
         commands = node.get("commands", {})
         for service, pid in node.get("pids", {}).items():
             if isinstance(pid, int) and running(pid, commands.get(service)):

@@ -109,6 +109,30 @@ def test_a_directory_whose_cluster_runs_is_refused(tmp_path: Path) -> None:
         stop_processes([child])
 
 
+def test_a_node_supervisor_waiting_to_restart_its_children_keeps_the_directory_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every child of the node has exited, but its supervisor (the recorded
+    pid, running the recorded supervisor command with the node's config)
+    still runs and will start them again."""
+    supervisor = (sys.executable, "-c", "import time; time.sleep(60)")
+    monkeypatch.setattr(preflight, "SUPERVISOR_COMMAND", supervisor)
+    config = str(tmp_path / "n1" / "node.toml")
+    child = subprocess.Popen([*supervisor, config])
+    try:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cluster.json").write_text(json.dumps({
+            "cluster_id": "fs-0123", "nodes": [{"id": "n1", "pids": {}, "commands": {},
+                                                "supervisor_pid": child.pid, "config": config}],
+        }))
+        assert preflight.live_processes(tmp_path) == [f"the node supervisor of n1 (pid {child.pid})"]
+        with pytest.raises(CliError, match="in use by a running cluster"):
+            preflight.check_not_in_use(tmp_path)
+    finally:
+        stop_processes([child])
+    assert preflight.live_processes(tmp_path) == []
+
+
 def test_a_directory_whose_cluster_has_exited_is_free(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "pass"]
     child = subprocess.Popen(command)

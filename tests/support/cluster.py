@@ -13,7 +13,7 @@ from typing import Any
 
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import NODE_PORT_SPAN, spawn, start_cluster
+from launcher.cluster import NODE_PORT_SPAN, spawn, start_cluster, stop_cluster
 
 from .ports import free_base_port
 from .procs import kill, stop_processes
@@ -30,10 +30,17 @@ class LocalCluster:
         cluster_id: str = "test",
         trust_anchors: Sequence[Path] = (),
         extra_args: Mapping[str, Sequence[str]] | None = None,
+        *,
+        supervised: bool = False,
     ) -> None:
+        """``supervised``: each node a ``fleetsuit node`` supervisor (which
+        restarts its children: kill/restart below are for unsupervised
+        clusters only)."""
         self.base_port = free_base_port(NODE_PORT_SPAN * nodes + NODE_PORT_SPAN)
+        self.supervised = supervised
         self.doc, self._procs = start_cluster(
-            nodes, data_dir, self.base_port, cluster_id, trust_anchors=trust_anchors, extra_args=extra_args
+            nodes, data_dir, self.base_port, cluster_id, trust_anchors=trust_anchors, extra_args=extra_args,
+            supervised=supervised,
         )
         self.nodes: list[dict[str, Any]] = self.doc["nodes"]
 
@@ -62,7 +69,10 @@ class LocalCluster:
         node["pids"][service] = proc.pid
 
     def close(self) -> None:
-        stop_processes(self._procs)
+        if self.supervised:
+            stop_cluster(self.doc, self._procs)
+        else:
+            stop_processes(self._procs)
 
 
 @contextmanager
