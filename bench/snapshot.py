@@ -32,7 +32,8 @@ import grpc
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import SERVICES, command_for, plan_nodes, stop_processes
+from launcher.cluster import command_for, plan_nodes, stop_processes
+from launcher.layout import SERVICES
 from tests.support.ports import free_base_port
 
 ENTRIES = int(os.environ.get("FLEETSUIT_BENCH_SNAPSHOT_ENTRIES", "100000"))

@@ -38,19 +38,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .layout import (
+    ANCHORS_FILE,
+    GATEWAY_HTTP_OFFSET,
+    HEALTH_OFFSET,
+    NODE_CONFIG_FILE,
+    NODE_PORT_SPAN,
+    SERVICES,
+    SUPERVISOR_COMMAND,
+    ServiceSpec,
+)
+from .processes import running
+
 STOP_GRACE_S = 5.0
-NODE_PORT_SPAN = 10  # node i's ports are base_port + 10*i + offset
-CLUSTER_FILE = "cluster.json"
-ANCHORS_FILE = "anchors.json"
 CLUSTER_ID_PREFIX = "fs-"
-NODE_CONFIG_FILE = "node.toml"  # a supervised node's config, in its data directory
 SUPERVISOR_LOG = "node.log"
-HEALTH_OFFSET = 0  # a supervised node's /healthz and /metrics: its base port
 # Each child of a supervised local node gets this long to stop after SIGTERM;
 # its supervisor stops them in three stages (gateway, consensus, the rest).
 CHILD_STOP_GRACE_MS = 10_000
 SUPERVISOR_STOP_GRACE_S = 3 * CHILD_STOP_GRACE_MS / 1000 + 5.0
-SUPERVISOR_COMMAND = (sys.executable, "-m", "launcher", "node", "--config")
 
 
 @dataclass(frozen=True)
@@ -59,18 +65,6 @@ class NodePlan:
     node_id: str
     data_dir: Path
     base: int  # base_port + 10 * index
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    module: str
-    port_offset: int
-    metrics_offset: int
-    # (this node, every node, cluster id) -> extra arguments
-    extra_args: Callable[[NodePlan, list[NodePlan], str], list[str]]
-    stores_data: bool = True  # takes --data (the manifest service is stateless)
-    takes_trust_anchors: bool = False  # takes --trust-anchor SPEC, once per anchor
 
 
 def _consensus_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> list[str]:
@@ -94,9 +88,6 @@ def _manifest_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> li
     return ["--cluster-id", cluster_id]
 
 
-GATEWAY_HTTP_OFFSET = 5  # the gateway's payload downloads (HTTP), beside its gRPC port
-
-
 def gateway_http(node: NodePlan) -> str:
     return f"127.0.0.1:{node.base + GATEWAY_HTTP_OFFSET}"
 
@@ -111,13 +102,11 @@ def _gateway_args(node: NodePlan, nodes: list[NodePlan], cluster_id: str) -> lis
     ]
 
 
-SERVICES: list[ServiceSpec] = [
-    ServiceSpec("consensus", "services.consensus", 1, 6, _consensus_args, takes_trust_anchors=True),
-    ServiceSpec("dht", "services.dht", 2, 7, _dht_args),
-    ServiceSpec("manifest", "services.manifest", 3, 8, _manifest_args, stores_data=False),
-    ServiceSpec("gateway", "services.gateway", 4, 9, _gateway_args),
-]
-HIGHEST_OFFSET = max(max(s.port_offset, s.metrics_offset) for s in SERVICES)
+# Each service's flags beyond its id, ports and data: (this node, every node,
+# cluster id) -> extra arguments.
+_EXTRA_ARGS: dict[str, Callable[[NodePlan, list[NodePlan], str], list[str]]] = {
+    "consensus": _consensus_args, "dht": _dht_args, "manifest": _manifest_args, "gateway": _gateway_args,
+}
 
 
 def new_cluster_id() -> str:
@@ -160,7 +149,7 @@ def command_for(
         "--listen", f"127.0.0.1:{node.base + spec.port_offset}",
         "--metrics-port", str(node.base + spec.metrics_offset),
         *(["--data", str(node.data_dir)] if spec.stores_data else []),
-        *spec.extra_args(node, nodes, cluster_id),
+        *_EXTRA_ARGS[spec.name](node, nodes, cluster_id),
         *(arg for anchor in (trust_anchors if spec.takes_trust_anchors else ()) for arg in ("--trust-anchor", anchor)),
     ]
 
@@ -424,8 +413,6 @@ def stop_cluster(doc: Mapping[str, Any] | None, procs: list[subprocess.Popen[byt
         stop_processes(procs)
         return
     assert doc is not None
-    from .preflight import running
-
     stop_processes(procs, SUPERVISOR_STOP_GRACE_S)
     orphans = []
     for node in doc["nodes"]:

@@ -35,7 +35,7 @@ from typing import Any
 from fleetsuit.cli import EXIT_USAGE, CliError, add_output_options, command_group, emit
 from services.consensus.ledger.certify import Anchors, NodeKey
 
-from .cluster import ANCHORS_FILE
+from .layout import ANCHORS_FILE
 
 CLUSTER_HELP = "the nodes' block-signing keys and anchors.json of a deployment (keys)"
 KEY_SUFFIX = ".key"

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .cluster import SERVICES, plan_nodes
+from .cluster import plan_nodes
+from .layout import SERVICES
 
 JOB_PREFIX = "fleetsuit-"
 SUPERVISOR = "node"  # the job fleetsuit-node: each node supervisor's /metrics

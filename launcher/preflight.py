@@ -24,7 +24,8 @@ from typing import IO, Any
 
 from fleetsuit.cli import EXIT_CANNOT_START, EXIT_USAGE, CliError
 
-from .cluster import ANCHORS_FILE, CLUSTER_FILE, HIGHEST_OFFSET, NODE_PORT_SPAN, SUPERVISOR_COMMAND
+from .layout import ANCHORS_FILE, CLUSTER_FILE, HIGHEST_OFFSET, NODE_PORT_SPAN, SUPERVISOR_COMMAND
+from .processes import running
 
 LOCK_FILE = "cluster.lock"
 HOST = "127.0.0.1"
@@ -94,39 +95,6 @@ def read_description(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def running(pid: int, command: list[str] | None) -> bool:
-    """True when ``pid`` runs and, where /proc tells, runs ``command`` (a pid
-    reused by an unrelated process does not count; an exited child not yet
-    reaped has no command line and does not count either)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if command is None:
-        return True
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # no /proc here: kill(0) is all we know
-    if not raw:
-        # No command line: an exited child not yet reaped, or one caught
-        # while it execs (the kernel shows none for a moment).
-        return not _zombie(pid)
-    return raw.split(b"\0")[:-1] == [os.fsencode(part) for part in command]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # gone meanwhile
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def live_processes(data_dir: Path) -> list[str]:

@@ -45,7 +45,7 @@ from fleetsuit.grpcutil import CHANNEL_OPTIONS
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 
-from .cluster import NODE_PORT_SPAN
+from .layout import NODE_PORT_SPAN
 
 log = logging.getLogger(__name__)
 

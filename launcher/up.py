@@ -41,7 +41,6 @@ from fleetsuit.settings import ConfigError
 
 from . import preflight
 from .cluster import (
-    CLUSTER_FILE,
     SUPERVISOR_LOG,
     node_state,
     plan_nodes,
@@ -50,6 +49,7 @@ from .cluster import (
     start_cluster,
     stop_cluster,
 )
+from .layout import CLUSTER_FILE
 from .node.supervisor import last_line
 
 START_TIMEOUT_S = 60.0

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetsuit import settings
 from fleetsuit.settings import ConfigError, env_name, flag_name, setting
-from launcher.cluster import GATEWAY_HTTP_OFFSET, NODE_PORT_SPAN, SERVICES
+from launcher.layout import GATEWAY_HTTP_OFFSET, HIGHEST_OFFSET, NODE_PORT_SPAN, SERVICES
 from services.consensus import config as consensus_config
 from services.dht import config as dht_config
 from services.gateway import config as gateway_config
@@ -55,7 +55,6 @@ SERVICE_NAMES = tuple(spec.name for spec in SERVICES)  # start order
 TABLES = ("node", "statefulset", *SERVICE_NAMES)
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
-HIGHEST_OFFSET = max(max(s.port_offset, s.metrics_offset) for s in SERVICES)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

@@ -48,7 +48,7 @@ from prometheus_client import (
 from fleetsuit.cli import EXIT_CANNOT_START, CliError
 from fleetsuit.metrics import new_registry
 
-from .. import preflight
+from ..processes import running
 from .config import ChildSpec, NodeConfig
 
 T = TypeVar("T")
@@ -153,7 +153,7 @@ def check_not_running(config: NodeConfig) -> None:
         f"{name} (pid {child['pid']})"
         for name, child in state.get("children", {}).items()
         if isinstance(child, dict) and isinstance(child.get("pid"), int)
-        and preflight.running(child["pid"], child.get("command"))
+        and running(child["pid"], child.get("command"))
     ]
     if live:
         raise CliError(

@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from launcher.cluster import GATEWAY_HTTP_OFFSET, SERVICES
+from launcher.layout import GATEWAY_HTTP_OFFSET, SERVICES
 from launcher.main import build_parser
 from launcher.main import main as fleetsuit
 from launcher.node.config import KINDS, NodeConfig

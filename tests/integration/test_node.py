@@ -21,15 +21,8 @@ import pytest
 
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import (
-    NODE_PORT_SPAN,
-    SUPERVISOR_COMMAND,
-    SUPERVISOR_LOG,
-    node_state,
-    refresh_pids,
-    start_cluster,
-    stop_cluster,
-)
+from launcher.cluster import SUPERVISOR_LOG, node_state, refresh_pids, start_cluster, stop_cluster
+from launcher.layout import NODE_PORT_SPAN, SUPERVISOR_COMMAND
 from launcher.node.config import identity_variables
 from launcher.up import wait_nodes_serving
 from tests.support.cli import ClusterUp

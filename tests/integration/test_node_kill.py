@@ -34,7 +34,7 @@ from fleetsuit.client import FleetClient, StatusInfo
 from fleetsuit.device_admin import DeviceAdmin, DeviceInfo, DeviceSummary
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import SERVICES
+from launcher.layout import SERVICES
 from services.gateway import rollout
 from tests.support.cluster import LocalCluster
 from tests.support.fleet import (

@@ -29,7 +29,8 @@ import pytest
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import NODE_PORT_SPAN, join_command, spawn
+from launcher.cluster import join_command, spawn
+from launcher.layout import NODE_PORT_SPAN
 from launcher.main import main
 from launcher.statefulset import PodPlan, StatefulSetSpec, pod_plan, request_membership
 from tests.support.ports import free_base_port

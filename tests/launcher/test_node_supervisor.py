@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from launcher.cluster import NODE_PORT_SPAN, SUPERVISOR_COMMAND
+from launcher.layout import NODE_PORT_SPAN, SUPERVISOR_COMMAND
 from launcher.node.config import render
 from launcher.node.supervisor import STATE_FILE, read_state
 from tests.support.ports import free_base_port

@@ -15,13 +15,8 @@ import pytest
 
 from fleetsuit.cli import EXIT_CANNOT_START, EXIT_USAGE, CliError
 from launcher import preflight
-from launcher.cluster import (
-    HIGHEST_OFFSET,
-    NODE_PORT_SPAN,
-    new_cluster_id,
-    plan_nodes,
-    planned_ports,
-)
+from launcher.cluster import new_cluster_id, plan_nodes, planned_ports
+from launcher.layout import HIGHEST_OFFSET, NODE_PORT_SPAN
 from tests.support.ports import free_base_port, free_port
 from tests.support.procs import stop_processes
 

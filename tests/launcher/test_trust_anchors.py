@@ -14,7 +14,8 @@ from fleetsuit.cli import EXIT_USAGE, CliError
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import SERVICES, anchor_arguments, command_for, join_command, plan_nodes
+from launcher.cluster import anchor_arguments, command_for, join_command, plan_nodes
+from launcher.layout import SERVICES
 from launcher.preflight import check_trust_anchors
 from tests.support.cli import ClusterUp, run_cli
 from tests.support.releases import Publisher

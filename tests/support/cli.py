@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher.cluster import CLUSTER_FILE, NODE_PORT_SPAN
+from launcher.layout import CLUSTER_FILE, NODE_PORT_SPAN
 
 from .ports import free_base_port
 from .procs import pid_alive, stop_processes

@@ -13,7 +13,8 @@ from typing import Any
 
 from fleetsuit.grpcutil import insecure_channel
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
-from launcher.cluster import NODE_PORT_SPAN, spawn, start_cluster, stop_cluster
+from launcher.cluster import spawn, start_cluster, stop_cluster
+from launcher.layout import NODE_PORT_SPAN
 
 from .ports import free_base_port
 from .procs import kill, stop_processes
