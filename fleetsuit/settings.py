@@ -75,6 +75,17 @@ def env_name(prefix: str, f: dataclasses.Field[Any]) -> str:
     return _meta(f).env or prefix + f.name.upper()
 
 
+def repeat_separator(f: dataclasses.Field[Any]) -> str | None:
+    """The separator that joins a repeatable flag's values (``repeat=``), or
+    None for a flag given once."""
+    return _meta(f).repeat
+
+
+def has_flag(f: dataclasses.Field[Any]) -> bool:
+    """False for a setting read only from the environment (``flag=False``)."""
+    return bool(_meta(f).flag)
+
+
 def flag_name(f: dataclasses.Field[Any]) -> str:
     flag = _meta(f).flag
     return flag if isinstance(flag, str) else "--" + f.name.replace("_", "-")

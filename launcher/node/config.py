@@ -337,7 +337,7 @@ def _from_toml(table: str, key: str, value: Any, field: dataclasses.Field[Any], 
     """A TOML value as the raw text(s) of the key's flag; typed values must
     match the setting's type, strings are parsed like the variable."""
     kind = _kind_of(hint)
-    separator = settings._meta(field).repeat
+    separator = settings.repeat_separator(field)
     if isinstance(value, str):
         return tuple(p for p in value.split(separator) if p.strip()) if separator else value
     ok = {
@@ -371,7 +371,7 @@ def _explain(table: str, cls: type[Any], message: str, values: Mapping[str, _Val
     fields = _hints(cls)
     for key, value in values.items():
         f = fields[key][0]
-        raw = (settings._meta(f).repeat or ",").join(value.raw) if isinstance(value.raw, tuple) else value.raw
+        raw = (settings.repeat_separator(f) or ",").join(value.raw) if isinstance(value.raw, tuple) else value.raw
         for name in (flag_name(f), value.where):
             prefix = f"{name}={raw!r}: "
             if message.startswith(prefix):
@@ -410,7 +410,7 @@ def _resolve_table(
     for key, (f, hint) in fields.items():
         variable = env_name(prefix, f)
         if environ.get(variable, ""):
-            separator = settings._meta(f).repeat
+            separator = settings.repeat_separator(f)
             raw = environ[variable]
             values[key] = _Value(tuple(p for p in raw.split(separator) if p.strip()) if separator else raw,
                                  "env", variable)
@@ -423,7 +423,7 @@ def _resolve_table(
     for key, value in values.items():
         f, hint = fields[key]
         flag = flag_name(f)
-        if not settings._meta(f).flag:
+        if not settings.has_flag(f):
             child_env[env_name(prefix, f)] = value.raw if isinstance(value.raw, str) else ";".join(value.raw)
         elif _kind_of(hint) == "bool":
             argv.append(flag if _as_bool(table, key, value) else "--no-" + flag[2:])
@@ -573,7 +573,7 @@ def keys_from_flags(service: str, args: Sequence[str]) -> dict[str, Any]:
     "1000"]``) as keys of its table; ValueError on a flag it does not have."""
     kind = KINDS[service]
     fields = _hints(kind.config_cls)
-    flags = {flag_name(f): (key, hint, settings._meta(f).repeat) for key, (f, hint) in fields.items()}
+    flags = {flag_name(f): (key, hint, settings.repeat_separator(f)) for key, (f, hint) in fields.items()}
     out: dict[str, Any] = {}
     items = list(args)
     while items:
