@@ -4,16 +4,13 @@ is not a bare host refused naming the setting."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from fleetsuit.settings import ConfigError
 from services.manifest.config import ManifestConfig
 from services.manifest.server import serve
-from tests.support.metrics import serves_metrics
+from tests.support.metrics import answers_elsewhere
 from tests.support.ports import free_port
-from tests.support.wait import wait_until
 
 
 @pytest.mark.parametrize(
@@ -47,12 +44,4 @@ async def test_metrics_bound_to_every_interface_answer_on_another_address(
         listen="127.0.0.1:0", metrics_host=metrics_host, metrics_port=port, node_id="m1"
     )
     config.validate()
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(serve(config, shutdown=stop))
-    try:
-        local = f"http://127.0.0.1:{port}/metrics"
-        await asyncio.to_thread(wait_until, lambda: serves_metrics(local), 30, "/metrics on 127.0.0.1")
-        assert await asyncio.to_thread(serves_metrics, f"http://127.0.0.2:{port}/metrics") is elsewhere
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
+    assert await answers_elsewhere(lambda stop: serve(config, shutdown=stop), port) is elsewhere
