@@ -1,7 +1,8 @@
 """``make bench``: run every benchmark, print its figures, write JSON to
 ``bench/results/`` (one file per benchmark plus ``summary.json``).
 
-``python -m bench consensus dht`` runs only the ones named.
+``python -m bench consensus dht`` runs only the ones named. The node bench
+writes ``node-<timestamp>.json`` rather than ``node.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("consensus", "manifest", "dht", "snapshot", "release", "gateway")
+BENCHES = ("consensus", "manifest", "dht", "snapshot", "release", "gateway", "node")
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> int:
             summary[name] = {"ok": False, "error": str(exc)}
             failed.append(name)
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nresults in {results_dir}/ ({', '.join(f'{n}.json' for n in names)})")
+    files = ", ".join("node-<timestamp>.json" if n == "node" else f"{n}.json" for n in names)
+    print(f"\nresults in {results_dir}/ ({files})")
     return 1 if failed else 0
 
 
