@@ -224,11 +224,12 @@ def address_to_pb(address: GatewayAddress) -> pb.GatewayAddress:
         gateway_id=address.gateway_id,
         grpc_address=address.grpc_address,
         http_address=address.http_address,
+        started_unix_ms=address.started_unix_ms,
     )
 
 
 def address_from_pb(msg: pb.GatewayAddress) -> GatewayAddress:
-    return GatewayAddress(msg.gateway_id, msg.grpc_address, msg.http_address)
+    return GatewayAddress(msg.gateway_id, msg.grpc_address, msg.http_address, msg.started_unix_ms)
 
 
 def challenge(nonce: bytes, gateway_id: str, now_unix_ms: int) -> pb.GatewayMessage:

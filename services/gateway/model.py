@@ -40,6 +40,9 @@ class GatewayAddress:
     gateway_id: str
     grpc_address: str  # HOST:PORT of Session
     http_address: str  # HOST:PORT of the payload downloads
+    # When the gateway process started (unix ms; 0: not known): a gateway
+    # seen again with another value has restarted.
+    started_unix_ms: int = 0
 
 
 # ---------------------------------------------------------------- the ledger, read

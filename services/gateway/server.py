@@ -402,6 +402,7 @@ def build_server(config: GatewayConfig, deps: GatewayDeps) -> tuple[grpc.aio.Ser
         config.id,
         config.advertise or _advertised(config.listen, port),
         deps.http_address or config.advertise_http or config.http_listen,
+        started_unix_ms=deps.clock(),
     )
     runtime = GatewayRuntime(config, deps, me)
     pb_grpc.add_GatewayServicer_to_server(GatewayServicer(runtime), server)

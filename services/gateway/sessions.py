@@ -141,6 +141,9 @@ class Session:
         self.sent: dict[str, Sent] = {}
         self.state = CURRENT
         self.target = ""  # the gateway the device was last pointed to (its stable primary)
+        # (gateway id, its start time) of a primary the device came from and
+        # was not sent back to: sent back once that gateway has restarted.
+        self.held_from: tuple[str, int] | None = None
         self.last_seen_s = now_s
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.closed = False
@@ -224,6 +227,11 @@ class SessionHub(LedgerListener):
         session.target = target.gateway_id
         if target.gateway_id not in (self.me.gateway_id, session.previous_gateway_id):
             self._redirect(session, target, "your primary gateway is live")
+        elif target.gateway_id != self.me.gateway_id:
+            # It left its primary, which still looks live from here (this
+            # gateway's directory has not seen it go, or the device alone
+            # cannot reach it): it stays, until that gateway restarts.
+            session.held_from = (target.gateway_id, target.started_unix_ms)
 
     def remove(self, session: Session) -> None:
         if self.sessions.get(session.device_id) is not session:
@@ -381,12 +389,28 @@ class SessionHub(LedgerListener):
                 if session is None or session.closed or self.draining:
                     continue
                 target = self._target(device_id)
+                if self._back_to_restarted(session, target):
+                    continue
                 if target.gateway_id == session.target:
                     continue
                 session.target = target.gateway_id
                 if target.gateway_id != self.me.gateway_id:
                     self._redirect(session, target, "your primary gateway is live")
             await asyncio.sleep(0)
+
+    def _back_to_restarted(self, session: Session, target: GatewayAddress) -> bool:
+        """Send a held device (``Session.held_from``) back to its primary
+        once that gateway has restarted (a new start time under its id:
+        one that restarts between two directory refreshes never looks
+        gone); True when it was sent."""
+        held, session.held_from = session.held_from, None
+        if held is None or target.gateway_id != held[0]:
+            return False
+        if target.started_unix_ms == held[1]:
+            session.held_from = held  # the same process: the device stays
+            return False
+        self._redirect(session, target, "your primary gateway is back")
+        return True
 
     def drain(self) -> int:
         """Tell every session to go to its next gateway (this one stops);

@@ -4,6 +4,8 @@ and a gateway cut off from its node's ledger handing its devices over."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fleetsuit.v1 import gateway_pb2 as pb
@@ -45,6 +47,34 @@ async def test_sessions_are_redirected_when_their_primary_comes_back() -> None:
         cluster.silent.clear()
         redirect = await stream.read_kind("redirect")
         assert redirect.gateway.gateway_id == "g2"
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_left_a_live_primary_stays_until_that_gateway_restarts() -> None:
+    """The device came from g2, which this gateway's directory still sees
+    live (g2 restarted between two refreshes, or the device alone cannot
+    reach it): it is not sent back while g2 is the same process, however
+    many refreshes pass; once g2 answers with a new start time (it
+    restarted), the device is sent back to it."""
+    endpoint, g2 = other_gateway()
+    g2 = dataclasses.replace(g2, started_unix_ms=1_000)
+    cluster = MemoryCluster(gateways={endpoint: g2})
+    device = device_whose_primary_is("g2", [ME, "g2"])
+    ledger = MemoryLedger(devices={device.device_id: device.enrolment()})
+    async with running(ledger, cluster=cluster) as gw:
+        await wait_for(lambda: ready("g2" in gw.runtime.directory.stable()), READ_S, "g2 stable")
+        async with link(gw) as stream:
+            await stream.welcome(device, previous="g2")
+            seen = gw.runtime.directory.refreshes
+            await wait_for(lambda: ready(gw.runtime.directory.refreshes >= seen + 5), READ_S, "five refreshes")
+            await stream.send(heartbeat=pb.Heartbeat(time_unix_ms=1))
+            assert (await stream.read()).WhichOneof("kind") == "heartbeat"  # no redirect before it
+            assert gw.metric("fleetsuit_gateway_redirects_total") == 0
+            cluster.gateways[endpoint] = dataclasses.replace(g2, started_unix_ms=2_000)
+            redirect = await stream.read_kind("redirect")
+            assert redirect.gateway.gateway_id == "g2" and redirect.reason == "your primary gateway is back"
+            assert redirect.gateway.started_unix_ms == 2_000
+        assert gw.metric("fleetsuit_gateway_redirects_total") == 1
 
 
 @pytest.mark.asyncio
