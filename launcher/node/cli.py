@@ -45,7 +45,7 @@ DESCRIPTION = (
     "in a row ([node] restart_backoff_initial_ms .. restart_backoff_max_ms); SIGTERM or SIGINT "
     "stops the gateway, then consensus (a leader hands leadership over first), then dht and "
     "manifest. HTTP /healthz on [node] health_port answers 200 only when all four serve, and "
-    "/metrics counts restarts. DATA/node.json names each child's pid, endpoint and command. "
+    "/metrics counts restarts. DATA/node.json names each child's pid, endpoint and command (not with --service). "
     "The config file is TOML: [node], [statefulset] and one table per service; every key can "
     "be overridden by its environment variable (--example-config lists them all)."
 )
