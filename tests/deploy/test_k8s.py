@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tomllib
@@ -34,9 +33,9 @@ from launcher.node.config import KINDS, NodeConfig
 from launcher.node.config import parse as parse_node_config
 from launcher.observe import JOB_PREFIX
 from services.consensus.ledger.certify import Anchors, NodeKey
+from tests.support.k8s import K8S, documented_commands, kubelet_env
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
 # A recent Kubernetes: the newest schemas kubernetes-validate 1.37 bundles.
 KUBERNETES_VERSION = "1.37"
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}
@@ -417,44 +416,11 @@ def test_the_prometheus_rule_is_well_formed() -> None:
 NAMESPACE = "fleet"
 # Pods of the bootstrap (0..2) and one a scale-up adds (4: joins as a learner).
 ORDINALS = [0, 1, 2, 4]
-_REFERENCE = re.compile(r"\$\((\w+)\)")
-
-
-def _pod_env(container: dict[str, Any], pod: str) -> dict[str, str]:
-    """The container's environment as the kubelet makes it: HOSTNAME, the
-    downward API, then each value with $(VAR) expanded from the variables
-    defined before it (a reference to a later or unknown one stays as is)."""
-    env = {"HOSTNAME": pod}
-    fields = {"metadata.name": pod, "metadata.namespace": NAMESPACE}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = _REFERENCE.sub(lambda m: env.get(m[1], m[0]), str(item["value"]))
-        else:
-            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
-    return env
-
-
-def _documented_commands() -> list[list[str]]:
-    """The `fleetsuit ...` commands secret.yaml tells the operator to run."""
-    text = (K8S / "secret.yaml").read_text()
-    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
-    commands, current = [], ""
-    for line in lines:
-        if not current and not line.startswith("fleetsuit "):
-            continue
-        current += line.removesuffix("\\") + " "
-        if not line.endswith("\\"):
-            commands.append(shlex.split(current))
-            current = ""
-    assert not current, f"secret.yaml: a command continues past its comment: {current}"
-    return commands
-
-
 @pytest.fixture
 def secret_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The keys Secret's files, made by the documented commands."""
     monkeypatch.chdir(tmp_path)
-    commands = _documented_commands()
+    commands = documented_commands()
     assert [c[1:3] for c in commands] == [["cluster", "keys"], ["manifest", "keygen"]]
     for command in commands:
         assert fleetsuit(command[1:]) == 0, command
@@ -473,7 +439,7 @@ def _resolve(name: str, pod: str, secret: Path) -> tuple[NodeConfig, dict[str, s
     """The node config container ``name`` of ``pod`` resolves, with the keys
     Secret's files at ``secret`` where the container mounts them."""
     container = _containers()[name]
-    env = _pod_env(container, pod)
+    env = kubelet_env(container.get("env", []), pod, NAMESPACE)
     text = _pod_configmaps()[0]["data"]["node.toml"]
     mount = _keys_mount(container)
     if mount is not None:
@@ -487,7 +453,7 @@ def test_the_documented_keys_commands_make_every_file_the_pods_read(secret_dir: 
     made = {p.name for p in secret_dir.iterdir()}
     consensus = _containers()["consensus"]
     for ordinal in ORDINALS:
-        env = _pod_env(consensus, f"fleetsuit-{ordinal}")
+        env = kubelet_env(consensus.get("env", []), f"fleetsuit-{ordinal}", NAMESPACE)
         mount = _keys_mount(consensus)
         for key in ("FLEETSUIT_CONSENSUS_KEY_FILE", "FLEETSUIT_CONSENSUS_TRUST_ANCHORS"):
             path = Path(env[key])

@@ -66,14 +66,13 @@ from launcher.node.config import identity_variables
 from services.consensus.ledger.certify import Anchors
 from services.dht.routing import node_id_from_name
 from tests.support.fleet import FleetRun, connected, enrol, running, unacked
+from tests.support.k8s import K8S, documented_commands, kubelet_env
 from tests.support.ports import free_base_port
 from tests.support.procs import pid_alive, stop_processes
 from tests.support.wait import ready, wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
 # The entry point of the image (deploy/Dockerfile: ENTRYPOINT ["fleetsuit"]),
 # the console script of launcher.main:main: `python -m launcher`.
 ENTRYPOINT = list(SUPERVISOR_COMMAND[:3])
@@ -86,7 +85,6 @@ PREFIX = "kp-"
 COMPONENT = "firmware"
 START_S = 240.0  # 12 Python processes and their 12 wrappers on a small machine
 STOP_S = 90.0  # above [node] stop_grace_ms (20 s), below terminationGracePeriodSeconds
-_REFERENCE = re.compile(r"\$\((\w+)\)")
 
 
 # ------------------------------------------------------------------ the recipe
@@ -118,37 +116,6 @@ def _node_toml() -> str:
     (config,) = [d for d in _docs("configmap.yaml") if d["metadata"]["name"] == name]
     text: str = config["data"]["node.toml"]
     return text
-
-
-def _documented_commands() -> list[list[str]]:
-    """The `fleetsuit ...` commands secret.yaml tells the operator to run."""
-    lines = [line[1:].strip() for line in (K8S / "secret.yaml").read_text().splitlines()
-             if line.startswith("#")]
-    commands, current = [], ""
-    for line in lines:
-        if not current and not line.startswith("fleetsuit "):
-            continue
-        current += line.removesuffix("\\") + " "
-        if not line.endswith("\\"):
-            commands.append(shlex.split(current))
-            current = ""
-    assert not current, f"secret.yaml: a command continues past its comment: {current}"
-    return commands
-
-
-def _kubelet_env(items: list[dict[str, Any]], pod: str) -> dict[str, str]:
-    """A container's variables as the kubelet makes them: HOSTNAME, the
-    downward API's fields, then each value with $(VAR) expanded from the
-    variables defined before it (a reference to a later or unknown one
-    stays as written)."""
-    env = {"HOSTNAME": pod}
-    fields = {"metadata.name": pod, "metadata.namespace": NAMESPACE}
-    for item in items:
-        if "value" in item:
-            env[item["name"]] = _REFERENCE.sub(lambda m: env.get(m[1], m[0]), str(item["value"]))
-        else:
-            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
-    return env
 
 
 def _patch_env(items: list[dict[str, Any]], patch: dict[str, str]) -> list[dict[str, Any]]:
@@ -363,7 +330,7 @@ async def test_the_k8s_recipe_runs_as_pods_on_loopback(tmp_path: Path, monkeypat
     secret_work = tmp_path / "operator"
     secret_work.mkdir()
     monkeypatch.chdir(secret_work)
-    commands = _documented_commands()
+    commands = documented_commands()
     assert [c[1:3] for c in commands] == [["cluster", "keys"], ["manifest", "keygen"]], commands
     for command in commands:
         assert fleetsuit(command[1:]) == 0, command
@@ -391,7 +358,7 @@ async def test_the_k8s_recipe_runs_as_pods_on_loopback(tmp_path: Path, monkeypat
         containers = {}
         for spec in _pod_spec()["containers"]:
             items = _patch_env(spec.get("env", []), loopback_overlay(spec, base, pods_dir, secret))
-            env = _kubelet_env(items, name)
+            env = kubelet_env(items, name, NAMESPACE)
             for key, value in env.items():
                 assert "$(" not in value, f"{spec['name']}: {key}={value} is not expanded"
             assert env["FLEETSUIT_NODE_ID"] == name
