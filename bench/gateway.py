@@ -66,6 +66,7 @@ from fleetsuit.v1 import gateway_pb2_grpc as gw_grpc
 from launcher.cluster import start_cluster, stop_processes
 from suit.keys import KeyAlgorithm, generate, private_pem, public_pem
 from tests.support.ports import free_base_port
+from tests.support.wait import wait_until
 
 from .dht import raw_tcp
 
@@ -98,19 +99,6 @@ QUICK = Params(levels=(200, 500), window_s=4.0, interval_ms=2_000, payload_bytes
 # ------------------------------------------------------------------ helpers
 
 
-def _wait(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except (grpc.RpcError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` onto ``cpus`` (sched_setaffinity on a pid
     moves only its main thread; gRPC's threads are others)."""
@@ -141,8 +129,8 @@ def _node_pids(doc: dict[str, Any], node: int = 0) -> dict[str, int]:
 def _wait_ledger(endpoint: str) -> None:
     with grpc.insecure_channel(endpoint) as channel:
         ledger, releases = pb_grpc.LedgerStub(channel), pb_grpc.ReleasesStub(channel)
-        _wait(lambda: ledger.Status(pb.StatusRequest(), timeout=1).leader_id, 60, "a leader")
-        _wait(lambda: releases.TrustAnchors(pb.TrustAnchorsRequest(), timeout=2).anchors, 60, "the anchors")
+        wait_until(lambda: ledger.Status(pb.StatusRequest(), timeout=1).leader_id, 60, "a leader")
+        wait_until(lambda: releases.TrustAnchors(pb.TrustAnchorsRequest(), timeout=2).anchors, 60, "the anchors")
 
 
 def _wait_gateways(endpoints: Iterable[str], count: int) -> None:
@@ -150,7 +138,7 @@ def _wait_gateways(endpoints: Iterable[str], count: int) -> None:
     for endpoint in endpoints:
         with grpc.insecure_channel(endpoint) as channel:
             info = gw_grpc.GatewayStub(channel).Info
-            _wait(lambda info=info: len(info(gw.GatewayInfoRequest(), timeout=2).live_gateways) >= count, 60,
+            wait_until(lambda info=info: len(info(gw.GatewayInfoRequest(), timeout=2).live_gateways) >= count, 60,
                   f"the gateway at {endpoint}")
 
 
@@ -258,7 +246,7 @@ def downloads(doc: dict[str, Any], key_pem: bytes, params: Params) -> dict[str, 
             return False
 
     started = time.monotonic()
-    _wait(cached, 60, "the gateway's prefetch of the payload")
+    wait_until(cached, 60, "the gateway's prefetch of the payload")
     prefetch_s = time.monotonic() - started
     gateway_pid = node["pids"]["gateway"]
     cached_file = Path(node["data_dir"]) / "cache" / pushed.payload_cid.split(":", 1)[1]
@@ -360,7 +348,7 @@ def rollout(root: Path, anchor: Path, key_pem: bytes, params: Params) -> dict[st
              "--duration", str(params.rollout_timeout_s + 60), "--summary-interval", "2",
              "--json", str(summary_path)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _wait(lambda: _sessions_on(gateways) >= count, 60, f"{count} devices in session")
+        wait_until(lambda: _sessions_on(gateways) >= count, 60, f"{count} devices in session")
         payload = os.urandom(ROLLOUT_PAYLOAD_BYTES)
         with FleetClient(consensus, retry_deadline_s=60) as client:
             pushed_at_ms = time.time_ns() // 1_000_000

@@ -74,6 +74,7 @@ from launcher.node.config import NodeConfig, NodeSettings, identity_variables, l
 from launcher.processes import running
 from launcher.up import wait_nodes_serving
 from tests.support.ports import free_base_port
+from tests.support.wait import wait_until
 
 REPS = int(os.environ.get("FLEETSUIT_BENCH_NODE_REPS", "5"))
 POLL_S = 0.01
@@ -90,19 +91,6 @@ PROBE_OPTIONS = [
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _until(cond: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except (grpc.RpcError, OSError):
-            pass
-        time.sleep(interval_s)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 class Prober:
@@ -257,7 +245,7 @@ class Bench:
         return next(n for n in self.doc["nodes"] if n["id"] == node_id)
 
     def leader(self) -> str:
-        leader, _term = _until(lambda: _agreed(list(self.channels.values())), TIMEOUT_S, "one agreed leader")
+        leader, _term = wait_until(lambda: _agreed(list(self.channels.values())), TIMEOUT_S, "one agreed leader")
         return str(leader)
 
     def supervision(self) -> dict[str, Any]:
@@ -339,7 +327,7 @@ class Bench:
         os.kill(supervisor, signal.SIGSTOP)
         try:
             os.kill(old_pid, signal.SIGKILL)
-            _until(lambda: not running(old_pid, command), 10, f"{name} of {node_id} to die", POLL_S)
+            wait_until(lambda: not running(old_pid, command), 10, f"{name} of {node_id} to die", POLL_S)
             log = self.root / f"anchor-{node_id}-{name}.log"
             started = time.monotonic()
             anchor = spawn(command, log, env)
@@ -428,10 +416,10 @@ class Bench:
             refresh_pids(self.doc)
             return set(node["pids"]) == set(node["endpoints"]) and _healthy(node["health"])
 
-        _until(back, 120, f"{node_id} healthy again")
+        wait_until(back, 120, f"{node_id} healthy again")
         leader = self.leader()
-        target = _until(lambda: getattr(_status(self.channels[leader]), "commit_index", 0), 10, "a commit index")
-        _until(lambda: getattr(_status(self.channels[node_id]), "applied_index", 0) >= target, 60,
+        target = wait_until(lambda: getattr(_status(self.channels[leader]), "commit_index", 0), 10, "a commit index")
+        wait_until(lambda: getattr(_status(self.channels[node_id]), "applied_index", 0) >= target, 60,
                f"{node_id} caught up")
         return time.monotonic() - started
 

@@ -41,6 +41,7 @@ from fleetsuit.v1 import dht_pb2, dht_pb2_grpc
 from launcher.cluster import start_cluster, stop_processes
 from suit.keys import KeyAlgorithm, generate, private_pem, public_pem
 from tests.support.ports import free_base_port
+from tests.support.wait import wait_until
 
 from .dht import raw_tcp
 
@@ -50,19 +51,6 @@ PUSHES = 5
 PUBLISHES = 30
 READS = 200
 SMALL_PAYLOAD = 64 * 1024
-
-
-def _wait(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except grpc.RpcError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _ms(seconds: list[float]) -> float:
@@ -80,8 +68,8 @@ def run(root: Path) -> dict[str, Any]:
         endpoint = doc["nodes"][0]["endpoints"]["consensus"]
         channel = grpc.insecure_channel(endpoint)
         ledger, releases = pb_grpc.LedgerStub(channel), pb_grpc.ReleasesStub(channel)
-        _wait(lambda: ledger.Status(pb.StatusRequest(), timeout=1).leader_id, 60, "a leader")
-        _wait(lambda: releases.TrustAnchors(pb.TrustAnchorsRequest(), timeout=2).anchors, 60, "the anchors")
+        wait_until(lambda: ledger.Status(pb.StatusRequest(), timeout=1).leader_id, 60, "a leader")
+        wait_until(lambda: releases.TrustAnchors(pb.TrustAnchorsRequest(), timeout=2).anchors, 60, "the anchors")
         rng = random.Random(7)
         with FleetClient(endpoint, retry_deadline_s=60) as client:
             push_s: list[float] = []
