@@ -96,7 +96,7 @@ def _parser_for(f: dataclasses.Field[Any], hint: Any) -> Callable[[str], Any]:
     if meta.parse is not None:
         return meta.parse
     if hint is bool:
-        return _parse_bool
+        return parse_bool
     if hint in (int, float, str):
         return hint  # type: ignore[no-any-return]
     origin = typing.get_origin(hint)
@@ -109,7 +109,8 @@ def _parser_for(f: dataclasses.Field[Any], hint: Any) -> Callable[[str], Any]:
     raise TypeError(f"config field {f.name}: give parse= for type {hint!r}")
 
 
-def _parse_bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off, any case; ValueError otherwise."""
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True

@@ -55,8 +55,6 @@ SERVICE_NAMES = tuple(spec.name for spec in SERVICES)  # start order
 TABLES = ("node", "statefulset", *SERVICE_NAMES)
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -355,10 +353,10 @@ def _from_toml(table: str, key: str, value: Any, field: dataclasses.Field[Any], 
 
 
 def _as_bool(table: str, key: str, value: _Value) -> bool:
-    text = str(value.raw).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ConfigError(f"{_named(table, key, value)} = {value.raw!r}: not a boolean (true/false)")
+    try:
+        return settings.parse_bool(str(value.raw))
+    except ValueError:
+        raise ConfigError(f"{_named(table, key, value)} = {value.raw!r}: not a boolean (true/false)") from None
 
 
 def _named(table: str, key: str, value: _Value) -> str:
