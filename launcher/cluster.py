@@ -393,13 +393,21 @@ def refresh_pids(doc: dict[str, Any]) -> bool:
     node.json (children restarted get new pids); True when any changed."""
     changed = False
     for node in doc["nodes"]:
-        state = node_state(node) if "supervisor_pid" in node else None
-        for name, child in (state or {}).get("children", {}).items():
-            pid = child.get("pid")
-            if isinstance(pid, int) and node["pids"].get(name) != pid:
-                node["pids"][name] = pid
-                node["commands"][name] = child.get("command", node["commands"].get(name))
-                changed = True
+        if "supervisor_pid" in node:
+            changed |= apply_state(node, node_state(node))
+    return changed
+
+
+def apply_state(node: dict[str, Any], state: Mapping[str, Any] | None) -> bool:
+    """Update one node's ``pids`` and ``commands`` from its node.json
+    (``node_state``), already read; True when any changed."""
+    changed = False
+    for name, child in (state or {}).get("children", {}).items():
+        pid = child.get("pid")
+        if isinstance(pid, int) and node["pids"].get(name) != pid:
+            node["pids"][name] = pid
+            node["commands"][name] = child.get("command", node["commands"].get(name))
+            changed = True
     return changed
 
 

@@ -42,6 +42,7 @@ from fleetsuit.settings import ConfigError
 from . import preflight
 from .cluster import (
     SUPERVISOR_LOG,
+    apply_state,
     node_state,
     plan_nodes,
     planned_ports,
@@ -178,10 +179,11 @@ def wait_nodes_serving(
     while True:
         if stopping():
             raise StartInterrupted
-        refresh_pids(doc)
         for node in list(pending):
             log = Path(node["data_dir"]) / SUPERVISOR_LOG
-            for name, child in ((node_state(node) or {}).get("children") or {}).items():
+            state = node_state(node)  # read once: the pids and the exits
+            apply_state(node, state)
+            for name, child in ((state or {}).get("children") or {}).items():
                 exited = child.get("last_exit")
                 if exited:
                     why = exited.get("why") or ""
