@@ -38,6 +38,7 @@ from typing import Any, cast
 import grpc
 
 from fleetsuit.grpcutil import insecure_channel
+from fleetsuit.release_model import stages_open
 from fleetsuit.v1 import consensus_pb2 as pb
 from fleetsuit.v1 import consensus_pb2_grpc as pb_grpc
 from fleetsuit.v1 import gateway_pb2 as gw_pb
@@ -289,8 +290,7 @@ def rollout_stage(policy: pb.RolloutPolicy, now_ms: int) -> tuple[int, int, int]
     stage k (from 0) opens at start + k * stage interval; no stages is one
     stage of 100%."""
     stages = list(policy.stages) or [100]
-    opened = sum(1 for k in range(len(stages))
-                 if policy.start_at_unix_ms + k * policy.stage_interval_ms <= now_ms)
+    opened = stages_open(len(stages), policy.start_at_unix_ms, policy.stage_interval_ms, now_ms)
     return opened, len(stages), stages[opened - 1] if opened else 0
 
 

@@ -78,6 +78,19 @@ def check_release_names(component: str, sequence: int, device_class: str, vendor
 # ---------------------------------------------------------------- rollout
 
 
+def stage_opens_at(start_at_unix_ms: int, stage_interval_ms: int, stage: int) -> int:
+    """Stage k (from 0) of a rollout opens at start + k * stage interval
+    (consensus.proto RolloutPolicy): the one rule the gateways admit devices
+    by and the views report."""
+    return start_at_unix_ms + stage * stage_interval_ms
+
+
+def stages_open(stage_count: int, start_at_unix_ms: int, stage_interval_ms: int, now_unix_ms: int) -> int:
+    """How many of a rollout's ``stage_count`` stages are open at ``now``."""
+    return sum(1 for k in range(stage_count)
+               if stage_opens_at(start_at_unix_ms, stage_interval_ms, k) <= now_unix_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutPolicy:
     """When and to how much of the fleet a release goes out. Times are unix

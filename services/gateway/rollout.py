@@ -45,6 +45,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fleetsuit import release_model
 from fleetsuit.errors import ServiceError
 
 FACTORY = "factory"  # release id of a device's factory image
@@ -188,19 +189,16 @@ def device_stage(policy: Policy, device_id: str, release_id: str) -> int | None:
 
 
 def stage_opens_at(policy: Policy, stage: int) -> int:
-    """Stage k opens at start + k * stage_interval_ms (consensus.proto RolloutPolicy)."""
-    return policy.start_at_unix_ms + stage * policy.stage_interval_ms
+    """When stage k opens (``release_model.stage_opens_at``)."""
+    return release_model.stage_opens_at(policy.start_at_unix_ms, policy.stage_interval_ms, stage)
 
 
 def open_percent(policy: Policy, now_unix_ms: int) -> int:
     """The percentage of the fleet admitted at ``now`` (0 before the start);
     not counting the end time or the release state."""
-    percent = 0
-    for k, stage_percent in enumerate(policy.stages):
-        if stage_opens_at(policy, k) > now_unix_ms:
-            break
-        percent = stage_percent
-    return percent
+    opened = release_model.stages_open(len(policy.stages), policy.start_at_unix_ms, policy.stage_interval_ms,
+                                       now_unix_ms)
+    return policy.stages[opened - 1] if opened else 0
 
 
 def decide(
