@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .cluster import plan_nodes
-from .layout import SERVICES
+from .layout import HEALTH_OFFSET, SERVICES
 
 JOB_PREFIX = "fleetsuit-"
 SUPERVISOR = "node"  # the job fleetsuit-node: each node supervisor's /metrics
@@ -195,7 +195,7 @@ def local_plan_doc(
             "metrics": {spec.name: f"127.0.0.1:{node.base + spec.metrics_offset}" for spec in SERVICES},
         }
         if supervised:
-            entry["health"] = f"http://127.0.0.1:{node.base}/healthz"
+            entry["health"] = f"http://127.0.0.1:{node.base + HEALTH_OFFSET}/healthz"
         out.append(entry)
     return {"base_port": base_port, "nodes": out}
 
